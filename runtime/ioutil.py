@@ -1,0 +1,39 @@
+"""Small I/O helpers shared by every stage: atomic writes and the one-line error exit."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def temporary_sibling(path: str | Path, suffix: str | None = None) -> Path:
+    """A hidden temporary name in the same folder (same filesystem, so the final rename is atomic)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}.partial{suffix if suffix is not None else path.suffix}")
+
+
+def fail(error: BaseException | str, code: int = 2) -> int:
+    """Print one clear line to stderr and return the exit code: bad input never shows a traceback."""
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return code

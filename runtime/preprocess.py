@@ -1,0 +1,132 @@
+"""The preprocessing contract: the one place its constants live.
+
+Training, export and the runtime all build their input tensors through this module, and the exported
+ONNX carries the contract in its metadata, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import cv2
+import numpy as np
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+CLASS_NAMES = ("not_road", "road")
+ROAD_CLASS = 1
+# Every stride of FCN-8s divides 32, so inputs are padded to a multiple of it.
+MODEL_STRIDE = 32
+
+METADATA_KEY = "roadseg.preprocess"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a BGR camera frame becomes the model's N x 3 x H x W float input."""
+
+    input_height: int
+    input_width: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN_RGB
+    std: tuple[float, float, float] = IMAGENET_STD_RGB
+    color_order: str = "RGB"
+    layout: str = "NCHW"
+    value_scale: float = 1.0 / 255.0
+    class_names: tuple[str, ...] = field(default=CLASS_NAMES)
+
+    def __post_init__(self) -> None:
+        if self.input_height <= 0 or self.input_width <= 0:
+            raise ValueError(f"input size must be positive, got {self.input_height}x{self.input_width}")
+        if self.color_order != "RGB" or self.layout != "NCHW":
+            raise ValueError(f"unsupported contract {self.color_order}/{self.layout}; expected RGB/NCHW")
+
+    @property
+    def size_hw(self) -> tuple[int, int]:
+        return self.input_height, self.input_width
+
+    @property
+    def road_index(self) -> int:
+        return self.class_names.index("road")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PreprocessSpec:
+        raw = json.loads(text)
+        for key in ("mean", "std", "class_names"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+    def channel_scale_bias(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, bias) so that normalised = uint8 * scale + bias, in RGB order."""
+        std = np.asarray(self.std, np.float32)
+        scale = np.float32(self.value_scale) / std
+        bias = -np.asarray(self.mean, np.float32) / std
+        return scale.astype(np.float32), bias.astype(np.float32)
+
+
+def normalize_rgb(image_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """H x W x 3 uint8 RGB -> 3 x H x W float32, normalised per the contract (training and evaluation)."""
+    scale, bias = spec.channel_scale_bias()
+    chw = image_rgb.transpose(2, 0, 1).astype(np.float32)
+    return chw * scale[:, None, None] + bias[:, None, None]
+
+
+class FramePreprocessor:
+    """BGR frame -> 1 x 3 x H x W float32 input, writing into buffers allocated once.
+
+    The per-frame hot path: one resize into a fixed uint8 buffer, then one fused multiply-add per channel
+    straight into the input tensor, swapping BGR to RGB by channel index instead of copying.
+    """
+
+    def __init__(self, spec: PreprocessSpec, batch: int = 1) -> None:
+        self.spec = spec
+        height, width = spec.size_hw
+        self.resized_bgr = np.empty((height, width, 3), np.uint8)
+        self.input_tensor = np.empty((batch, 3, height, width), np.float32)
+        self._scale, self._bias = spec.channel_scale_bias()
+
+    def __call__(self, frame_bgr: np.ndarray, slot: int = 0) -> np.ndarray:
+        height, width = self.spec.size_hw
+        frame_bgr = as_bgr8(frame_bgr)
+        if frame_bgr.shape[:2] == (height, width):
+            np.copyto(self.resized_bgr, frame_bgr)
+        else:
+            cv2.resize(frame_bgr, (width, height), dst=self.resized_bgr, interpolation=cv2.INTER_LINEAR)
+        plane = self.input_tensor[slot]
+        for rgb_channel in range(3):
+            out = plane[rgb_channel]
+            np.multiply(self.resized_bgr[:, :, 2 - rgb_channel], self._scale[rgb_channel], out=out)
+            out += self._bias[rgb_channel]
+        return self.input_tensor
+
+
+def as_bgr8(frame: np.ndarray) -> np.ndarray:
+    """Accept grayscale, BGRA and 16-bit frames as cameras and files deliver them; return 8-bit BGR."""
+    if frame is None or not isinstance(frame, np.ndarray) or frame.size == 0:
+        raise ValueError("empty frame")
+    if frame.dtype == np.uint16:
+        frame = (frame >> 8).astype(np.uint8)
+    elif frame.dtype != np.uint8:
+        raise ValueError(f"unsupported frame dtype {frame.dtype}")
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        return cv2.cvtColor(frame[:, :, 0], cv2.COLOR_GRAY2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return frame
+    raise ValueError(f"unsupported frame shape {frame.shape}")
+
+
+def road_probability(logits: np.ndarray, road_index: int = ROAD_CLASS) -> np.ndarray:
+    """Softmax probability of the road class from C x H x W logits (two-class: a sigmoid of the margin)."""
+    logits = logits.astype(np.float32, copy=False)
+    if logits.shape[0] == 2:
+        margin = logits[road_index] - logits[1 - road_index]
+        return 1.0 / (1.0 + np.exp(-margin))
+    shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+    return shifted[road_index] / shifted.sum(axis=0)

@@ -1,0 +1,152 @@
+"""KITTI Road evaluation of a checkpoint, an ONNX model or a TensorRT engine.
+
+    python -m train.evaluate --model MODEL --data KITTI_DIR [--split all|train|val] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.metrics import RoadMetricAccumulator
+from runtime.postprocess import road_confidence, road_mask
+from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from train.data import CATEGORIES, DataError, KittiSample, find_samples, read_ground_truth, read_image, split_samples
+from runtime.ioutil import atomic_write_text, fail
+
+
+class TorchPredictor:
+    """A .pt checkpoint behind the same interface as the runtime's backends: spec + infer(batch) -> logits."""
+
+    name = "torch"
+    precision = "fp32"
+
+    def __init__(self, model, spec: PreprocessSpec, device: str = "cpu") -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model.to(device).eval()
+        self.spec = spec
+        self.device = device
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        with self.torch.inference_mode():
+            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
+
+
+def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto"):
+    """A checkpoint (.pt) runs in PyTorch; .onnx and TensorRT engines run on the slim runtime's backends."""
+    path = Path(model_path)
+    if path.suffix == ".pt":
+        from train.checkpoint import load_model
+
+        model, spec, _ = load_model(path)
+        return TorchPredictor(model, spec, device)
+    from runtime.backends import open_backend
+
+    return open_backend(path, backend=backend)
+
+
+def predict_sample(predictor, preprocessor: FramePreprocessor, image_bgr: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(road confidence at native size, argmax road mask at native size) for one BGR image."""
+    logits = predictor.infer(preprocessor(image_bgr))[0]
+    native_hw = image_bgr.shape[:2]
+    road_index = predictor.spec.road_index
+    return road_confidence(logits, native_hw, road_index), road_mask(logits, native_hw, road_index)
+
+
+def evaluate_samples(predictor, samples: list[KittiSample], progress: bool = True,
+                     description: str = "eval") -> dict:
+    """Devkit metrics over all samples, and per category; counts are summed before metrics are taken."""
+    if not samples:
+        raise DataError("no images to evaluate")
+    preprocessor = FramePreprocessor(predictor.spec)
+    per_category = {category: RoadMetricAccumulator() for category in CATEGORIES}
+    for sample in tqdm(samples, desc=description, disable=not progress, leave=False):
+        image = read_image(sample.image_path)
+        gt_road, gt_valid = read_ground_truth(sample.gt_path, image.shape)
+        confidence, mask = predict_sample(predictor, preprocessor, image)
+        per_category[sample.category].add(confidence, gt_road, gt_valid, mask)
+    total = RoadMetricAccumulator()
+    for accumulator in per_category.values():
+        total.merge(accumulator)
+    result = total.summary()
+    result["per_category"] = {c: a.summary() for c, a in per_category.items() if a.images}
+    result["_accumulator"] = total
+    return result
+
+
+def write_pr_curve(accumulator: RoadMetricAccumulator, title: str, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    precision, recall, _ = accumulator.pr_curve()
+    summary = accumulator.summary()
+    figure, axis = plt.subplots(figsize=(5, 4.5), dpi=120)
+    axis.plot(recall, precision, lw=2)
+    axis.scatter([summary["recall"]], [summary["precision"]], color="red", zorder=3,
+                 label=f"MaxF {summary['maxf'] * 100:.2f} (t={summary['threshold']:.2f})")
+    axis.set(xlabel="recall", ylabel="precision", xlim=(0, 1.01), ylim=(0, 1.01), title=title)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower left")
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp)
+    plt.close(figure)
+    temp.replace(path)
+
+
+def public_result(result: dict) -> dict:
+    return {key: value for key, value in result.items() if not key.startswith("_")}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help=".pt checkpoint, .onnx model or TensorRT .engine/.plan")
+    parser.add_argument("--data", required=True, help="a folder in the KITTI Road layout")
+    parser.add_argument("--split", default="val", choices=("all", "train", "val"))
+    parser.add_argument("--json", help="write the metrics here")
+    parser.add_argument("--pr-curve", help="write a precision-recall PNG here")
+    parser.add_argument("--device", default="cpu", help="torch device for .pt models")
+    parser.add_argument("--backend", default="auto", help="runtime backend for .onnx / engines")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        samples = split_samples(find_samples(args.data), args.split)
+        predictor = open_predictor(args.model, args.device, args.backend)
+        result = evaluate_samples(predictor, samples, progress=not args.no_progress)
+    except (DataError, ValueError, OSError, RuntimeError) as error:
+        return fail(error)
+    accumulator = result.pop("_accumulator")
+    result.update({"model": str(args.model), "split": args.split, "backend": predictor.name,
+                   "precision_mode": getattr(predictor, "precision", "fp32")})
+    print(f"{args.model} on {args.split} ({result['images']} images): MaxF {result['maxf'] * 100:.2f}  "
+          f"AP {result['ap'] * 100:.2f}  IoU {result['iou'] * 100:.2f}  "
+          f"P {result['precision'] * 100:.2f}  R {result['recall'] * 100:.2f}")
+    for category, metrics in result["per_category"].items():
+        print(f"  {category:4s} ({metrics['images']:3d}): MaxF {metrics['maxf'] * 100:.2f}  "
+              f"AP {metrics['ap'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    if args.pr_curve:
+        write_pr_curve(accumulator, f"{Path(args.model).name} ({args.split})", args.pr_curve)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

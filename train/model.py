@@ -1,0 +1,177 @@
+"""FCN-8s with a VGG16 encoder (Long, Shelhamer, Darrell 2015), with a width multiplier for small targets."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from runtime.preprocess import MODEL_STRIDE
+
+ARCH_NAME = "fcn8s_vgg16"
+# torchvision's VGG16 layout: channel counts, "M" for a 2x2 max pool.
+VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+FC_CHANNELS = 4096
+IMAGENET_VGG16_FILE = "vgg16-397923af.pth"
+
+
+class WeightsUnavailable(RuntimeError):
+    pass
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(8, int(round(channels * width)))
+
+
+def bilinear_kernel(in_channels: int, out_channels: int, size: int) -> torch.Tensor:
+    """Transposed-convolution weights that perform per-channel bilinear upsampling (as in FCN's surgery)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    grid = torch.arange(size, dtype=torch.float32)
+    profile = 1 - (grid - center).abs() / factor
+    kernel = profile[:, None] * profile[None, :]
+    weight = torch.zeros(in_channels, out_channels, size, size)
+    for channel in range(min(in_channels, out_channels)):
+        weight[channel, channel] = kernel
+    return weight
+
+
+class FCN8s(nn.Module):
+    """FCN-8s: VGG16 conv1-5, fc6 (7x7) and fc7 (1x1) as convolutions, score layers and 2x/2x/8x upsampling.
+
+    Inputs whose sides are not multiples of 32 are zero-padded on the bottom/right and the output is cropped
+    back, so the output is always N x C x H x W at the input's H x W.
+    """
+
+    def __init__(self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.width = width
+        layers: list[nn.Module] = []
+        in_channels = 3
+        # Remember where pool3 and pool4 end so their outputs can feed the skips.
+        self.pool_indices: list[int] = []
+        for item in VGG16_CFG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                self.pool_indices.append(len(layers) - 1)
+            else:
+                out_channels = scaled(item, width)
+                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+                in_channels = out_channels
+        self.features = nn.Sequential(*layers)
+        fc_channels = scaled(FC_CHANNELS, width)
+        pool3_channels = scaled(256, width)
+        pool4_channels = scaled(512, width)
+        self.fc6 = nn.Conv2d(in_channels, fc_channels, 7, padding=3)
+        self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
+        self.drop6 = nn.Dropout2d(dropout)
+        self.drop7 = nn.Dropout2d(dropout)
+        self.score_fr = nn.Conv2d(fc_channels, num_classes, 1)
+        self.score_pool4 = nn.Conv2d(pool4_channels, num_classes, 1)
+        self.score_pool3 = nn.Conv2d(pool3_channels, num_classes, 1)
+        self.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
+        self.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
+        self.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, 16, stride=8, padding=4, bias=False)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        # The skip scores start at zero, as in the paper's staged nets: training starts as FCN-32s.
+        for module in (self.score_pool4, self.score_pool3):
+            nn.init.zeros_(module.weight)
+        for module in (self.upscore2, self.upscore_pool4, self.upscore8):
+            module.weight.data.copy_(bilinear_kernel(self.num_classes, self.num_classes, module.kernel_size[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = (-height) % MODEL_STRIDE
+        pad_w = (-width) % MODEL_STRIDE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        pool3_end, pool4_end = self.pool_indices[2], self.pool_indices[3]
+        pool3 = self.features[: pool3_end + 1](x)
+        pool4 = self.features[pool3_end + 1 : pool4_end + 1](pool3)
+        pool5 = self.features[pool4_end + 1 :](pool4)
+        fc7 = self.drop7(torch.relu(self.fc7(self.drop6(torch.relu(self.fc6(pool5))))))
+        upscore2 = self.upscore2(self.score_fr(fc7))
+        fuse_pool4 = upscore2 + self.score_pool4(pool4)
+        upscore_pool4 = self.upscore_pool4(fuse_pool4)
+        fuse_pool3 = upscore_pool4 + self.score_pool3(pool3)
+        logits = self.upscore8(fuse_pool3)
+        if pad_h or pad_w:
+            logits = logits[:, :, :height, :width]
+        return logits
+
+    def arch(self) -> dict:
+        return {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes}
+
+
+def build_model(arch: dict) -> FCN8s:
+    if arch.get("name") != ARCH_NAME:
+        raise ValueError(f"unknown architecture {arch.get('name')!r}, expected {ARCH_NAME!r}")
+    return FCN8s(num_classes=int(arch["num_classes"]), width=float(arch["width"]))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def imagenet_weights_path(explicit: str | None) -> Path | None:
+    """The VGG16 ImageNet file: an explicit --weights path, else torchvision's cache if it holds one."""
+    if explicit:
+        return Path(explicit)
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / IMAGENET_VGG16_FILE
+    return cached if cached.is_file() else None
+
+
+def load_imagenet_vgg16(model: FCN8s, path: Path) -> None:
+    """Copy torchvision VGG16 weights into conv1-5 and convolutionalise fc6/fc7 (FCN's 'net surgery')."""
+    if model.width != 1.0:
+        raise WeightsUnavailable(f"ImageNet VGG16 weights fit only width 1.0, not {model.width}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as error:
+        raise WeightsUnavailable(f"{path}: cannot read VGG16 weights ({error})") from error
+    try:
+        model.features.load_state_dict(
+            {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
+        )
+        model.fc6.weight.data.copy_(state["classifier.0.weight"].view(FC_CHANNELS, 512, 7, 7))
+        model.fc6.bias.data.copy_(state["classifier.0.bias"])
+        model.fc7.weight.data.copy_(state["classifier.3.weight"].view(FC_CHANNELS, FC_CHANNELS, 1, 1))
+        model.fc7.bias.data.copy_(state["classifier.3.bias"])
+    except (KeyError, RuntimeError) as error:
+        raise WeightsUnavailable(f"{path}: not torchvision VGG16 ImageNet weights ({error})") from error
+
+
+def apply_pretrained(model: FCN8s, mode: str, weights: str | None) -> str:
+    """Apply ImageNet weights per --pretrained (auto|yes|no); return a line saying what was done."""
+    if mode == "no":
+        return "encoder initialised from scratch (--pretrained no)"
+    path = imagenet_weights_path(weights)
+    reason = None
+    if model.width != 1.0:
+        reason = f"width {model.width} cannot use ImageNet VGG16 weights (only width 1.0 can)"
+    elif path is None:
+        reason = (f"no ImageNet VGG16 weights: none in torchvision's cache "
+                  f"({Path(torch.hub.get_dir()) / 'checkpoints' / IMAGENET_VGG16_FILE}) and no --weights PATH")
+    elif not path.is_file():
+        reason = f"--weights {path}: no such file"
+    if reason is None:
+        try:
+            load_imagenet_vgg16(model, path)
+            return f"encoder initialised from ImageNet VGG16 weights in {path}"
+        except WeightsUnavailable as error:
+            reason = str(error)
+    if mode == "yes":
+        raise WeightsUnavailable(f"--pretrained yes: {reason}")
+    if model.width == 1.0:
+        warnings.warn(f"{reason}; training from scratch instead", stacklevel=2)
+    return f"encoder initialised from scratch ({reason})"

@@ -1,0 +1,352 @@
+"""Train FCN-8s on KITTI Road.
+
+    python -m train --config cpu --data ../shared/data/kitti_road
+    torchrun --nproc_per_node 2 -m train --config full --data ../shared/data/kitti_road
+
+Plain on purpose (after torchvision's references/segmentation): argparse, train_one_epoch, evaluate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from runtime.ioutil import atomic_write_text, fail
+from runtime.preprocess import PreprocessSpec
+from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint
+from train.configs import CONFIGS
+from train.data import (
+    Augment,
+    DataError,
+    RoadDataset,
+    find_samples,
+    load_kitti_arrays,
+    split_samples,
+)
+from train.evaluate import TorchPredictor, evaluate_samples
+from train.model import FCN8s, WeightsUnavailable, apply_pretrained, count_parameters
+
+
+class EpochSampler(Sampler):
+    """A seeded permutation per epoch, sharded over ranks, that can start part-way (for exact resumes)."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int, skip_samples: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip_samples
+
+    def _indices(self) -> list[int]:
+        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.size).tolist()
+        per_rank = math.ceil(self.size / self.world_size)
+        order += order[: per_rank * self.world_size - self.size]  # pad so every rank gets equal work
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip :])
+
+    def __len__(self) -> int:
+        return len(self._indices()) - self.skip
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C means now
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
+    parser.add_argument("--data", default="../shared/data/kitti_road", help="a folder in the KITTI Road layout")
+    parser.add_argument("--output-dir", help="default: runs/train/<config>")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--warmup-epochs", type=float)
+    parser.add_argument("--width", type=float, help="channel width multiplier (1.0 = exact VGG16)")
+    parser.add_argument("--input-size", help="HxW, e.g. 192x640")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--pretrained", choices=("auto", "yes", "no"),
+                        help="ImageNet VGG16 encoder: auto uses it when available, yes requires it")
+    parser.add_argument("--weights", help="path to torchvision's vgg16-397923af.pth")
+    parser.add_argument("--resume", help="a last.pt to continue from ('auto': <output-dir>/last.pt if present)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (tests, smoke runs)")
+    parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    for key, value in CONFIGS[args.config].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if isinstance(args.input_size, str):
+        try:
+            height, width = (int(v) for v in args.input_size.lower().split("x"))
+        except ValueError:
+            parser.error(f"--input-size {args.input_size}: expected HxW, e.g. 192x640")
+        args.input_size = (height, width)
+    args.output_dir = Path(args.output_dir or Path("runs/train") / args.config)
+    return args
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def lr_lambda(total_steps: int, warmup_steps: int):
+    """Linear warm-up, then FCN's 'poly' decay (power 0.9)."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return 0.1 + 0.9 * step / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 1 - progress) ** 0.9
+
+    return factor
+
+
+def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, state, stop,
+                    max_steps=None, progress=True) -> bool:
+    """Run (the rest of) one epoch; `state` carries step and loss sums so an interrupted epoch can resume."""
+    model.train()
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    use_amp = scaler.is_enabled()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
+               initial=state["step"], total=state["step"] + len(loader))
+    for images, labels in bar:
+        if max_steps is not None and state["step"] >= max_steps:
+            break
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            loss = criterion(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        state["step"] += 1
+        state["loss_sum"] += float(loss.detach())
+        bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if stop.requested:
+            return False
+    return True
+
+
+def rng_states() -> dict:
+    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
+    loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    for key in ("maxf", "iou", "ap"):
+        metric_axis.plot(epochs, [row[f"val_{key}"] for row in history], label=f"val {key}")
+    metric_axis.set(xlabel="epoch", ylabel="fraction", title="KITTI val (native resolution)")
+    for axis in (loss_axis, metric_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.tight_layout()
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp)
+    plt.close(figure)
+    temp.replace(path)
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), world_size
+
+
+def run(args: argparse.Namespace) -> int:
+    device = resolve_device(args.device)
+    rank, world_size = setup_distributed(device)
+    if device.type == "cuda" and world_size > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    is_main = rank == 0
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    samples = find_samples(args.data)
+    train_samples = split_samples(samples, "train", args.val_fraction)
+    val_samples = split_samples(samples, "val", args.val_fraction)
+    spec = PreprocessSpec(*args.input_size)
+    images, labels = load_kitti_arrays(train_samples)
+    dataset = RoadDataset(images, labels, spec, Augment(), seed=args.seed)
+    sampler = EpochSampler(len(dataset), args.seed, rank, world_size)
+    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                        drop_last=len(sampler) >= args.batch_size,
+                        # its own generator: the loader's seed draw must not shift the global RNG on resume
+                        generator=torch.Generator().manual_seed(args.seed))
+
+    model = FCN8s(num_classes=len(spec.class_names), width=args.width)
+    init_note = apply_pretrained(model, args.pretrained, args.weights)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    steps_per_epoch = max(1, len(sampler) // args.batch_size)
+    if args.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not args.no_amp)
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    last_path, best_path = args.output_dir / "last.pt", args.output_dir / "best.pt"
+    log_path, curves_path = args.output_dir / "metrics.jsonl", args.output_dir / "curves.png"
+    start_epoch, state, history, best_maxf, elapsed_before = 0, {"step": 0, "loss_sum": 0.0}, [], -1.0, 0.0
+    resume = str(last_path) if args.resume == "auto" and last_path.is_file() else args.resume
+    if resume and resume != "auto":
+        payload = read_checkpoint(resume)
+        if "optimizer" not in payload:
+            raise CheckpointError(f"{resume}: holds weights only, not a training state to resume (use last.pt)")
+        if payload["arch"] != model.arch():
+            raise CheckpointError(f"{resume}: checkpoint is {payload['arch']}, this run is {model.arch()}")
+        model.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        start_epoch, state = payload["epoch"], payload["epoch_state"]
+        history, best_maxf = payload["history"], payload["best_maxf"]
+        elapsed_before = payload.get("elapsed_s", 0.0)
+        restore_rng_states(payload["rng"])
+        init_note = f"resumed from {resume} at epoch {start_epoch} step {state['step']}"
+
+    train_model = model
+    if world_size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if is_main:
+        print(f"roadseg train: config {args.config}, width {args.width}, input {spec.input_height}x"
+              f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {device}, "
+              f"world size {world_size}; {len(train_samples)} train / {len(val_samples)} val images; "
+              f"{init_note}", flush=True)
+
+    stop = StopRequest()
+    started = time.time()
+
+    def training_state(epoch: int) -> dict:
+        payload = model_payload(model, spec, {"config": args.config, "epoch": epoch})
+        payload.update({
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "epoch": epoch, "epoch_state": dict(state), "history": history,
+            "best_maxf": best_maxf, "rng": rng_states(), "args": vars(args) | {"output_dir": str(args.output_dir)},
+            "elapsed_s": elapsed_before + time.time() - started,
+        })
+        return payload
+
+    for epoch in range(start_epoch, args.epochs):
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, skip_samples=state["step"] * args.batch_size)
+        completed = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, state,
+                                    stop, args.max_steps_per_epoch, progress=is_main and not args.no_progress)
+        if not completed:
+            if is_main:
+                atomic_torch_save(training_state(epoch), last_path)
+                print(f"interrupted: saved {last_path} (epoch {epoch}, step {state['step']}); "
+                      f"continue with --resume {last_path}", flush=True)
+            return 130
+        if is_main:
+            model.eval()
+            metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), val_samples,
+                                       progress=not args.no_progress, description="val")
+            row = {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
+                   "lr": scheduler.get_last_lr()[0], "val_maxf": metrics["maxf"], "val_ap": metrics["ap"],
+                   "val_iou": metrics["iou"], "val_precision": metrics["precision"],
+                   "val_recall": metrics["recall"], "elapsed_s": round(elapsed_before + time.time() - started, 1)}
+            history.append(row)
+            if metrics["maxf"] > best_maxf:
+                best_maxf = metrics["maxf"]
+                summary = {"config": args.config, "epoch": epoch + 1, "val": {k: metrics[k] for k in
+                           ("maxf", "ap", "iou", "precision", "recall", "images")},
+                           "train_images": len(train_samples), "val_fraction": args.val_fraction,
+                           "init": init_note}
+                atomic_torch_save(model_payload(model, spec, summary), best_path)
+            state = {"step": 0, "loss_sum": 0.0}
+            atomic_torch_save(training_state(epoch + 1), last_path)
+            with log_path.open("a") as log:
+                log.write(json.dumps(row) + "\n")
+            plot_curves(history, curves_path)
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  val MaxF "
+                  f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {best_maxf * 100:.2f})  "
+                  f"{row['elapsed_s']:.0f}s", flush=True)
+        else:
+            state = {"step": 0, "loss_sum": 0.0}
+        if world_size > 1:
+            dist.barrier()
+    if is_main:
+        print(f"done: best val MaxF {best_maxf * 100:.2f}; {best_path}, {log_path}, {curves_path}")
+    if world_size > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    warnings.simplefilter("default", UserWarning)
+    try:
+        return run(args)
+    except WeightsUnavailable as error:
+        return fail(error)
+    except (DataError, CheckpointError, ValueError, OSError) as error:
+        return fail(error)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
