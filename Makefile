@@ -1,0 +1,44 @@
+# roadseg: every entry point a user types. `make demo` sets up and runs the main job; `make test` the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/kitti_road
+VIDEO ?= ../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4
+SOURCE ?= $(VIDEO)
+CHECKPOINT ?= models/fcn8s_vgg16_w0.25_cpu.pt
+BUILD ?= build
+CONFIG ?= cpu
+STAMP := $(VENV)/.roadseg-installed
+
+.PHONY: setup setup-runtime test lint train eval export calibrate engine stream demo bench pipeline clean
+
+## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
+setup: $(STAMP)
+$(STAMP): requirements/train.txt requirements/runtime.txt requirements/runtime-cpu.txt requirements/dev.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/train.txt -r requirements/runtime.txt \
+		-r requirements/runtime-cpu.txt -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+## setup-runtime: a slim runtime-only environment (numpy, OpenCV, onnxruntime; no torch) in .venv-runtime
+setup-runtime:
+	test -x .venv-runtime/bin/python || python3 -m venv .venv-runtime
+	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt
+
+## test: the whole test suite (sets up first)
+test: setup
+	$(PY) -m pytest -q
+
+## lint: ruff
+lint: setup
+	$(VENV)/bin/ruff check .
+
+## train: train CONFIG (cpu|full|smoke) on DATA into runs/train/CONFIG
+train: setup
+	$(PY) -m train --config $(CONFIG) --data $(DATA)
+
+## eval: KITTI val metrics of CHECKPOINT (any .pt, .onnx or engine) with a PR curve
+eval: setup
+	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split val \
+		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png

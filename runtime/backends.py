@@ -1,0 +1,137 @@
+"""Inference backends behind one small interface: `spec`, `infer(batch) -> logits`, and a few labels.
+
+An `.onnx` runs on ONNX Runtime (TensorRT or CUDA provider when present, else CPU); a `.engine`/`.plan`
+runs on TensorRT (runtime/tensorrt_backend.py). The preprocessing contract always comes from the model
+file's own metadata, never from constants copied here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from runtime.preprocess import METADATA_KEY, PreprocessSpec
+
+MODEL_KEY = "roadseg.model"
+PRECISION_KEY = "roadseg.precision"
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, unreadable, or not one of ours; the message names it."""
+
+
+class Backend(Protocol):
+    name: str  # "onnxruntime" or "tensorrt"
+    precision: str  # "fp32", "fp16" or "int8"
+    device: str  # "cpu" or the GPU's name
+    spec: PreprocessSpec
+    metadata: dict[str, str]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+def spec_from_metadata(metadata: dict[str, str], source: str | Path) -> PreprocessSpec:
+    if METADATA_KEY not in metadata:
+        raise ModelFileError(f"{source}: not a roadseg model (no '{METADATA_KEY}' metadata); "
+                             "export one with `python -m export`")
+    try:
+        return PreprocessSpec.from_json(metadata[METADATA_KEY])
+    except (ValueError, TypeError, KeyError) as error:
+        raise ModelFileError(f"{source}: unreadable '{METADATA_KEY}' metadata ({error})") from error
+
+
+def available_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as error:
+            raise ModelFileError("onnxruntime is not installed: pip install -r requirements/runtime-cpu.txt "
+                                 "(or runtime-gpu.txt, never both)") from error
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: model file not found")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = self._providers(provider, ort.get_available_providers())
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # ORT raises its own exception types for foreign or corrupt files
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.spec = spec_from_metadata(self.metadata, path)
+        self.precision = self.metadata.get(PRECISION_KEY, "fp32")
+        self.provider = self.session.get_providers()[0]
+        self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.path = path
+
+    @staticmethod
+    def _providers(choice: str, available: list[str]) -> list[str]:
+        wanted = {
+            "auto": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+            "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+            "cpu": ["CPUExecutionProvider"],
+        }.get(choice)
+        if wanted is None:
+            raise ModelFileError(f"--backend {choice}: expected auto, cpu, cuda or tensorrt")
+        if choice in ("cuda", "tensorrt") and wanted[0] not in available:
+            raise ModelFileError(f"--backend {choice}: ONNX Runtime here has no {wanted[0]} "
+                                 f"(available: {', '.join(available)}); install requirements/runtime-gpu.txt")
+        return [p for p in wanted if p in available]
+
+    @staticmethod
+    def _gpu_name() -> str:
+        import subprocess
+
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=5)
+            return out.stdout.strip().splitlines()[0] or "cuda"
+        except (OSError, IndexError, subprocess.SubprocessError):
+            return "cuda"
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+def model_description(metadata: dict[str, str]) -> dict:
+    try:
+        return json.loads(metadata.get(MODEL_KEY, "{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
+    """Pick the backend from the file: engines run on TensorRT, ONNX files on ONNX Runtime."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path}: model file not found")
+    if path.suffix in ENGINE_SUFFIXES:
+        if backend not in ("auto", "tensorrt"):
+            raise ModelFileError(f"{path}: a TensorRT engine cannot run on --backend {backend}")
+        from runtime.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(path)
+    if path.suffix != ".onnx":
+        raise ModelFileError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
+    return OnnxRuntimeBackend(path, provider=backend, threads=threads)
