@@ -1,0 +1,217 @@
+"""The calibration set: chosen frames, their sha256, and the preprocessed tensors, so a calibration is
+reproducible and has an identity (the manifest's sha256) that can enter an engine's cache key.
+
+Frames come from a KITTI Road folder (its *train* split: val is what every INT8 model is scored on, so
+calibrating on it would flatter the result) stratified across um/umm/uu, or from a video, evenly spaced.
+Each frame goes through the runtime's own FramePreprocessor, so the tensors are exactly what the deployed
+model sees. The manifest holds no timestamps or absolute paths: the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from runtime.ioutil import atomic_write_bytes
+from runtime.preprocess import FramePreprocessor, PreprocessSpec
+
+FORMAT = "roadseg-calibration-v1"
+MANIFEST_NAME = "manifest.json"
+TENSORS_NAME = "tensors.npy"
+CATEGORIES = ("um", "umm", "uu")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+
+
+class CalibrationError(ValueError):
+    """Bad calibration input; the message names the file or argument."""
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    manifest_path: Path
+    tensors_path: Path
+    identity: str  # sha256 of the manifest's bytes
+    count: int
+
+    def tensors(self) -> np.ndarray:
+        return np.load(self.tensors_path, mmap_mode="r")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evenly_spaced(items: list, count: int) -> list:
+    """`count` items spread over the whole list (neighbouring KITTI frames are near-duplicates)."""
+    if count >= len(items):
+        return list(items)
+    positions = np.linspace(0, len(items) - 1, count)
+    return [items[int(round(p))] for p in positions]
+
+
+def stratified_quota(available: dict[str, int], size: int) -> dict[str, int]:
+    """Split `size` across categories as evenly as their sizes allow (largest remainder on ties)."""
+    quota = {c: 0 for c in available}
+    remaining = size
+    open_categories = [c for c in available if available[c] > 0]
+    while remaining > 0 and open_categories:
+        share = max(1, remaining // len(open_categories))
+        for category in list(open_categories):
+            take = min(share, available[category] - quota[category], remaining)
+            quota[category] += take
+            remaining -= take
+            if quota[category] >= available[category]:
+                open_categories.remove(category)
+            if remaining == 0:
+                break
+    return quota
+
+
+def select_kitti_frames(kitti_dir: str | Path, size: int, split: str = "train") -> list[tuple[str, Path]]:
+    """(category, image path) pairs, stratified across um/umm/uu, from the KITTI split given."""
+    # train/ owns the KITTI reader and split; calibration reuses them rather than re-deriving the split.
+    from train.data import DataError, find_samples, split_samples
+
+    try:
+        samples = split_samples(find_samples(kitti_dir), split)
+    except DataError as error:
+        raise CalibrationError(str(error)) from error
+    by_category = {c: [s for s in samples if s.category == c] for c in CATEGORIES}
+    quota = stratified_quota({c: len(v) for c, v in by_category.items()}, size)
+    chosen = []
+    for category in CATEGORIES:
+        chosen += [(category, s.image_path) for s in evenly_spaced(by_category[category], quota[category])]
+    return chosen
+
+
+def decode_image(path: Path) -> np.ndarray:
+    data = path.read_bytes() if path.is_file() else None
+    if data is None:
+        raise CalibrationError(f"{path}: calibration image not found")
+    if not data:
+        raise CalibrationError(f"{path}: calibration image is empty (0 bytes)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise CalibrationError(f"{path}: cannot decode calibration image (corrupt or not an image)")
+    return image
+
+
+def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreprocessor,
+                progress: bool) -> tuple[list[dict], np.ndarray]:
+    frames = select_kitti_frames(kitti_dir, size, split)
+    tensors = np.empty((len(frames), 3, *preprocess.spec.size_hw), np.float32)
+    items = []
+    for index, (category, path) in enumerate(tqdm(frames, desc="calibration set", disable=not progress,
+                                                  leave=False)):
+        image = decode_image(path)
+        tensors[index] = preprocess(image)[0]
+        items.append({"file": path.name, "category": category, "sha256": sha256_file(path)})
+    return items, tensors
+
+
+def video_items(video: Path, size: int, preprocess: FramePreprocessor,
+                progress: bool) -> tuple[list[dict], np.ndarray]:
+    capture = cv2.VideoCapture(str(video))
+    if not capture.isOpened():
+        raise CalibrationError(f"{video}: cannot open video")
+    frames = []
+    try:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    if not frames:
+        raise CalibrationError(f"{video}: video has no readable frames")
+    chosen = evenly_spaced(list(range(len(frames))), size)
+    tensors = np.empty((len(chosen), 3, *preprocess.spec.size_hw), np.float32)
+    items = []
+    for slot, index in enumerate(tqdm(chosen, desc="calibration set", disable=not progress, leave=False)):
+        tensors[slot] = preprocess(frames[index])[0]
+        items.append({"file": video.name, "frame": index, "category": "video",
+                      "sha256": sha256_bytes(np.ascontiguousarray(frames[index]).tobytes())})
+    return items, tensors
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_if_changed(path: Path, data: bytes) -> None:
+    """Leave an identical file untouched so `make` sees nothing changed and rebuilds nothing downstream."""
+    if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
+        return
+    atomic_write_bytes(path, data)
+
+
+def build_calibration_set(source: str | Path, spec: PreprocessSpec, out_dir: str | Path, size: int = 64,
+                          split: str = "train", progress: bool = True) -> CalibrationSet:
+    """Select, preprocess and store the calibration frames; the manifest is written last (commit point)."""
+    source, out_dir = Path(source), Path(out_dir)
+    if size <= 0:
+        raise CalibrationError(f"--calibration-size {size}: must be at least 1")
+    preprocess = FramePreprocessor(spec)
+    if source.is_file() and source.suffix.lower() in VIDEO_SUFFIXES:
+        items, tensors = video_items(source, size, preprocess, progress)
+        origin = {"kind": "video", "name": source.name, "sha256": sha256_file(source)}
+    elif source.is_dir():
+        items, tensors = kitti_items(source, size, split, preprocess, progress)
+        origin = {"kind": "kitti", "split": split}
+    else:
+        raise CalibrationError(f"{source}: calibration source not found (a KITTI folder or a video file)")
+    if not np.isfinite(tensors).all():
+        raise CalibrationError(f"{source}: preprocessed calibration tensors contain NaN or Inf")
+    tensor_bytes = npy_bytes(tensors)
+    manifest = {
+        "format": FORMAT,
+        "source": origin,
+        "requested_size": size,
+        "count": len(items),
+        "preprocess": json.loads(spec.to_json()),
+        "items": items,
+        "tensors": {"file": TENSORS_NAME, "shape": list(tensors.shape), "dtype": "float32",
+                    "sha256": sha256_bytes(tensor_bytes)},
+    }
+    manifest_bytes = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+    write_if_changed(out_dir / TENSORS_NAME, tensor_bytes)
+    write_if_changed(out_dir / MANIFEST_NAME, manifest_bytes)
+    return CalibrationSet(out_dir / MANIFEST_NAME, out_dir / TENSORS_NAME, sha256_bytes(manifest_bytes),
+                          len(items))
+
+
+def load_calibration_set(out_dir: str | Path) -> CalibrationSet:
+    """Open a stored set, checking the tensors still match the manifest."""
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise CalibrationError(f"{manifest_path}: no calibration manifest; run `make calibrate`")
+    manifest_bytes = manifest_path.read_bytes()
+    try:
+        manifest = json.loads(manifest_bytes)
+    except json.JSONDecodeError as error:
+        raise CalibrationError(f"{manifest_path}: unreadable manifest ({error})") from error
+    if manifest.get("format") != FORMAT:
+        raise CalibrationError(f"{manifest_path}: not a roadseg calibration manifest")
+    tensors_path = out_dir / manifest["tensors"]["file"]
+    if not tensors_path.is_file() or sha256_file(tensors_path) != manifest["tensors"]["sha256"]:
+        raise CalibrationError(f"{tensors_path}: calibration tensors missing or changed since the manifest")
+    return CalibrationSet(manifest_path, tensors_path, sha256_bytes(manifest_bytes), manifest["count"])

@@ -1,0 +1,176 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX with ONNX Runtime's static quantization, in two flavours.
+
+- "tensorrt" (build/model.int8.onnx): what TensorRT's explicit quantization wants: symmetric int8 with zero
+  point 0 for activations and weights, per-channel weight scales on the output-channel axis, Q/DQ only
+  around Conv (TensorRT fuses DQ->Conv(+ReLU)->Q and moves Q/DQ across MaxPool itself). The three 2-channel
+  ConvTranspose upsamplers and the skip Adds stay in float: they are a rounding error of the compute and
+  the logits come straight out of them.
+- "cpu" (build/model.int8_cpu.onnx): uint8 activations (asymmetric, zero point free) and int8 weights, which
+  ONNX Runtime runs fastest on an AVX-512 VNNI CPU. Same Q/DQ format, so it also loads anywhere ORT runs.
+
+Why ONNX Runtime's quantizer rather than NVIDIA's modelopt: both emit the same QuantizeLinear/
+DequantizeLinear graph for this CNN, but onnxruntime is already a pinned dependency and runs on any CPU;
+modelopt's ONNX extra pins onnxruntime-gpu (which owns the same `onnxruntime` module as the CPU build)
+and an older onnx, and by default turns the unquantized rest into FP16, which would hide INT8's own error
+in the accuracy gate. One dependency fewer and an FP32 rest that isolates the INT8 error decided it.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    create_calibrator,
+    quant_pre_process,
+    quantize_static,
+)
+
+from runtime.backends import PRECISION_KEY
+from runtime.ioutil import atomic_write_bytes
+
+METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+           "minmax": CalibrationMethod.MinMax}
+FLAVOURS = ("tensorrt", "cpu")
+DEFAULT_PERCENTILE = 99.99
+QUANTIZED_OPS = ["Conv"]
+CALIBRATION_KEY = "roadseg.calibration"
+
+
+class TensorReader(CalibrationDataReader):
+    """Feeds the stored calibration tensors one frame at a time (the exported model has batch 1)."""
+
+    def __init__(self, tensors: np.ndarray, input_name: str) -> None:
+        self.tensors = tensors
+        self.input_name = input_name
+        self.position = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.tensors):
+            return None
+        frame = np.ascontiguousarray(self.tensors[self.position : self.position + 1], np.float32)
+        self.position += 1
+        return {self.input_name: frame}
+
+    def rewind(self) -> None:
+        self.position = 0
+
+
+def input_name(model_path: str | Path) -> str:
+    model = onnx.load(str(model_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return next(i.name for i in model.graph.input if i.name not in initializers)
+
+
+def preprocess_for_quantization(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """ORT's recommended pre-pass (shape inference + graph cleanup) before static quantization."""
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    return Path(out_path)
+
+
+def quantization_options(flavour: str, method: str, percentile: float) -> dict:
+    if flavour not in FLAVOURS:
+        raise ValueError(f"--flavour {flavour}: expected one of {', '.join(FLAVOURS)}")
+    if method not in METHODS:
+        raise ValueError(f"--method {method}: expected one of {', '.join(METHODS)}")
+    symmetric = flavour == "tensorrt"
+    extra = {
+        "ActivationSymmetric": symmetric,
+        "WeightSymmetric": True,
+        # One Q/DQ pair per consumer: TensorRT fuses each pair into its own consumer.
+        "DedicatedQDQPair": symmetric,
+        "CalibTensorRangeSymmetric": symmetric,
+        "CalibPercentile": percentile,
+    }
+    return {
+        "quant_format": QuantFormat.QDQ,
+        "per_channel": True,
+        "reduce_range": False,
+        "activation_type": QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        "weight_type": QuantType.QInt8,
+        "op_types_to_quantize": QUANTIZED_OPS,
+        "calibrate_method": METHODS[method],
+        "extra_options": extra,
+    }
+
+
+def quantize_int8(prepared_path: str | Path, out_path: str | Path, tensors: np.ndarray, method: str,
+                  flavour: str = "tensorrt", percentile: float = DEFAULT_PERCENTILE,
+                  metadata: dict[str, str] | None = None, calibration_identity: str = "") -> Path:
+    """Quantize, stamp the roadseg metadata (precision int8), and write atomically."""
+    options = quantization_options(flavour, method, percentile)
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(prefix="roadseg-quant-") as scratch:
+        temp_out = Path(scratch) / "model.int8.onnx"
+        quantize_static(str(prepared_path), str(temp_out), TensorReader(tensors, input_name(prepared_path)),
+                        **options)
+        model = onnx.load(str(temp_out))
+    stamp = dict(metadata or {})
+    stamp[PRECISION_KEY] = "int8"
+    stamp[CALIBRATION_KEY] = json.dumps({"method": method, "flavour": flavour, "percentile": percentile,
+                                         "manifest_sha256": calibration_identity}, sort_keys=True)
+    replace_metadata(model, stamp)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(out_path, model.SerializeToString())
+    return out_path
+
+
+def replace_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    for key, value in sorted(metadata.items()):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def activation_ranges(fp32_path: str | Path, tensors: np.ndarray, method: str,
+                      percentile: float = DEFAULT_PERCENTILE) -> dict:
+    """ORT TensorData per tensor of the FP32 graph (every tensor: implicit INT8 needs all of them)."""
+    extra = {"symmetric": True, "percentile": percentile} if method != "minmax" else {"symmetric": True}
+    with tempfile.TemporaryDirectory(prefix="roadseg-calib-") as scratch:
+        calibrator = create_calibrator(str(fp32_path), None, str(Path(scratch) / "augmented.onnx"),
+                                       calibrate_method=METHODS[method], extra_options=extra)
+        calibrator.collect_data(TensorReader(tensors, input_name(fp32_path)))
+        return dict(calibrator.compute_data().items())
+
+
+def absolute_max(ranges: dict) -> dict[str, float]:
+    """Tensor name -> symmetric range |max|, the one number a TensorRT calibration cache stores."""
+    result = {}
+    for name, value in ranges.items():
+        low, high = value.range_value
+        result[name] = max(abs(float(np.min(low))), abs(float(np.max(high))))
+    return dict(sorted(result.items()))
+
+
+def trt_cache_text(amax: dict[str, float], header: str) -> str:
+    """TensorRT's native calibration cache: a header line, then `tensor: <big-endian float32 scale hex>`.
+
+    The scale is |max| / 127 (symmetric int8). The header names the TensorRT version and calibrator,
+    e.g. TRT-8601-EntropyCalibration2; the engine builder writes it for the TensorRT it runs.
+    """
+    lines = [header]
+    for name, value in sorted(amax.items()):
+        scale = np.float32(max(value, 1e-12) / 127.0)
+        lines.append(f"{name}: {scale.astype('>f4').tobytes().hex()}")
+    return "\n".join(lines) + "\n"
+
+
+def write_calibration_tables(ranges: dict, out_dir: str | Path, method: str, identity: str) -> Path:
+    """ONNX Runtime's TensorRT-provider tables (calibration.cache/.json/.flatbuffers) and ranges.json,
+    the version-free |max| table from which the engine builder writes TensorRT's own cache."""
+    from onnxruntime.quantization import write_calibration_table
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_calibration_table(ranges, dir=str(out_dir))
+    table = {"method": method, "manifest_sha256": identity, "amax": absolute_max(ranges)}
+    path = out_dir / "ranges.json"
+    atomic_write_bytes(path, (json.dumps(table, indent=1, sort_keys=True) + "\n").encode())
+    return path

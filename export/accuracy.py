@@ -1,0 +1,161 @@
+"""The accuracy gate: every artifact scored on KITTI val with the evaluator, against floors.
+
+    python -m export.accuracy [--build build] [--data ../shared/data/kitti_road]
+
+FP16 must stay within 0.1 pt MaxF of FP32, INT8 within 0.5 pt. Scores are cached per file sha256 under
+build/scores/, so re-running the gate after one artifact changed scores only that one. FP16 is scored
+through its CPU emulation graph (export/fp16.py says why ONNX Runtime's CPU FP16 would not be faithful).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from calibration.dataset import sha256_file
+from runtime.ioutil import atomic_write_text, fail
+
+FLOORS_PT = {"fp32": None, "fp16": 0.1, "int8": 0.5}
+FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
+
+
+class AccuracyError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    label: str  # row name in the table
+    path: Path  # the shipped file
+    precision: str  # fp32 | fp16 | int8
+    scored_path: Path  # the file actually run (the FP16 emulation for fp16)
+    runs_as: str
+
+
+def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progress: bool = True) -> dict:
+    """Val metrics of one ONNX on ONNX Runtime CPU, reusing a cached score of the same bytes."""
+    from runtime.backends import OnnxRuntimeBackend
+    from train.data import find_samples, split_samples
+    from train.evaluate import evaluate_samples, public_result
+
+    digest = sha256_file(scored_path)
+    cache = cache_dir / f"{scored_path.name}.json"
+    if cache.is_file():
+        cached = json.loads(cache.read_text())
+        if cached.get("sha256") == digest and cached.get("data") == str(kitti_dir):
+            return cached["metrics"]
+    backend = OnnxRuntimeBackend(scored_path, provider="cpu")
+    samples = split_samples(find_samples(kitti_dir), "val")
+    metrics = public_result(evaluate_samples(backend, samples, progress=progress,
+                                             description=f"score {scored_path.name}"))
+    atomic_write_text(cache, json.dumps({"sha256": digest, "data": str(kitti_dir), "metrics": metrics},
+                                        indent=1) + "\n")
+    return metrics
+
+
+def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
+              progress: bool = True) -> list[dict]:
+    rows, baseline = [], None
+    for artifact in artifacts:
+        metrics = score_model(artifact.scored_path, kitti_dir, build / "scores", progress)
+        maxf = metrics["maxf"] * 100
+        if artifact.precision == "fp32" and baseline is None:
+            baseline = maxf
+        drop = None if baseline is None else baseline - maxf
+        floor = FLOORS_PT.get(artifact.precision)
+        passed = True if floor is None or drop is None else drop <= floor
+        rows.append({"artifact": artifact.label, "file": str(artifact.path), "precision": artifact.precision,
+                     "runs_as": artifact.runs_as, "sha256": sha256_file(artifact.path),
+                     "maxf": round(maxf, 3), "ap": round(metrics["ap"] * 100, 3),
+                     "iou": round(metrics["iou"] * 100, 3), "images": metrics["images"],
+                     "drop_pt": None if drop is None else round(drop, 3), "floor_pt": floor,
+                     "passed": passed})
+    return rows
+
+
+def markdown_table(rows: list[dict], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| artifact | precision | runs as | MaxF | AP | IoU | drop vs FP32 (pt) | floor | ok |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for row in rows:
+        drop = "-" if row["drop_pt"] is None else f"{row['drop_pt']:+.3f}"
+        floor = "-" if row["floor_pt"] is None else f"{row['floor_pt']:.1f}"
+        lines.append(f"| {row['artifact']} | {row['precision']} | {row['runs_as']} | {row['maxf']:.2f} | "
+                     f"{row['ap']:.2f} | {row['iou']:.2f} | {drop} | {floor} | "
+                     f"{'yes' if row['passed'] else 'NO'} |")
+    images = rows[0]["images"] if rows else 0
+    lines += ["", f"KITTI Road val split ({images} images), devkit metrics in %, "
+              "drop = FP32 MaxF - artifact MaxF.",
+              "FP16 is scored through an FP32 graph that rounds every weight and tensor to FP16 "
+              "(ONNX Runtime CPU has no FP16 convolutions on x86); see export/fp16.py.", ""]
+    return "\n".join(lines)
+
+
+def write_table(rows: list[dict], json_path: Path, title: str, extra: dict | None = None) -> None:
+    payload = {"title": title, "rows": rows, **(extra or {})}
+    atomic_write_text(json_path, json.dumps(payload, indent=1) + "\n")
+    atomic_write_text(json_path.with_suffix(".md"), markdown_table(rows, title))
+
+
+def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -> list[Artifact]:
+    """The shipped ONNX files present in `build`, FP32 first (it is every row's baseline)."""
+    from export.fp16 import write_emulation
+
+    candidates = [
+        ("FP32 ONNX", build / "model.fp32.onnx", "fp32", "ONNX Runtime CPU"),
+        ("FP16 ONNX", build / "model.fp16.onnx", "fp16", "ONNX Runtime CPU, FP16 emulation"),
+        ("INT8 Q/DQ ONNX (TensorRT)", build / "model.int8.onnx", "int8", "ONNX Runtime CPU (s8s8 Q/DQ)"),
+        ("INT8 Q/DQ ONNX (CPU)", build / "model.int8_cpu.onnx", "int8", "ONNX Runtime CPU (u8s8 Q/DQ)"),
+    ]
+    artifacts = []
+    for label, path, precision, runs_as in candidates:
+        if not path.is_file() or (precisions is not None and precision not in precisions):
+            continue
+        scored = path
+        if precision == "fp16":
+            scored = write_emulation(path, build / FP16_EMULATION)
+        artifacts.append(Artifact(label, path, precision, scored, runs_as))
+    if not artifacts or artifacts[0].precision != "fp32":
+        raise AccuracyError(f"{build / 'model.fp32.onnx'}: not found; run `make export` first")
+    return artifacts
+
+
+def broken_floors(rows: list[dict]) -> list[str]:
+    return [f"{r['artifact']} MaxF {r['maxf']:.2f} is {r['drop_pt']:.2f} pt below FP32 "
+            f"(floor {r['floor_pt']} pt)"
+            for r in rows if not r["passed"]]
+
+
+def run_gate(build: Path, kitti_dir: str | Path, progress: bool = True,
+             precisions: tuple[str, ...] | None = None) -> list[dict]:
+    rows = gate_rows(standard_artifacts(build, precisions), kitti_dir, build, progress)
+    write_table(rows, build / "accuracy.json", "Accuracy of every artifact on KITTI Road val")
+    for row in rows:
+        drop = "" if row["drop_pt"] is None else f"  drop {row['drop_pt']:+.3f} pt"
+        verdict = "ok" if row["passed"] else "BELOW FLOOR"
+        print(f"  {row['artifact']:28s} MaxF {row['maxf']:.2f}{drop}  {verdict}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.accuracy", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build", default="build")
+    parser.add_argument("--data", default="../shared/data/kitti_road")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        rows = run_gate(Path(args.build), args.data, not args.no_progress)
+    except (AccuracyError, ValueError, OSError) as error:
+        return fail(error)
+    broken = broken_floors(rows)
+    if broken:
+        return fail(f"accuracy gate failed: {broken[0]} (table: {Path(args.build) / 'accuracy.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
