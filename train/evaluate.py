@@ -13,11 +13,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runtime.ioutil import atomic_write_text, fail
 from runtime.metrics import RoadMetricAccumulator
 from runtime.postprocess import road_confidence, road_mask
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
-from train.data import CATEGORIES, DataError, KittiSample, find_samples, read_ground_truth, read_image, split_samples
-from runtime.ioutil import atomic_write_text, fail
+from train.data import (
+    CATEGORIES,
+    DataError,
+    KittiSample,
+    find_samples,
+    read_ground_truth,
+    read_image,
+    split_samples,
+)
 
 
 class TorchPredictor:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from runtime.ioutil import atomic_write_text, fail
+from runtime.ioutil import fail
 from runtime.preprocess import PreprocessSpec
 from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint
 from train.configs import CONFIGS
@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (tests, smoke runs)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--no-progress", action="store_true")
+    # Behaves exactly like a Ctrl-C after N optimiser steps: lets tests interrupt at a known point.
+    parser.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in CONFIGS[args.config].items():
         if getattr(args, key, None) is None:
@@ -138,7 +140,7 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, state, stop,
-                    max_steps=None, progress=True) -> bool:
+                    max_steps=None, progress=True, stop_after_steps=None) -> bool:
     """Run (the rest of) one epoch; `state` carries step and loss sums so an interrupted epoch can resume."""
     model.train()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
@@ -160,6 +162,8 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         state["step"] += 1
         state["loss_sum"] += float(loss.detach())
         bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if stop_after_steps is not None and scheduler.last_epoch >= stop_after_steps:
+            stop.requested = True
         if stop.requested:
             return False
     return True
@@ -295,7 +299,8 @@ def run(args: argparse.Namespace) -> int:
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, skip_samples=state["step"] * args.batch_size)
         completed = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, state,
-                                    stop, args.max_steps_per_epoch, progress=is_main and not args.no_progress)
+                                    stop, args.max_steps_per_epoch, progress=is_main and not args.no_progress,
+                                    stop_after_steps=args.stop_after_steps)
         if not completed:
             if is_main:
                 atomic_torch_save(training_state(epoch), last_path)

@@ -1,0 +1,44 @@
+"""Shared fixtures: the real KITTI dev data when present, a procedural KITTI-layout folder, tiny models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("ROADSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
+KITTI_DIR = SHARED_DATA / "kitti_road"
+KITTI_VIDEO = SHARED_DATA / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
+SHIPPED_CHECKPOINT = REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt"
+
+needs_kitti = pytest.mark.skipif(not (KITTI_DIR / "training" / "image_2").is_dir(),
+                                 reason=f"KITTI dev data not found at {KITTI_DIR}")
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path = REPO
+            ) -> subprocess.CompletedProcess:
+    """Run `python <args>` as a real process from the repository root."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def synthetic_kitti(tmp_path_factory) -> Path:
+    from train.data import write_synthetic_kitti
+
+    return write_synthetic_kitti(tmp_path_factory.mktemp("synthetic_kitti"), per_category=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, synthetic_kitti) -> Path:
+    """A real checkpoint from a few real training steps of the smoke configuration."""
+    out = tmp_path_factory.mktemp("tiny_run")
+    result = run_cli("-m", "train", "--config", "smoke", "--data", str(synthetic_kitti), "--output-dir", str(out),
+                     "--epochs", "1", "--max-steps-per-epoch", "2", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    return out / "best.pt"
