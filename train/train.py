@@ -12,6 +12,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import random
 import signal
 import sys
@@ -116,7 +117,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--input-size {args.input_size}: expected HxW, e.g. 192x640")
         args.input_size = (height, width)
     args.output_dir = Path(args.output_dir or Path("runs/train") / args.config)
+    args.command = " ".join(["python -m train", *(argv if argv is not None else sys.argv[1:])])
     return args
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -321,7 +337,7 @@ def run(args: argparse.Namespace) -> int:
                 summary = {"config": args.config, "epoch": epoch + 1, "val": {k: metrics[k] for k in
                            ("maxf", "ap", "iou", "precision", "recall", "images")},
                            "train_images": len(train_samples), "val_fraction": args.val_fraction,
-                           "init": init_note}
+                           "init": init_note, "command": args.command, "machine": machine_description(device)}
                 atomic_torch_save(model_payload(model, spec, summary), best_path)
             state = {"step": 0, "loss_sum": 0.0}
             atomic_torch_save(training_state(epoch + 1), last_path)

@@ -1,0 +1,111 @@
+"""Turn a training run's best checkpoint into the shipped model and its model card.
+
+    python -m train.ship --run runs/train/cpu --out models/fcn8s_vgg16_w0.25_cpu.pt
+
+The shipped file holds the weights in fp16 (half the size; widened to fp32 on load) with the architecture,
+the preprocessing contract and the training summary. It is re-scored after the cast, so the card states the
+metrics of the file that ships, not of the run's fp32 weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from runtime.ioutil import atomic_write_text, fail
+from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload
+from train.data import DataError, find_samples, split_samples
+from train.evaluate import TorchPredictor, evaluate_samples
+from train.train import machine_description
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.2f}"
+
+
+def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: dict | None) -> str:
+    summary = payload["summary"]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    wall_minutes = history[-1]["elapsed_s"] / 60 if history else float("nan")
+    lines = [
+        f"# Model card: {out.name}",
+        "",
+        f"FCN-8s with a VGG16 encoder at width {payload['arch']['width']} "
+        f"({payload['arch']['num_classes']} classes: not_road, road), trained by this repository's own "
+        "training code on the KITTI Road dev split. Weights are stored in fp16 and widened to fp32 on load.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| command | `{summary.get('command', 'python -m train --config ' + summary.get('config', '?'))}` |",
+        f"| input size | {json.loads(payload['preprocess'])['input_height']}x"
+        f"{json.loads(payload['preprocess'])['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
+        f"| initialisation | {summary.get('init', 'n/a')} |",
+        f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; val = the last "
+        f"{summary.get('val_fraction', 0.2):.0%} of each category (um/umm/uu), {metrics['images']} images |",
+        f"| epochs | best at epoch {summary.get('epoch')} of {len(history)} run |",
+        f"| wall time | {wall_minutes:.1f} min on {summary.get('machine') or machine_description(torch.device('cpu'))} |",
+        "",
+        "## KITTI val metrics of this file (perspective, native resolution, devkit definitions)",
+        "",
+        "| split | images | MaxF | AP | IoU | precision | recall |",
+        "|---|---|---|---|---|---|---|",
+        f"| val | {metrics['images']} | {percent(metrics['maxf'])} | {percent(metrics['ap'])} | "
+        f"{percent(metrics['iou'])} | {percent(metrics['precision'])} | {percent(metrics['recall'])} |",
+    ]
+    for category, values in metrics["per_category"].items():
+        lines.append(f"| val {category} | {values['images']} | {percent(values['maxf'])} | "
+                     f"{percent(values['ap'])} | {percent(values['iou'])} | {percent(values['precision'])} | "
+                     f"{percent(values['recall'])} |")
+    if accuracy:
+        lines += ["", "## Exported artifacts on the same val images", "", accuracy_table(accuracy)]
+    lines += ["", "Data: KITTI Road (Fritsch, Kuehnl, Geiger, ITSC 2013), CC BY-NC-SA 3.0: the weights are "
+              "derived from it and inherit its non-commercial licence.", ""]
+    return "\n".join(lines)
+
+
+def accuracy_table(accuracy: dict) -> str:
+    rows = ["| artifact | precision | MaxF | AP | IoU | MaxF drop vs FP32 (pt) |", "|---|---|---|---|---|---|"]
+    for row in accuracy.get("rows", []):
+        drop = row.get("maxf_drop_pt")
+        rows.append(f"| {row.get('artifact', '?')} | {row.get('precision', '?')} | {percent(row.get('maxf'))} | "
+                    f"{percent(row.get('ap'))} | {percent(row.get('iou'))} | "
+                    f"{'n/a' if drop is None else f'{drop:.2f}'} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/train/cpu", help="a training run folder (best.pt, metrics.jsonl)")
+    parser.add_argument("--out", default="models/fcn8s_vgg16_w0.25_cpu.pt")
+    parser.add_argument("--data", default="../shared/data/kitti_road")
+    parser.add_argument("--accuracy", default="build/accuracy.json",
+                        help="the export's per-artifact accuracy table, added to the card when present")
+    parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    run_dir, out = Path(args.run), Path(args.out)
+    try:
+        if not args.card_only:
+            model, spec, payload = load_model(run_dir / "best.pt")
+            atomic_torch_save(model_payload(model, spec, payload["summary"], half=True), out)
+        model, spec, payload = load_model(out)
+        samples = split_samples(find_samples(args.data), "val", payload["summary"].get("val_fraction", 0.2))
+        metrics = evaluate_samples(TorchPredictor(model, spec), samples, progress=not args.no_progress)
+    except (CheckpointError, DataError, OSError) as error:
+        return fail(error)
+    accuracy_path = Path(args.accuracy)
+    accuracy = json.loads(accuracy_path.read_text()) if accuracy_path.is_file() else None
+    card = out.with_suffix(".md")
+    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy))
+    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): val MaxF {metrics['maxf'] * 100:.2f}, "
+          f"IoU {metrics['iou'] * 100:.2f}; card {card}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
