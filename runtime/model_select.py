@@ -1,0 +1,78 @@
+"""The default --model: the best artifact for this machine that `make export` / `make engine` left in build/.
+
+Order: a TensorRT engine when TensorRT and a working CUDA device are both present; else ONNX for
+ONNX Runtime's CUDA provider (FP16 first) when it has one; else the CPU order INT8-for-CPU > INT8 > FP32;
+else an ONNX model shipped in models/. Checking costs no TensorRT call: on a machine without a GPU,
+TensorRT is never touched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+from runtime.backends import ENGINE_SUFFIXES, ModelFileError, available_providers
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CPU_ORDER = ("model.int8_cpu.onnx", "model.int8.onnx", "model.fp32.onnx")
+CUDA_ORDER = ("model.fp16.onnx", "model.fp32.onnx", "model.int8.onnx")
+ENGINE_PRECISION_ORDER = ("int8", "fp16", "fp32")
+
+
+def cuda_device_present() -> bool:
+    """A working CUDA device, asked through cuda-python when installed, else nvidia-smi; never TensorRT."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    if importlib.util.find_spec("cuda") is not None:
+        try:
+            from cuda.bindings import runtime as cudart
+
+            error, count = cudart.cudaGetDeviceCount()
+            return int(error) == 0 and count > 0
+        except Exception:  # an old cuda-python layout or a broken driver: fall through to nvidia-smi
+            pass
+    try:
+        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5)
+        return result.returncode == 0 and "GPU" in result.stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def tensorrt_usable() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None and cuda_device_present()
+
+
+def _rank_engines(build: Path) -> list[Path]:
+    engines = [p for p in build.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file()]
+
+    def rank(path: Path) -> tuple[int, str]:
+        name = path.name.lower()
+        position = next((i for i, p in enumerate(ENGINE_PRECISION_ORDER) if p in name), len(ENGINE_PRECISION_ORDER))
+        return position, name
+
+    return sorted(engines, key=rank)
+
+
+def candidate_models(build_dir: str | Path | None = None, models_dir: str | Path | None = None) -> list[Path]:
+    """Every usable artifact, best first."""
+    build = Path(build_dir) if build_dir is not None else REPO_ROOT / "build"
+    models = Path(models_dir) if models_dir is not None else REPO_ROOT / "models"
+    found: list[Path] = []
+    if build.is_dir():
+        if tensorrt_usable():
+            found += _rank_engines(build)
+        order = CUDA_ORDER if "CUDAExecutionProvider" in available_providers() else CPU_ORDER
+        found += [build / name for name in order if (build / name).is_file()]
+    if models.is_dir():
+        found += sorted(p for p in models.glob("*.onnx") if p.is_file())
+    return found
+
+
+def default_model(build_dir: str | Path | None = None, models_dir: str | Path | None = None) -> Path:
+    found = candidate_models(build_dir, models_dir)
+    if not found:
+        build = build_dir if build_dir is not None else "build"
+        raise ModelFileError(f"no model in {build}/ or models/: run `make export` (or pass --model PATH)")
+    return found[0]

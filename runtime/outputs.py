@@ -1,0 +1,251 @@
+"""Where results go: a window, an annotated video file, PNG masks; and the views drawn for them.
+
+All drawing happens into buffers allocated once per source size. The video file is written under a hidden
+temporary name and renamed when it is closed, so the path the user asked for only ever holds a finalised,
+playable file (`close()` runs on a normal end, on Ctrl-C and on SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime.ioutil import atomic_write_bytes, temporary_sibling
+from runtime.postprocess import ROAD_COLOR_BGR
+
+VIEWS = ("overlay", "mask", "side-by-side")
+FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
+HUD_HEIGHT = 22
+# Fonts for OpenCV's bundled Qt, which ships none (it warns on every window otherwise).
+QT_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype", "/usr/share/fonts")
+
+
+class OutputError(RuntimeError):
+    """An output that cannot be created or written; the message names it."""
+
+
+class Renderer:
+    """Mask + frame -> the chosen view, drawn into a reused canvas, with an optional heads-up line."""
+
+    def __init__(self, view: str = "overlay", alpha: float = 0.5, color_bgr: tuple[int, int, int] = ROAD_COLOR_BGR
+                 ) -> None:
+        if view not in VIEWS:
+            raise OutputError(f"--view {view}: expected one of {', '.join(VIEWS)}")
+        if not 0.0 <= alpha <= 1.0:
+            raise OutputError(f"--alpha {alpha}: expected a value in [0, 1]")
+        self.view, self.alpha, self.color_bgr = view, alpha, color_bgr
+        self._shape: tuple[int, ...] | None = None
+        self.canvas = np.empty((0, 0, 3), np.uint8)
+
+    def _allocate(self, shape: tuple[int, ...]) -> None:
+        height, width = shape[:2]
+        self._shape = shape
+        canvas_width = 2 * width if self.view == "side-by-side" else width
+        self.canvas = np.empty((height, canvas_width, 3), np.uint8)
+        self._blend = np.empty((height, width, 3), np.uint8)
+        self._color = np.empty((height, width, 3), np.uint8)
+        self._color[:] = self.color_bgr
+
+    def output_size(self, frame_hw: tuple[int, int]) -> tuple[int, int]:
+        """(width, height) of what `render` returns for a frame of this size."""
+        height, width = frame_hw
+        return (2 * width if self.view == "side-by-side" else width), height
+
+    def render(self, frame: np.ndarray, mask: np.ndarray, hud_text: str | None = None) -> np.ndarray:
+        if frame.shape != self._shape:
+            self._allocate(frame.shape)
+        width = frame.shape[1]
+        if self.view == "overlay":
+            self._overlay(frame, mask, self.canvas)
+        elif self.view == "mask":
+            self.canvas.fill(0)
+            cv2.copyTo(self._color, mask, self.canvas)
+        else:
+            np.copyto(self.canvas[:, :width], frame)
+            self._overlay(frame, mask, self.canvas[:, width:])
+        if hud_text:
+            draw_hud(self.canvas, hud_text)
+        return self.canvas
+
+    def _overlay(self, frame: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        # Blend the whole frame once, then copy the blend only where the mask is set: no per-frame temporaries.
+        np.copyto(out, frame)
+        cv2.addWeighted(frame, 1.0 - self.alpha, self._color, self.alpha, 0.0, dst=self._blend)
+        cv2.copyTo(self._blend, mask, out)
+
+
+def draw_hud(canvas: np.ndarray, text: str) -> None:
+    """A dark strip along the top with one line of text, drawn in place."""
+    strip = canvas[:HUD_HEIGHT]
+    strip >>= 2  # darken: cheaper than a blend and keeps the frame visible behind the text
+    cv2.putText(canvas, text, (6, HUD_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+
+
+class VideoFileOutput:
+    """An annotated video, opened on the first frame (its size is not known before), finalised by close()."""
+
+    def __init__(self, path: str | Path, fps: float, fourcc: str | None = None) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if fourcc is None:
+            if suffix not in FOURCC_BY_SUFFIX:
+                raise OutputError(f"--output {self.path}: unsupported container {suffix or '(none)'} "
+                                  f"(use {', '.join(FOURCC_BY_SUFFIX)})")
+            fourcc = FOURCC_BY_SUFFIX[suffix]
+        if len(fourcc) != 4:
+            raise OutputError(f"--fourcc {fourcc}: expected four characters, e.g. mp4v or MJPG")
+        if self.path.is_dir():
+            raise OutputError(f"--output {self.path}: is a folder")
+        self.fourcc = fourcc
+        self.fps = fps if 0 < fps < 1000 else 30.0
+        self.temp_path = temporary_sibling(self.path)
+        self.frames_written = 0
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self._resized: np.ndarray | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"--output {self.path}: cannot create its folder ({error.strerror})") from error
+
+    def _open(self, size: tuple[int, int]) -> None:
+        self._writer = cv2.VideoWriter(str(self.temp_path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
+        if not self._writer.isOpened():
+            self._writer = None
+            self.temp_path.unlink(missing_ok=True)
+            raise OutputError(f"--output {self.path}: OpenCV cannot write {self.fourcc} video here")
+        self._size = size
+
+    def write(self, image: np.ndarray) -> None:
+        size = (image.shape[1], image.shape[0])
+        if self._writer is None:
+            self._open(size)
+        elif size != self._size:  # image folders mix sizes; a video has one
+            if self._resized is None:
+                self._resized = np.empty((self._size[1], self._size[0], 3), np.uint8)
+            cv2.resize(image, self._size, dst=self._resized, interpolation=cv2.INTER_AREA)
+            image = self._resized
+        self._writer.write(image)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finalise (the container index is written here) and move into place. Safe to call twice."""
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        writer.release()
+        if self.frames_written:
+            os.replace(self.temp_path, self.path)
+        else:
+            self.temp_path.unlink(missing_ok=True)
+
+
+class MaskWriter:
+    """One 8-bit PNG per frame at the source resolution: 255 = road, 0 = not road."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(f"--save-masks {self.folder}: cannot create it ({error.strerror})") from error
+        self._scaled: np.ndarray | None = None
+        self.written = 0
+
+    def write(self, name: str, mask: np.ndarray) -> None:
+        if self._scaled is None or self._scaled.shape != mask.shape:
+            self._scaled = np.empty(mask.shape, np.uint8)
+        np.multiply(mask, 255, out=self._scaled, casting="unsafe")
+        ok, encoded = cv2.imencode(".png", self._scaled, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise OutputError(f"--save-masks {self.folder}: PNG encoding failed")
+        atomic_write_bytes(self.folder / f"{name}.png", encoded.tobytes())
+        self.written += 1
+
+
+def gui_backend() -> str:
+    """The highgui backend this OpenCV was built with ("NONE" for opencv-python-headless)."""
+    match = re.search(r"GUI:\s+(\S+)", cv2.getBuildInformation())
+    return match[1] if match else "NONE"
+
+
+def display_problem() -> str | None:
+    """Why a window cannot be shown here, or None when it can."""
+    if gui_backend().upper() == "NONE":
+        return "this OpenCV has no GUI support (opencv-python-headless?); install opencv-python or use --headless"
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY is not set); use --headless, or run under X11/Wayland"
+    return None
+
+
+class WindowOutput:
+    """An OpenCV window; `show()` returns False once the user pressed q/Esc or closed the window."""
+
+    def __init__(self, title: str = "roadseg", max_width: int = 1600) -> None:
+        problem = display_problem()
+        if problem:
+            raise OutputError(f"--display: {problem}")
+        if "QT_QPA_FONTDIR" not in os.environ:
+            font_dir = next((d for d in QT_FONT_DIRS if Path(d).is_dir()), None)
+            if font_dir:
+                os.environ["QT_QPA_FONTDIR"] = font_dir
+        self.title, self.max_width = title, max_width
+        self._sized = False
+        try:
+            cv2.namedWindow(title, cv2.WINDOW_NORMAL | cv2.WINDOW_KEEPRATIO | cv2.WINDOW_GUI_NORMAL)
+        except cv2.error as error:
+            raise OutputError(f"--display: cannot open a window ({str(error).strip().splitlines()[-1]})") from error
+
+    def show(self, image: np.ndarray) -> bool:
+        if not self._sized:  # 1:1 unless wider than max_width
+            height, width = image.shape[:2]
+            scale = min(1.0, self.max_width / width)
+            cv2.resizeWindow(self.title, int(width * scale), int(height * scale))
+            self._sized = True
+        cv2.imshow(self.title, image)
+        key = cv2.waitKey(1) & 0xFF
+        if key in (27, ord("q")):
+            return False
+        return cv2.getWindowProperty(self.title, cv2.WND_PROP_VISIBLE) >= 1
+
+    def close(self) -> None:
+        try:
+            cv2.destroyWindow(self.title)
+            cv2.waitKey(1)
+        except cv2.error:
+            pass
+
+
+class Outputs:
+    """Every sink of one run behind one call per frame."""
+
+    def __init__(self, renderer: Renderer, window: WindowOutput | None = None,
+                 video: VideoFileOutput | None = None, masks: MaskWriter | None = None,
+                 render_always: bool = False) -> None:
+        self.renderer, self.window, self.video, self.masks = renderer, window, video, masks
+        # With no window and no video there is nothing to draw for (benchmarks may ask anyway).
+        self.needs_render = render_always or window is not None or video is not None
+
+    def write(self, image: np.ndarray, mask: np.ndarray, name: str, hud_text: str | None) -> bool:
+        """False when the user asked to stop (window closed, q or Esc)."""
+        if self.masks is not None:
+            self.masks.write(name, mask)
+        if not self.needs_render:
+            return True
+        canvas = self.renderer.render(image, mask, hud_text)
+        if self.video is not None:
+            self.video.write(canvas)
+        if self.window is not None:
+            return self.window.show(canvas)
+        return True
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+        if self.window is not None:
+            self.window.close()

@@ -1,0 +1,564 @@
+"""Frame sources: cameras, video files, image folders, network streams, GStreamer pipelines, CSI cameras.
+
+Every source is read on its own thread, so decoding overlaps inference:
+- files and image folders (`PrefetchSource`) hand over every frame in order through a small pool of reused
+  buffers: nothing is dropped, the reader just runs a few frames ahead;
+- live sources (`LiveSource`) keep only the newest frame: a frame the pipeline had no time for is dropped and
+  counted, so what is processed is never older than about one frame period. A live source that stalls or
+  disconnects is reopened with exponential backoff; when that fails, `read()` returns None and `error`
+  says why, so the caller can exit cleanly.
+
+`open_source(spec)` turns what the user typed into one of them.
+"""
+
+from __future__ import annotations
+
+import glob
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlparse
+
+import cv2
+import numpy as np
+
+from runtime.preprocess import as_bgr8
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
+PREFETCH_DEPTH = 3
+# How long a network stream may block in open()/read() before OpenCV's FFmpeg backend gives up.
+NETWORK_TIMEOUT_MS = 5000
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened or read; the message names it."""
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # H x W x 3 uint8 BGR
+    index: int  # position in the source (0-based), counting dropped frames
+    timestamp: float  # time.perf_counter() when the frame was captured
+    name: str  # a stable name for per-frame outputs: the image's stem or the frame number
+
+
+class Reader(Protocol):
+    """The synchronous, single-threaded part of a source: one frame per call."""
+
+    description: str
+    fps: float  # nominal frames per second, 0 when unknown
+
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        """The next BGR8 frame (written into `buffer` where possible) and its name; None at the end."""
+        ...
+
+    def release(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- readers
+
+
+class CaptureReader:
+    """A cv2.VideoCapture over a camera, file, URL or GStreamer pipeline."""
+
+    def __init__(self, target: int | str, description: str, api: int = cv2.CAP_ANY,
+                 params: list[int] | None = None, loop: bool = False) -> None:
+        self.description = description
+        self._target, self._api, self._params, self._loop = target, api, params or [], loop
+        self._count = 0
+        self._capture = self._open()
+        self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not 0 < self.fps < 1000:  # backends report 0, NaN or 90000 when they don't know
+            self.fps = 0.0
+
+    def _open(self) -> cv2.VideoCapture:
+        capture = cv2.VideoCapture(self._target, self._api, self._params)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"{self.description}: cannot be opened")
+        return capture
+
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        ok, image = self._capture.read(buffer)
+        if not ok and self._loop and self._count:
+            self._capture.release()
+            self._capture = self._open()
+            ok, image = self._capture.read(buffer)
+        if not ok or image is None:
+            return None
+        name = f"{self._count:06d}"
+        self._count += 1
+        return as_bgr8(image), name
+
+    def release(self) -> None:
+        self._capture.release()
+
+
+class ImageFolderReader:
+    """Images from a folder or a glob, in name order. Unreadable files are skipped, counted and named."""
+
+    def __init__(self, pattern: str, loop: bool = False) -> None:
+        self.description = pattern
+        self.fps = 0.0
+        self.paths = list_images(pattern)
+        self.unreadable: list[str] = []
+        self._loop = loop
+        self._position = 0
+        self._good = 0
+
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        while True:
+            if self._position == len(self.paths):
+                if not (self._loop and self._good):
+                    return None
+                self._position = 0
+            path = self.paths[self._position]
+            self._position += 1
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # keep 16-bit and alpha for as_bgr8
+            try:
+                image = as_bgr8(image)
+            except ValueError as error:
+                if str(path) not in self.unreadable:
+                    self.unreadable.append(str(path))
+                    print(f"warning: {path}: unreadable image ({error}), skipped", flush=True)
+                continue
+            self._good += 1
+            return image, path.stem
+
+    def release(self) -> None:
+        pass
+
+
+class SyntheticReader:
+    """A test-pattern camera (`synthetic://WxH@FPS`), for benchmarks and tests of the live path.
+
+    Frames are a few precomputed patterns copied into the caller's buffer, so producing one costs a memcpy.
+    `stall_after=N` blocks forever after N frames; `disconnect_after=N` fails the read after N frames (and,
+    with `reconnect=fail`, every later reopen too), to exercise the stall and reconnect handling.
+    """
+
+    def __init__(self, width: int = 640, height: int = 192, fps: float = 30.0, stall_after: int = 0,
+                 disconnect_after: int = 0, description: str = "synthetic") -> None:
+        self.description = description
+        self.fps = fps
+        self._period = 1.0 / fps if fps > 0 else 0.0
+        self._stall_after, self._disconnect_after = stall_after, disconnect_after
+        self._count = 0
+        self._next = time.perf_counter()
+        x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+        y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+        self._patterns = [np.stack([(x + 32 * k) % 256 + 0 * y, y + 0 * x, (x + y + 64 * k) % 256], axis=2)
+                          .astype(np.uint8) for k in range(4)]
+
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        if self._disconnect_after and self._count >= self._disconnect_after:
+            return None
+        if self._stall_after and self._count >= self._stall_after:
+            threading.Event().wait()  # a camera whose driver hangs: never returns
+        if self._period:  # pace like a real sensor
+            self._next += self._period
+            delay = self._next - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                self._next = time.perf_counter()
+        pattern = self._patterns[self._count % len(self._patterns)]
+        if buffer is None or buffer.shape != pattern.shape:
+            buffer = np.empty_like(pattern)
+        np.copyto(buffer, pattern)
+        name = f"{self._count:06d}"
+        self._count += 1
+        return buffer, name
+
+    def release(self) -> None:
+        pass
+
+
+class PacedReader:
+    """Plays a file at its own frame rate (`--realtime`): a file that behaves like a camera."""
+
+    def __init__(self, reader: Reader, fps: float) -> None:
+        self._reader = reader
+        self.description = reader.description
+        self.fps = fps
+        self._period = 1.0 / fps
+        self._next: float | None = None
+
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        now = time.perf_counter()
+        self._next = now if self._next is None else max(self._next + self._period, now - self._period)
+        if self._next > now:
+            time.sleep(self._next - now)
+        return self._reader.read(buffer)
+
+    def release(self) -> None:
+        self._reader.release()
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+class FrameSource:
+    """What the pipeline sees: `read()` -> Frame or None at the end; counters; `close()`."""
+
+    description: str
+    live: bool
+    fps: float
+    frames_read: int
+    frames_dropped: int
+    error: str | None  # why the source ended early (None: a normal end of stream)
+
+    def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+class PrefetchSource(FrameSource):
+    """Every frame, in order, decoded a few frames ahead on a thread into a pool of reused buffers."""
+
+    live = False
+
+    def __init__(self, reader: Reader, max_frames: int = 0, depth: int = PREFETCH_DEPTH) -> None:
+        self.reader = reader
+        self.description = reader.description
+        self.fps = reader.fps
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.error: str | None = None
+        self._max_frames = max_frames
+        self._free: queue.Queue[np.ndarray | None] = queue.Queue()
+        for _ in range(depth):
+            self._free.put(None)  # buffers are allocated by the first reads, then recycled
+        self._ready: queue.Queue[Frame | None] = queue.Queue()
+        self._current: Frame | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="frame-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        index = 0
+        try:
+            while not self._stop.is_set() and not (self._max_frames and index >= self._max_frames):
+                buffer = self._free.get()
+                if self._stop.is_set():
+                    break
+                result = self.reader.read(buffer)
+                if result is None:
+                    break
+                image, name = result
+                self._ready.put(Frame(image, index, time.perf_counter(), name))
+                index += 1
+        except Exception as error:  # surfaced on the main thread as a clean end with a reason
+            self.error = f"{self.description}: read failed ({error})"
+        finally:
+            self._ready.put(None)
+
+    def read(self) -> Frame | None:
+        if self._current is not None:
+            self._free.put(self._current.image)  # the previous frame's buffer is free again
+            self._current = None
+        frame = self._ready.get()
+        if frame is None:
+            self._ready.put(None)  # stay at the end for later calls
+            return None
+        self.frames_read += 1
+        self._current = frame
+        return frame
+
+    def close(self) -> None:
+        self._stop.set()
+        self._free.put(None)  # unblock a reader waiting for a buffer
+        self._thread.join(timeout=2.0)
+        if not self._thread.is_alive():
+            self.reader.release()
+
+
+class LiveSource(FrameSource):
+    """The newest frame only, from a capture thread; reconnects with backoff when the source fails.
+
+    Three buffers rotate (being written, newest ready, being processed), so the capture thread never
+    writes into a frame the pipeline is still using and nothing is allocated per frame.
+    """
+
+    live = True
+
+    def __init__(self, open_reader: Callable[[], Reader], max_frames: int = 0, stall_timeout: float = 10.0,
+                 reconnect_attempts: int = 5, backoff_start: float = 0.5, backoff_max: float = 8.0,
+                 reconnect: bool = True) -> None:
+        self._open_reader = open_reader
+        self._reconnect_enabled = reconnect  # False for a file played in real time: its end is the end
+        self.reader = open_reader()  # the first open is synchronous: a camera that won't open fails here
+        self.description = self.reader.description
+        self.fps = self.reader.fps
+        self.frames_read = 0  # frames the capture thread got from the device
+        self.frames_dropped = 0  # of those, frames replaced by a newer one before the pipeline took them
+        self.reconnects = 0
+        self.error: str | None = None
+        self._max_frames = max_frames
+        self._stall_timeout = stall_timeout
+        self._attempts, self._backoff_start, self._backoff_max = reconnect_attempts, backoff_start, backoff_max
+        self._cond = threading.Condition()
+        self._ready: Frame | None = None
+        self._fresh = False
+        self._ended = False
+        self._delivered = 0
+        self._front: np.ndarray | None = None
+        self._stalled = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-capture", daemon=True)
+        self._thread.start()
+
+    # capture thread
+    def _run(self) -> None:
+        back: np.ndarray | None = None
+        index = 0
+        try:
+            while not self._stop.is_set():
+                result = self.reader.read(back)
+                if result is None:
+                    if self._stop.is_set() or not self._reconnect_enabled or not self._reconnect():
+                        break
+                    continue
+                image, name = result
+                frame = Frame(image, index, time.perf_counter(), name)
+                index += 1
+                with self._cond:
+                    self.frames_read += 1
+                    if self._fresh:
+                        self.frames_dropped += 1
+                    old, self._ready, self._fresh = self._ready, frame, True
+                    self._cond.notify()
+                back = old.image if old is not None else None
+        except Exception as error:
+            self.error = f"{self.description}: capture failed ({error})"
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        """Reopen with exponential backoff; False (and `error` set) once every attempt failed."""
+        self.reader.release()
+        delay, started = self._backoff_start, time.perf_counter()
+        for attempt in range(1, self._attempts + 1):
+            if self._stop.wait(delay):
+                return False
+            try:
+                self.reader = self._open_reader()
+                self.reconnects += 1
+                print(f"warning: {self.description}: reconnected (attempt {attempt})", flush=True)
+                return True
+            except SourceError:
+                delay = min(delay * 2, self._backoff_max)
+        self.error = (f"{self.description}: disconnected; {self._attempts} reconnect attempts failed over "
+                      f"{time.perf_counter() - started:.1f} s")
+        return False
+
+    # pipeline thread
+    def read(self) -> Frame | None:
+        if self._max_frames and self._delivered >= self._max_frames:
+            return None
+        deadline = time.perf_counter() + self._stall_timeout
+        with self._cond:
+            while not self._fresh and not self._ended:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    self.error = (f"{self.description}: stalled (no frame for {self._stall_timeout:g} s)")
+                    self._stalled = True
+                    self._stop.set()
+                    return None
+                self._cond.wait(remaining)
+            if not self._fresh:
+                return None
+            frame = self._ready
+            # Hand our previous buffer to the capture thread in exchange for the newest frame.
+            self._ready = Frame(self._front, -1, 0.0, "") if self._front is not None else None
+            self._fresh = False
+        self._front = frame.image
+        self._delivered += 1
+        return frame
+
+    def close(self) -> None:
+        self._stop.set()
+        # A capture stuck in a driver call is left to die with the process (the thread is a daemon):
+        # releasing a device from another thread while it is blocked in read() is not safe.
+        self._thread.join(timeout=0.1 if self._stalled else 2.0)
+        if not self._thread.is_alive():
+            self.reader.release()
+
+
+# --------------------------------------------------------------------------------------------- opening
+
+
+def list_images(pattern: str) -> list[Path]:
+    path = Path(pattern)
+    if path.is_dir():
+        paths = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    else:
+        paths = [Path(p) for p in glob.glob(pattern) if Path(p).is_file()]
+    if not paths:
+        raise SourceError(f"{pattern}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    return sorted(paths)
+
+
+def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int = 30, flip: int = 0) -> str:
+    """The Jetson CSI camera pipeline: ISP capture in NVMM memory, converted to BGR for OpenCV's appsink."""
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
+            f"video/x-raw(memory:NVMM), width={width}, height={height}, framerate={fps}/1, format=NV12 ! "
+            f"nvvidconv flip-method={flip} ! video/x-raw, format=BGRx ! videoconvert ! "
+            f"video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def has_gstreamer() -> bool:
+    return re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) is not None
+
+
+def _check_video_file(path: Path) -> None:
+    if not path.exists():
+        raise SourceError(f"{path}: video file not found")
+    if not path.is_file():
+        raise SourceError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: empty file (0 bytes)")
+
+
+def open_video_reader(path: str | Path, loop: bool = False) -> CaptureReader:
+    path = Path(path)
+    _check_video_file(path)
+    try:
+        reader = CaptureReader(str(path), str(path), cv2.CAP_ANY, loop=loop)
+    except SourceError as error:
+        raise SourceError(f"{path}: cannot be opened as a video (corrupt or unsupported format)") from error
+    probe = cv2.VideoCapture(str(path))  # a file that opens but decodes nothing is as bad as a corrupt one
+    ok, _ = probe.read()
+    probe.release()
+    if not ok:
+        reader.release()
+        raise SourceError(f"{path}: no decodable video frames (corrupt or unsupported format)")
+    return reader
+
+
+def _gstreamer_reader(pipeline: str, description: str) -> CaptureReader:
+    if not has_gstreamer():
+        raise SourceError(f"{description}: this OpenCV has no GStreamer support; on a Jetson use JetPack's "
+                          "system OpenCV (python3-opencv), see docs/jetson.md")
+    return CaptureReader(pipeline, description, cv2.CAP_GSTREAMER)
+
+
+def _synthetic_factory(uri: str) -> Callable[[], Reader]:
+    parsed = urlparse(uri)
+    match = re.fullmatch(r"(\d+)x(\d+)(?:@([\d.]+))?", parsed.netloc + parsed.path.rstrip("/"))
+    if not match:
+        raise SourceError(f"{uri}: expected synthetic://WIDTHxHEIGHT[@FPS][?stall_after=N&disconnect_after=N]")
+    width, height = int(match[1]), int(match[2])
+    fps = float(match[3]) if match[3] else 30.0
+    options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
+    stall_after = int(options.get("stall_after", 0))
+    disconnect_after = int(options.get("disconnect_after", 0))
+    reconnect_ok = options.get("reconnect", "ok") == "ok"
+    opened = []
+
+    def factory() -> Reader:
+        if opened and not reconnect_ok:
+            raise SourceError(f"{uri}: cannot be opened")
+        opened.append(True)
+        return SyntheticReader(width, height, fps, stall_after, disconnect_after, description=uri)
+
+    return factory
+
+
+@dataclass
+class SourceOptions:
+    loop: bool = False
+    realtime: bool = False
+    max_frames: int = 0
+    stall_timeout: float = 10.0
+    reconnect_attempts: int = 5
+    backoff_start: float = 0.5
+
+
+def _live(factory: Callable[[], Reader], options: SourceOptions, reconnect: bool = True) -> LiveSource:
+    return LiveSource(factory, options.max_frames, options.stall_timeout, options.reconnect_attempts,
+                      options.backoff_start, reconnect=reconnect)
+
+
+def open_camera(index: int, options: SourceOptions) -> LiveSource:
+    def factory() -> Reader:
+        try:
+            return CaptureReader(index, f"camera {index}")
+        except SourceError as error:
+            raise SourceError(f"camera {index}: cannot be opened (no such device, busy, or no permission "
+                              f"for /dev/video{index})") from error
+
+    return _live(factory, options)
+
+
+def open_video(path: str | Path, options: SourceOptions) -> FrameSource:
+    reader = open_video_reader(path, loop=options.loop)
+    if not options.realtime:
+        return PrefetchSource(reader, options.max_frames)
+    fps = reader.fps or 30.0
+    reader.release()
+    return _live(lambda: PacedReader(open_video_reader(path, loop=options.loop), fps), options, reconnect=False)
+
+
+def open_images(pattern: str, options: SourceOptions) -> FrameSource:
+    reader = ImageFolderReader(pattern, loop=options.loop)
+    if not options.realtime:
+        return PrefetchSource(reader, options.max_frames)
+    return _live(lambda: PacedReader(ImageFolderReader(pattern, loop=options.loop), 30.0), options,
+                 reconnect=False)
+
+
+def open_uri(uri: str, options: SourceOptions) -> FrameSource:
+    """rtsp/http/... URLs, `csi://N`, `synthetic://WxH@FPS`, `file://`, `v4l2:///dev/videoN`, or a raw
+    GStreamer pipeline (anything with ' ! ' in it)."""
+    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
+    if " ! " in uri or uri.rstrip().endswith("appsink"):
+        return _live(lambda: _gstreamer_reader(uri, "GStreamer pipeline"), options)
+    if scheme == "csi":
+        sensor = urlparse(uri).netloc or "0"
+        if not sensor.isdigit():
+            raise SourceError(f"{uri}: expected csi://N with N the sensor id")
+        return _live(lambda: _gstreamer_reader(csi_pipeline(int(sensor)), uri), options)
+    if scheme == "synthetic":
+        return _live(_synthetic_factory(uri), options)
+    if scheme == "file":
+        return open_path(urlparse(uri).path, options)
+    if scheme == "v4l2":
+        match = re.search(r"video(\d+)$", uri)
+        if not match:
+            raise SourceError(f"{uri}: expected v4l2:///dev/videoN")
+        return open_camera(int(match[1]), options)
+    if scheme in STREAM_SCHEMES:
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
+                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
+        return _live(lambda: CaptureReader(uri, uri, cv2.CAP_FFMPEG, params), options)
+    raise SourceError(f"{uri}: unknown source (expected rtsp://, http(s)://, csi://N, synthetic://WxH@FPS, "
+                      "v4l2:///dev/videoN, file://, or a GStreamer pipeline)")
+
+
+def open_path(text: str, options: SourceOptions) -> FrameSource:
+    """The positional form: a camera index, an image folder or glob, an image, a video file, or a URI."""
+    if text.isdigit():
+        return open_camera(int(text), options)
+    if "://" in text or " ! " in text:
+        return open_uri(text, options)
+    path = Path(text)
+    if path.is_dir() or any(ch in text for ch in "*?[") or path.suffix.lower() in IMAGE_SUFFIXES:
+        return open_images(text, options)
+    return open_video(path, options)

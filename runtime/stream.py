@@ -1,0 +1,269 @@
+"""Frames in, road masks out: the slim streaming runtime.
+
+    python runtime/stream.py --camera 0
+    python runtime/stream.py --video drive.mp4 --headless --output annotated.mp4 --stats-json stats.json
+    python runtime/stream.py --images 'frames/*.png' --save-masks masks/
+    python runtime/stream.py --source rtsp://camera.local/stream --model build/model.int8.engine
+    python runtime/stream.py --source csi://0            # Jetson CSI camera (nvarguscamerasrc)
+    python runtime/stream.py drive.mp4                   # positional: camera index, file, folder, glob or URI
+
+The loop is source -> preprocess -> backend.infer -> postprocess -> render/write. Preprocessing and class
+names come from the model file's metadata. Live sources keep only their newest frame; files are processed
+frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
+Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the package from the repo root
+    _ROOT = str(Path(__file__).resolve().parent.parent)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path[0] = _ROOT  # and don't let runtime/'s modules shadow top-level names
+    else:
+        sys.path.insert(0, _ROOT)
+
+from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
+from runtime.ioutil import fail  # noqa: E402
+from runtime.model_select import default_model  # noqa: E402
+from runtime.outputs import (  # noqa: E402
+    VIEWS,
+    MaskWriter,
+    OutputError,
+    Outputs,
+    Renderer,
+    VideoFileOutput,
+    WindowOutput,
+    display_problem,
+)
+from runtime.postprocess import MaskPostprocessor  # noqa: E402
+from runtime.preprocess import FramePreprocessor  # noqa: E402
+from runtime.sources import (  # noqa: E402
+    FrameSource,
+    SourceError,
+    SourceOptions,
+    open_camera,
+    open_images,
+    open_path,
+    open_uri,
+    open_video,
+)
+from runtime.stats import StreamStats, format_summary, write_stats_json  # noqa: E402
+
+HUD_REFRESH_S = 0.5
+STATUS_EVERY_S = 5.0
+EXIT_SOURCE_FAILED = 3
+
+
+class StopRequest:
+    """SIGINT/SIGTERM -> finish the current frame and stop. A second signal, or one that arrives while the
+    loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self.waiting = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        first = not self.requested
+        self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if not first or self.waiting:
+            raise KeyboardInterrupt
+
+
+class HudLine:
+    """The heads-up text: FPS and per-stage milliseconds, refreshed twice a second so it can be read."""
+
+    def __init__(self, backend: Backend, stats: StreamStats) -> None:
+        self._label = f"{backend.name} {backend.precision} {backend.device}"
+        self._stats = stats
+        self._text = f"warming up | {self._label}"
+        self._next = 0.0
+
+    def text(self) -> str:
+        now = time.perf_counter()
+        if now >= self._next and self._stats.frames_processed:
+            self._next = now + HUD_REFRESH_S
+            ms = {name: ring.recent_mean(30) for name, ring in self._stats.stages.items()}
+            self._text = (f"{self._stats.recent_fps():5.1f} FPS | cap {ms['capture']:.1f} pre {ms['preprocess']:.1f} "
+                          f"inf {ms['inference']:.1f} post {ms['postprocess']:.1f} "
+                          f"draw {ms['render']:.1f} ms | {self._label}")
+        return self._text
+
+
+def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats,
+                 stop: StopRequest | None = None, hud: bool = True, status_every: float = 0.0) -> None:
+    """The loop. Returns at the end of the source, on a stop request, or when the window is closed."""
+    stop = stop or StopRequest()
+    preprocess = FramePreprocessor(backend.spec)
+    postprocess = MaskPostprocessor(backend.spec.road_index)
+    hud_line = HudLine(backend, stats) if hud else None
+    preprocess.input_tensor.fill(0)
+    backend.infer(preprocess.input_tensor)  # warm-up: first-run allocations stay out of the statistics
+    next_status = time.perf_counter() + status_every
+    while not stop.requested:
+        t_start = time.perf_counter()
+        stop.waiting = True
+        frame = source.read()
+        stop.waiting = False
+        if frame is None:
+            break
+        t_captured = time.perf_counter()
+        batch = preprocess(frame.image)
+        t_preprocessed = time.perf_counter()
+        logits = backend.infer(batch)
+        t_inferred = time.perf_counter()
+        mask = postprocess(logits[0], frame.image.shape[:2])
+        t_postprocessed = time.perf_counter()
+        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None)
+        t_rendered = time.perf_counter()
+        stats.record((t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered),
+                     frame.timestamp)
+        if not keep_going:
+            break
+        if status_every and t_rendered >= next_status:
+            next_status = t_rendered + status_every
+            print(f"[{stats.frames_processed} frames] {(hud_line or HudLine(backend, stats)).text()}",
+                  file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python runtime/stream.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = parser.add_argument_group("source (exactly one)")
+    src.add_argument("input", nargs="?", help="camera index, video file, image folder/glob, or URI")
+    src.add_argument("--camera", type=int, metavar="N", help="OpenCV/V4L2 camera index")
+    src.add_argument("--video", metavar="PATH", help="a video file")
+    src.add_argument("--images", metavar="DIR_OR_GLOB", help="an image folder or a quoted glob")
+    src.add_argument("--source", metavar="URI", help="rtsp://, http(s)://, csi://N, synthetic://WxH@FPS, "
+                     "or a GStreamer pipeline ending in appsink")
+    src.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)")
+    src.add_argument("--loop", action="store_true", help="restart files and image folders at the end")
+    src.add_argument("--realtime", action="store_true",
+                     help="play files at their frame rate and drop frames like a live source")
+    src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                     help="give up on a live source that delivers no frame for S seconds")
+    src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
+                     help="reopen a disconnected live source N times, with backoff from 0.5 s, before exiting")
+    model = parser.add_argument_group("model")
+    model.add_argument("--model", metavar="PATH", help=".onnx or TensorRT .engine/.plan (default: the best in "
+                       "build/ for this machine, else models/*.onnx)")
+    model.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt"))
+    model.add_argument("--threads", type=int, default=0, metavar="N", help="ONNX Runtime CPU threads (0: all)")
+    out = parser.add_argument_group("outputs")
+    show = out.add_mutually_exclusive_group()
+    show.add_argument("--display", action="store_true", help="open a window (fail if there is no display)")
+    show.add_argument("--headless", action="store_true", help="never open a window")
+    out.add_argument("--output", metavar="OUT.mp4", help="write the annotated video (.mp4, .avi, .mkv, .mov)")
+    out.add_argument("--fourcc", help="codec for --output (default: mp4v; MJPG for .avi)")
+    out.add_argument("--save-masks", metavar="DIR", help="write a PNG mask per frame (255 = road)")
+    out.add_argument("--view", default="overlay", choices=VIEWS)
+    out.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    out.add_argument("--no-hud", action="store_true", help="no heads-up line on the image")
+    out.add_argument("--stats-json", metavar="PATH", help="write the run's statistics here")
+    out.add_argument("--quiet", action="store_true", help="no periodic status lines")
+    return parser.parse_args(argv)
+
+
+def open_source(args: argparse.Namespace) -> FrameSource:
+    given = [(flag, value) for flag, value in (("input", args.input), ("--camera", args.camera),
+                                               ("--video", args.video), ("--images", args.images),
+                                               ("--source", args.source)) if value is not None]
+    if len(given) != 1:
+        raise SourceError("give exactly one source: --camera N, --video PATH, --images DIR_OR_GLOB, --source URI "
+                          f"or a positional one (got {len(given)})")
+    if args.max_frames < 0:
+        raise SourceError(f"--max-frames {args.max_frames}: expected 0 or more")
+    options = SourceOptions(loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
+                            stall_timeout=args.stall_timeout, reconnect_attempts=args.reconnect_attempts)
+    flag, value = given[0]
+    opener = {"input": lambda: open_path(str(value), options), "--camera": lambda: open_camera(value, options),
+              "--video": lambda: open_video(value, options), "--images": lambda: open_images(value, options),
+              "--source": lambda: open_uri(value, options)}[flag]
+    return opener()
+
+
+def open_outputs(args: argparse.Namespace, source: FrameSource) -> Outputs:
+    renderer = Renderer(args.view, args.alpha)
+    window = None
+    if args.display or (not args.headless and display_problem() is None):
+        window = WindowOutput(f"roadseg: {source.description}")
+    video = VideoFileOutput(args.output, source.fps, args.fourcc) if args.output else None
+    masks = MaskWriter(args.save_masks) if args.save_masks else None
+    return Outputs(renderer, window, video, masks)
+
+
+def source_problem(source: FrameSource, processed: int) -> str | None:
+    """Why the run should end non-zero although it finished: a source that failed or skipped input."""
+    if source.error:
+        return source.error
+    unreadable = getattr(getattr(source, "reader", None), "unreadable", [])
+    if unreadable:
+        total = len(getattr(source.reader, "paths", unreadable))
+        return f"{len(unreadable)} of {total} images could not be read (first: {unreadable[0]})"
+    if processed == 0:
+        return f"{source.description}: no frames could be read"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model_path = Path(args.model) if args.model else default_model()
+        backend = open_backend(model_path, args.backend, threads=args.threads or None)
+    except ImportError as error:  # e.g. an engine on a machine without TensorRT
+        return fail(f"{model_path}: cannot load its backend here ({error})")
+    except (ModelFileError, OSError, RuntimeError) as error:
+        return fail(error)
+    stop = StopRequest()
+    stop.install()
+    source = outputs = stats = None
+    started = time.perf_counter()
+    try:
+        source = open_source(args)
+        outputs = open_outputs(args, source)
+        stats = StreamStats(live=source.live)
+        run_pipeline(source, backend, outputs, stats, stop, hud=not args.no_hud,
+                     status_every=0.0 if args.quiet else STATUS_EVERY_S)
+    except KeyboardInterrupt:
+        stop.signal_name = stop.signal_name or "SIGINT"
+    except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
+        return fail(error)
+    finally:
+        if outputs is not None:
+            outputs.close()
+        if source is not None:
+            source.close()
+        stop.restore()
+    summary = stats.summary(source.frames_read, source.frames_dropped, backend.name, backend.precision,
+                            device=backend.device, model=str(model_path), source=source.description,
+                            input_size=list(backend.spec.size_hw), wall_s=round(time.perf_counter() - started, 3),
+                            reconnects=getattr(source, "reconnects", 0), stopped_by=stop.signal_name)
+    print(format_summary(summary))
+    if stop.signal_name:
+        print(f"stopped by {stop.signal_name}")
+    if args.output and outputs.video is not None and outputs.video.frames_written:
+        print(f"wrote {args.output} ({outputs.video.frames_written} frames)")
+    if args.stats_json:
+        write_stats_json(args.stats_json, summary)
+    problem = None if stop.signal_name else source_problem(source, stats.frames_processed)
+    return fail(problem, EXIT_SOURCE_FAILED) if problem else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
