@@ -32,6 +32,7 @@ from onnxruntime.quantization import (
     quant_pre_process,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import save_tensors_data
 
 from runtime.backends import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
@@ -42,6 +43,8 @@ FLAVOURS = ("tensorrt", "cpu")
 DEFAULT_PERCENTILE = 99.99
 QUANTIZED_OPS = ["Conv"]
 CALIBRATION_KEY = "roadseg.calibration"
+ENTROPY_BINS = 2048
+COLLECT_CHUNK = 8
 
 
 class TensorReader(CalibrationDataReader):
@@ -101,16 +104,40 @@ def quantization_options(flavour: str, method: str, percentile: float) -> dict:
     }
 
 
+def calibrate_ranges(model_path: str | Path, tensors: np.ndarray, method: str, symmetric: bool,
+                     percentile: float = DEFAULT_PERCENTILE, op_types: list[str] | None = None):
+    """ORT TensorsData for the tensors feeding `op_types` (all float tensors when None).
+
+    Run here rather than inside quantize_static because quantize_static does not forward the histogram
+    size: its entropy default of 128 bins equals the 128 quantized bins, which leaves KL divergence a
+    single candidate threshold (= min-max, seen). TensorRT's entropy calibrator uses 2048 bins; so do we.
+    """
+    extra: dict = {"symmetric": symmetric}
+    if method != "minmax":
+        extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128, percentile=percentile)
+    with tempfile.TemporaryDirectory(prefix="roadseg-calib-") as scratch:
+        calibrator = create_calibrator(str(model_path), op_types, str(Path(scratch) / "augmented.onnx"),
+                                       calibrate_method=METHODS[method], extra_options=extra)
+        name = input_name(model_path)
+        # In chunks: ORT keeps every frame's every tensor until collect_data returns (GBs for 64 frames);
+        # its collectors merge across calls, so chunking changes memory, not the ranges' definition.
+        for start in range(0, len(tensors), COLLECT_CHUNK):
+            calibrator.collect_data(TensorReader(tensors[start : start + COLLECT_CHUNK], name))
+        return calibrator.compute_data()
+
+
 def quantize_int8(prepared_path: str | Path, out_path: str | Path, tensors: np.ndarray, method: str,
                   flavour: str = "tensorrt", percentile: float = DEFAULT_PERCENTILE,
                   metadata: dict[str, str] | None = None, calibration_identity: str = "") -> Path:
     """Quantize, stamp the roadseg metadata (precision int8), and write atomically."""
     options = quantization_options(flavour, method, percentile)
     out_path = Path(out_path)
+    symmetric = flavour == "tensorrt"
+    ranges = calibrate_ranges(prepared_path, tensors, method, symmetric, percentile, QUANTIZED_OPS)
     with tempfile.TemporaryDirectory(prefix="roadseg-quant-") as scratch:
-        temp_out = Path(scratch) / "model.int8.onnx"
-        quantize_static(str(prepared_path), str(temp_out), TensorReader(tensors, input_name(prepared_path)),
-                        **options)
+        temp_out, cache = Path(scratch) / "model.int8.onnx", Path(scratch) / "ranges.json"
+        save_tensors_data(ranges, cache)
+        quantize_static(str(prepared_path), str(temp_out), None, calibration_cache_path=str(cache), **options)
         model = onnx.load(str(temp_out))
     stamp = dict(metadata or {})
     stamp[PRECISION_KEY] = "int8"
@@ -131,13 +158,8 @@ def replace_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 def activation_ranges(fp32_path: str | Path, tensors: np.ndarray, method: str,
                       percentile: float = DEFAULT_PERCENTILE) -> dict:
-    """ORT TensorData per tensor of the FP32 graph (every tensor: implicit INT8 needs all of them)."""
-    extra = {"symmetric": True, "percentile": percentile} if method != "minmax" else {"symmetric": True}
-    with tempfile.TemporaryDirectory(prefix="roadseg-calib-") as scratch:
-        calibrator = create_calibrator(str(fp32_path), None, str(Path(scratch) / "augmented.onnx"),
-                                       calibrate_method=METHODS[method], extra_options=extra)
-        calibrator.collect_data(TensorReader(tensors, input_name(fp32_path)))
-        return dict(calibrator.compute_data().items())
+    """Symmetric ranges of every float tensor of the FP32 graph (implicit INT8 needs all of them)."""
+    return dict(calibrate_ranges(fp32_path, tensors, method, True, percentile, None).items())
 
 
 def absolute_max(ranges: dict) -> dict[str, float]:

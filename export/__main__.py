@@ -114,7 +114,10 @@ def export_fp32(args: argparse.Namespace, build: Path) -> dict:
         slimmed.unlink(missing_ok=True)
     print(f"wrote {final}  (opset {args.opset}, onnxslim {slim_note})")
     print(f"  {report.line()}")
-    result = {"checkpoint": str(args.checkpoint), "onnx": str(final), "opset": args.opset,
+    from calibration.dataset import sha256_file
+
+    result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
+              "onnx": str(final), "opset": args.opset,
               "dynamic_batch": args.dynamic_batch, "onnxslim": slim_note, "parity": report.to_dict()}
     atomic_write_text(build / "parity.json", json.dumps(result, indent=1) + "\n")
     return result

@@ -1,0 +1,1 @@
+"""Recording stand-ins for libraries that cannot run on the CI machines (TensorRT)."""

@@ -1,0 +1,299 @@
+"""Engine builder against RECORDING STAND-INS of TensorRT 8.6, 10.x and 11.x (tests/standins/).
+
+TensorRT cannot be installed on the CI machines, so these tests check the calls the builder makes per
+version and precision, the cache key and the rebuild logic. They do not prove a real engine builds or
+runs: that needs a GPU with TensorRT (see the issue's device check). Tests named test_standin_* only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import run_cli
+from onnx import TensorProto, helper
+from standins.tensorrt_api import VERSIONS, make_tensorrt
+
+from export.engine import build_engine, cache_key, key_digest, reusable
+from export.trt_builder import (
+    BuildOptions,
+    EngineBuildError,
+    build_serialized,
+    calibration_cache_header,
+    make_calibrator,
+    onnx_for,
+    trtexec_command,
+)
+from runtime.backends import ModelFileError
+from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from runtime.tensorrt_backend import GpuInfo, key_mismatch, read_sidecar, sidecar_path
+
+ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6")
+H100 = GpuInfo("NVIDIA H100 80GB HBM3", "9.0", "13.0", "13.0")
+
+
+def tiny_onnx(path: Path, dynamic: bool = False, precision: str = "fp32") -> Path:
+    """A one-Conv graph with the roadseg metadata: enough for the stand-in parser and the cache key."""
+    batch = "N" if dynamic else 1
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 3, 1, 1], np.ones(6, np.float32))
+    graph = helper.make_graph([helper.make_node("Conv", ["image", "w"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, 32, 64])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2, 32, 64])],
+                              [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in {METADATA_KEY: PreprocessSpec(32, 64).to_json(), "roadseg.precision": precision}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture()
+def build(tmp_path: Path) -> Path:
+    tiny_onnx(tmp_path / "model.fp32.onnx")
+    tiny_onnx(tmp_path / "model.fp16.onnx", precision="fp16")
+    tiny_onnx(tmp_path / "model.int8.onnx", precision="int8")
+    calib = tmp_path / "calibration"
+    (calib / "trt").mkdir(parents=True)
+    (calib / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
+    np.save(calib / "tensors.npy", np.zeros((2, 3, 32, 64), np.float32))
+    (calib / "trt" / "ranges.json").write_text(json.dumps({"amax": {"image": 2.5, "logits": 12.7}}))
+    return tmp_path
+
+
+def calls_named(trt, prefix: str) -> list[tuple]:
+    return [c for c in trt.calls if c[0].startswith(prefix)]
+
+
+def flags_set(trt) -> list[str]:
+    return [c[1] for c in calls_named(trt, "BuilderConfig.set_flag")]
+
+
+def test_standin_trt86_fp16_uses_builder_flag(build):
+    trt = make_tensorrt(VERSIONS["8.6"])
+    onnx_path = onnx_for("fp16", "qdq", 8, build)
+    assert onnx_path.name == "model.fp32.onnx"
+    build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), build / "timing.cache")
+    assert flags_set(trt) == ["FP16"]
+    assert ("Builder.create_network", 1 << 0) in trt.calls  # EXPLICIT_BATCH is bit 0 and required on 8.6
+    assert calls_named(trt, "Builder.platform_has_fast_fp16")
+
+
+def test_standin_trt10_fp16_uses_builder_flag_without_explicit_batch(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    build_serialized(trt, onnx_for("fp16", "qdq", 10, build), BuildOptions(precision="fp16"), None)
+    assert flags_set(trt) == ["FP16"]
+    assert ("Builder.create_network", 0) in trt.calls
+    assert not calls_named(trt, "Builder.platform_has_fast_fp16")  # deprecated in 10: not consulted
+
+
+def test_standin_trt11_fp16_builds_from_fp16_onnx_without_flags(build):
+    trt = make_tensorrt(VERSIONS["11"])
+    onnx_path = onnx_for("fp16", "qdq", 11, build)
+    assert onnx_path.name == "model.fp16.onnx"
+    engine = build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), None)
+    assert flags_set(trt) == []
+    assert ("OnnxParser.parse_from_file", "model.fp16.onnx") in trt.calls
+    assert json.loads(engine.split(b"\n", 1)[1])["onnx_sha256"]
+
+
+def test_standin_trt11_lacks_the_removed_names():
+    trt = make_tensorrt(VERSIONS["11"])
+    config = trt.Builder(trt.Logger()).create_builder_config()
+    for lookup in (lambda: trt.BuilderFlag.FP16, lambda: trt.BuilderFlag.INT8,
+                   lambda: trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH, lambda: trt.IInt8EntropyCalibrator2,
+                   lambda: trt.Builder(trt.Logger()).platform_has_fast_fp16,
+                   lambda: config.set_calibration_profile):
+        with pytest.raises(AttributeError):
+            lookup()
+    with pytest.raises(AttributeError):
+        config.int8_calibrator = object()
+
+
+@pytest.mark.parametrize("family", ["8.6", "10"])
+def test_standin_int8_qdq_sets_int8_and_fp16_flags_on_weakly_typed_versions(build, family):
+    trt = make_tensorrt(VERSIONS[family])
+    major = int(family.split(".")[0])
+    onnx_path = onnx_for("int8", "qdq", major, build)
+    assert onnx_path.name == "model.int8.onnx"
+    build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
+    assert flags_set(trt) == ["INT8", "FP16"]
+    assert not calls_named(trt, "BuilderConfig.int8_calibrator=")
+
+
+def test_standin_trt11_int8_builds_from_qdq_onnx_without_flags(build):
+    trt = make_tensorrt(VERSIONS["11"])
+    onnx_path = onnx_for("int8", "qdq", 11, build)
+    assert onnx_path.name == "model.int8.onnx"
+    build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
+    assert flags_set(trt) == []
+
+
+def test_standin_trt11_refuses_implicit_int8_calibration(build):
+    with pytest.raises(EngineBuildError, match="TensorRT 11 removed implicit INT8"):
+        onnx_for("int8", "calibrator", 11, build)
+
+
+@pytest.mark.parametrize("family", ["8.6", "10"])
+def test_standin_int8_calibrator_uses_the_calibration_cache(build, family):
+    trt = make_tensorrt(VERSIONS[family])
+    cache = f"{calibration_cache_header(trt.__version__)}\nimage: 3ca14285\n".encode()
+    calibrator = make_calibrator(trt, np.zeros((2, 3, 32, 64), np.float32), "image", cache, None)
+    onnx_path = onnx_for("int8", "calibrator", int(family.split(".")[0]), build)
+    assert onnx_path.name == "model.fp32.onnx"
+    engine = build_serialized(trt, onnx_path, BuildOptions(precision="int8", int8_mode="calibrator"), None,
+                              calibrator)
+    assert ("BuilderConfig.int8_calibrator=", "EntropyCalibrator") in trt.calls
+    assert json.loads(engine.split(b"\n", 1)[1])["calibration_cache"] == cache.decode()
+    assert calibrator.get_batch_size() == 1
+
+
+def test_standin_calibration_cache_header_follows_the_version():
+    assert calibration_cache_header("8.6.1") == "TRT-8601-EntropyCalibration2"
+    assert calibration_cache_header("10.3.0") == "TRT-100300-EntropyCalibration2"
+
+
+@pytest.mark.parametrize("family", ["8.6", "10", "11"])
+def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, family):
+    trt = make_tensorrt(VERSIONS[family])
+    onnx_path = tiny_onnx(tmp_path / "model.fp32.onnx", dynamic=True)
+    profile = ((1, 3, 32, 64), (2, 3, 32, 64), (4, 3, 32, 64))
+    options = BuildOptions(precision="fp32", workspace_mib=256, optimization_level=5, dla_core=1, profile=profile)
+    timing = tmp_path / "timing.cache"
+    build_serialized(trt, onnx_path, options, timing)
+    assert ("BuilderConfig.set_memory_pool_limit", "WORKSPACE", 256 << 20) in trt.calls
+    assert ("BuilderConfig.builder_optimization_level=", 5) in trt.calls
+    assert ("OptimizationProfile.set_shape", "image", *profile) in trt.calls
+    assert ("BuilderConfig.default_device_type=", "DLA") in trt.calls
+    assert ("BuilderConfig.DLA_core=", 1) in trt.calls
+    assert flags_set(trt) == ["GPU_FALLBACK"]
+    assert ("BuilderConfig.create_timing_cache", b"") in trt.calls
+    # The second build starts from the timing cache the first one saved.
+    saved = timing.read_bytes()
+    trt.calls.clear()
+    build_serialized(trt, onnx_path, options, timing)
+    assert ("BuilderConfig.create_timing_cache", saved) in trt.calls
+
+
+def test_standin_dynamic_input_without_profile_is_one_clear_error(tmp_path):
+    trt = make_tensorrt(VERSIONS["10"])
+    with pytest.raises(EngineBuildError, match="--profile"):
+        build_serialized(trt, tiny_onnx(tmp_path / "m.onnx", dynamic=True), BuildOptions(precision="fp32"), None)
+
+
+def test_standin_trtexec_command_per_version(tmp_path):
+    onnx_path, engine = tmp_path / "model.fp32.onnx", tmp_path / "model.fp16.engine"
+    fp16 = BuildOptions(precision="fp16", workspace_mib=512, optimization_level=4)
+    old = trtexec_command("trtexec", onnx_path, engine, fp16, 8, tmp_path / "t.cache", None)
+    assert "--fp16" in old and "--memPoolSize=workspace:512M" in old and "--builderOptimizationLevel=4" in old
+    assert f"--timingCacheFile={tmp_path / 't.cache'}" in old
+    new = trtexec_command("trtexec", tmp_path / "model.fp16.onnx", engine, fp16, 11, None, None)
+    assert "--fp16" not in new and "--int8" not in new
+    calib = trtexec_command("trtexec", onnx_path, engine, BuildOptions(precision="int8", int8_mode="calibrator"),
+                            10, None, tmp_path / "c.cache")
+    assert {"--int8", "--fp16", f"--calib={tmp_path / 'c.cache'}"} <= set(calib)
+
+
+def engine_args(build: Path, precision: str = "fp16", **overrides) -> Namespace:
+    values = {"precision": precision, "int8_mode": "qdq", "build": str(build), "workspace_mib": 1024,
+              "opt_level": 3, "dla_core": None, "profile": None, "timing_cache": None, "trtexec": None,
+              "force": False}
+    values.update(overrides)
+    return Namespace(**values)
+
+
+def test_standin_engine_is_reused_while_its_key_matches_and_rebuilt_when_it_changes(build, capsys):
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    sidecar = read_sidecar(engine)
+    assert sidecar["cache_key"]["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
+    assert sidecar["cache_key"]["precision"] == "fp16" and sidecar["cache_key"]["tensorrt"] == "10.3.0"
+    assert sidecar["metadata"][METADATA_KEY]  # the runtime reads the contract from here
+    assert sidecar["rebuild"].startswith("python -m export.engine --precision fp16")
+    builds = len(calls_named(trt, "Builder.build_serialized_network"))
+    build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    assert len(calls_named(trt, "Builder.build_serialized_network")) == builds
+    assert "engine up to date" in capsys.readouterr().out
+    # A changed ONNX, another GPU or other build options each change the key.
+    base = cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", ORIN)
+    assert key_digest(base) != key_digest(cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", H100))
+    assert key_digest(base) != key_digest(cache_key(build / "model.fp32.onnx", BuildOptions(workspace_mib=2048),
+                                                    None, "10.3.0", ORIN))
+    tiny_onnx(build / "model.fp32.onnx", precision="fp32")
+    with open(build / "model.fp32.onnx", "ab") as stream:
+        stream.write(b"")  # same bytes: still reusable
+    assert reusable(engine, cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", ORIN))
+    model = onnx.load(str(build / "model.fp32.onnx"))
+    model.graph.initializer[0].float_data[:] = [2.0] * 6
+    onnx.save(model, str(build / "model.fp32.onnx"))
+    build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    assert len(calls_named(trt, "Builder.build_serialized_network")) == builds + 1
+
+
+def test_standin_int8_engine_key_carries_the_calibration_identity(build):
+    trt = make_tensorrt(VERSIONS["11"])
+    engine = build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
+    key = read_sidecar(engine)["cache_key"]
+    assert key["onnx"] == "model.int8.onnx" and len(key["calibration_manifest_sha256"]) == 64
+    (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1", "n": 2}\n')
+    before = len(calls_named(trt, "Builder.build_serialized_network"))
+    build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
+    assert len(calls_named(trt, "Builder.build_serialized_network")) == before + 1
+
+
+def test_standin_key_mismatch_names_gpu_and_tensorrt(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    key = read_sidecar(engine)["cache_key"]
+    assert key_mismatch(key, ORIN, "10.3.0") == ""
+    problem = key_mismatch(key, H100, "11.4.0")
+    assert "TensorRT 10.3.0 vs 11.4.0" in problem and "Orin" in problem and "H100" in problem
+
+
+def test_tensorrt_backend_without_cuda_is_one_line_and_never_imports_tensorrt(build, monkeypatch):
+    """Real code path on this machine: no GPU, so the backend must stop before TensorRT is imported."""
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (None, "no usable CUDA driver"))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    with pytest.raises(ModelFileError, match="needs a CUDA GPU: no usable CUDA driver"):
+        tensorrt_backend.TensorRTBackend(engine)
+    assert "tensorrt" not in sys.modules
+
+
+def test_tensorrt_backend_refuses_an_engine_without_sidecar(build):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    (build / "lonely.engine").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="no sidecar"):
+        TensorRTBackend(build / "lonely.engine")
+    assert sidecar_path(build / "lonely.engine").name == "lonely.engine.json"
+
+
+def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, tiny_checkpoint, synthetic_kitti):
+    """Real run of `python -m export.engine` on this GPU-less machine (no stand-in involved)."""
+    from runtime.tensorrt_backend import probe_cuda
+
+    if probe_cuda()[0] is not None:
+        pytest.skip("this machine has a CUDA GPU")
+    build = tmp_path / "build"
+    result = run_cli("-m", "export", "--checkpoint", str(tiny_checkpoint), "--build", str(build),
+                     "--data", str(synthetic_kitti), "--parity-frames", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("-m", "export.engine", "--checkpoint", str(tiny_checkpoint), "--build", str(build),
+                     "--data", str(synthetic_kitti), "--no-progress")
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: cannot build a TensorRT engine here: no CUDA GPU")
+    assert "model.fp32.onnx" in lines[0] and "model.fp16.onnx" in lines[0] and "Traceback" not in result.stderr
+    assert "ONNX up to date" in result.stdout  # the checkpoint did not change: nothing was re-exported
+    assert not list(build.glob("*.engine"))
+    torch.manual_seed(0)
