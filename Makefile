@@ -42,3 +42,23 @@ train: setup
 eval: setup
 	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split val \
 		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png
+
+# export/calibrate/engine: each stage reruns only when its inputs changed (file dependencies here, content
+# hashes and the engine's cache key inside the Python stages).
+PRECISION ?= fp16
+EXPORT_SRC := $(wildcard export/*.py) runtime/preprocess.py
+CALIBRATION_SRC := $(wildcard calibration/*.py)
+
+## export: CHECKPOINT -> BUILD/model.fp32.onnx + model.fp16.onnx, behind the parity and accuracy gates
+export: $(BUILD)/model.fp32.onnx
+$(BUILD)/model.fp32.onnx: $(wildcard $(CHECKPOINT)) $(EXPORT_SRC) | setup
+	$(PY) -m export --checkpoint $(CHECKPOINT) --build $(BUILD) --data $(DATA)
+
+## calibrate: calibration set, INT8 Q/DQ per method (entropy, percentile, minmax), best kept, accuracy table
+calibrate: $(BUILD)/model.int8.onnx
+$(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
+	$(PY) -m calibration --build $(BUILD) --source $(DATA) --data $(DATA)
+
+## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (needs TensorRT and a CUDA GPU)
+engine: calibrate
+	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
