@@ -1,0 +1,93 @@
+"""The runtime stays slim: numpy, OpenCV and a backend only. Never torch, never train/ (or export/...)."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from stream_helpers import KITTI_VIDEO, REPO, read_video, tiny_onnx_model
+
+ALLOWED_THIRD_PARTY = {"numpy", "cv2", "onnxruntime", "tensorrt", "cuda", "runtime"}
+FORBIDDEN = ("torch", "torchvision", "train", "export", "calibration", "tqdm", "matplotlib", "onnx")
+
+# Runs in a fresh interpreter: any import of a forbidden package fails, then the real CLI streams a video.
+BLOCKED_RUN = """
+import importlib.abc, runpy, sys
+FORBIDDEN = {forbidden!r}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in FORBIDDEN:
+            raise ImportError(f"blocked import of {{name}}: the runtime must not need it")
+        return None
+
+sys.meta_path.insert(0, Block())
+sys.argv = ["runtime/stream.py", *{argv!r}]
+try:
+    runpy.run_path("runtime/stream.py", run_name="__main__")
+finally:
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in FORBIDDEN)
+    print("FORBIDDEN-LOADED:", loaded)
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    return tiny_onnx_model(tmp_path_factory.getbasetemp())
+
+
+@pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
+def test_stream_runs_with_torch_and_train_blocked(tiny_onnx: Path, tmp_path: Path):
+    out = tmp_path / "slim.mp4"
+    argv = ["--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "6",
+            "--output", str(out), "--save-masks", str(tmp_path / "m"), "--quiet"]
+    code = BLOCKED_RUN.format(forbidden=FORBIDDEN, argv=argv)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FORBIDDEN-LOADED: []" in result.stdout
+    assert "6 read, 6 processed" in result.stdout
+    assert len(read_video(out)) == 6 and len(list((tmp_path / "m").glob("*.png"))) == 6
+
+
+def test_blocker_really_blocks(tmp_path: Path):
+    """The guard above must be able to fail: a script that imports torch is stopped by it."""
+    code = BLOCKED_RUN.format(forbidden=FORBIDDEN, argv=[]).replace('"runtime/stream.py", run_name',
+                                                                    f'"{tmp_path / "uses_torch.py"}", run_name')
+    (tmp_path / "uses_torch.py").write_text("import torch\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert result.returncode != 0 and "blocked import of torch" in result.stderr
+
+
+def module_level_nodes(tree: ast.Module):
+    """Statements that run on import (also inside module-level if/try), not inside functions: an optional
+    tool may import a heavier package lazily, but importing any runtime module must never pull one in."""
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if isinstance(node, (ast.If, ast.Try, ast.With)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                pending += getattr(node, field, [])
+        elif isinstance(node, ast.ExceptHandler):
+            pending += node.body
+
+
+def test_runtime_modules_import_only_numpy_opencv_and_backends():
+    stdlib = set(sys.stdlib_module_names)
+    offenders = []
+    for path in sorted((REPO / "runtime").glob("*.py")):
+        for node in module_level_nodes(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top not in stdlib and top not in ALLOWED_THIRD_PARTY:
+                    offenders.append(f"{path.name}: {name}")
+    assert offenders == []
