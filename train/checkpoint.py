@@ -57,6 +57,11 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
+def widened_state(payload: dict) -> dict:
+    """The payload's weights as fp32 (the shipped model stores them as fp16)."""
+    return {key: value.float() if value.is_floating_point() else value for key, value in payload["model"].items()}
+
+
 def load_model(path: str | Path, expect_arch: dict | None = None) -> tuple[FCN8s, PreprocessSpec, dict]:
     """(model in eval mode, preprocessing contract, checkpoint payload)."""
     payload = read_checkpoint(path)
@@ -65,9 +70,7 @@ def load_model(path: str | Path, expect_arch: dict | None = None) -> tuple[FCN8s
         raise CheckpointError(f"{path}: checkpoint is {arch}, expected {expect_arch}")
     try:
         model = build_model(arch)
-        state = {key: value.float() if value.is_floating_point() else value
-                 for key, value in payload["model"].items()}
-        model.load_state_dict(state)
+        model.load_state_dict(widened_state(payload))
     except (ValueError, RuntimeError, KeyError) as error:
         first_line = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not fit architecture {arch} ({first_line})") from error

@@ -31,6 +31,7 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
     summary = payload["summary"]
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     wall_minutes = history[-1]["elapsed_s"] / 60 if history else float("nan")
+    machine = summary.get("machine") or machine_description(torch.device("cpu"))
     lines = [
         f"# Model card: {out.name}",
         "",
@@ -47,7 +48,7 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; val = the last "
         f"{summary.get('val_fraction', 0.2):.0%} of each category (um/umm/uu), {metrics['images']} images |",
         f"| epochs | best at epoch {summary.get('epoch')} of {len(history)} run |",
-        f"| wall time | {wall_minutes:.1f} min on {summary.get('machine') or machine_description(torch.device('cpu'))} |",
+        f"| wall time | {wall_minutes:.1f} min on {machine} |",
         "",
         "## KITTI val metrics of this file (perspective, native resolution, devkit definitions)",
         "",

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from runtime.ioutil import fail
 from runtime.preprocess import PreprocessSpec
-from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint
+from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint, widened_state
 from train.configs import CONFIGS
 from train.data import (
     Augment,
@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="ImageNet VGG16 encoder: auto uses it when available, yes requires it")
     parser.add_argument("--weights", help="path to torchvision's vgg16-397923af.pth")
     parser.add_argument("--resume", help="a last.pt to continue from ('auto': <output-dir>/last.pt if present)")
+    parser.add_argument("--init-checkpoint", help="start from these weights (e.g. the shipped model) with a fresh "
+                        "optimiser and schedule: fine-tuning on your own data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--val-fraction", type=float, default=0.2)
@@ -223,6 +225,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
     temp.replace(path)
 
 
+def initialise_from(model: FCN8s, path: str) -> str:
+    payload = read_checkpoint(path)
+    if payload["arch"] != model.arch():
+        raise CheckpointError(f"{path}: checkpoint is {payload['arch']}, this run is {model.arch()}")
+    model.load_state_dict(widened_state(payload))
+    return f"initialised from {path} ({payload['summary'].get('init', 'n/a')})"
+
+
 def setup_distributed(device: torch.device) -> tuple[int, int]:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
@@ -257,7 +267,10 @@ def run(args: argparse.Namespace) -> int:
                         generator=torch.Generator().manual_seed(args.seed))
 
     model = FCN8s(num_classes=len(spec.class_names), width=args.width)
-    init_note = apply_pretrained(model, args.pretrained, args.weights)
+    if args.init_checkpoint:
+        init_note = initialise_from(model, args.init_checkpoint)
+    else:
+        init_note = apply_pretrained(model, args.pretrained, args.weights)
     model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(sampler) // args.batch_size)
