@@ -31,6 +31,7 @@ from calibration.dataset import (
 )
 from calibration.quantize import (
     DEFAULT_PERCENTILE,
+    ENTROPY_BINS,
     METHODS,
     absolute_max,
     activation_ranges,
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=64, help="number of calibration frames")
     parser.add_argument("--methods", default="entropy,percentile,minmax")
     parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE)
+    parser.add_argument("--histogram-bins", type=int, default=ENTROPY_BINS,
+                        help="histogram size for entropy/percentile (TensorRT's entropy calibrator: 2048)")
     parser.add_argument("--data", default=DEFAULT_DATA, help="KITTI Road folder whose val split scores")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
@@ -92,7 +95,8 @@ def compare_methods(args: argparse.Namespace, build: Path, fp32: Path, metadata:
     for method in method_list(args.methods):
         path = candidates / f"model.int8.{method}.onnx"
         stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
-        quantize_int8(prepared, path, tensors, method, "tensorrt", args.percentile, stamp, calib.identity)
+        quantize_int8(prepared, path, tensors, method, "tensorrt", args.percentile, stamp, calib.identity,
+                      args.histogram_bins)
         artifacts.append(Artifact(f"INT8 {method}", path, "int8", path, "ONNX Runtime CPU (s8s8 Q/DQ)"))
     rows = gate_rows(artifacts, args.data, build, not args.no_progress)
     for row, artifact in zip(rows, artifacts, strict=True):
@@ -133,10 +137,10 @@ def run(args: argparse.Namespace) -> int:
         promote(build / "calibration" / "candidates" / f"model.int8.{best}.onnx", build / "model.int8.onnx")
         stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
         quantize_int8(prepared, build / "model.int8_cpu.onnx", calib.tensors(), best, "cpu", args.percentile,
-                      stamp, calib.identity)
+                      stamp, calib.identity, args.histogram_bins)
     print(f"wrote {build / 'model.int8.onnx'} (TensorRT Q/DQ, {best}) and "
           f"{build / 'model.int8_cpu.onnx'} (CPU u8s8)")
-    ranges = activation_ranges(fp32, calib.tensors(), best, args.percentile)
+    ranges = activation_ranges(fp32, calib.tensors(), best, args.percentile, args.histogram_bins)
     table = write_calibration_tables(ranges, build / "calibration" / "trt", best, calib.identity)
     print(f"wrote TensorRT calibration tables for {len(absolute_max(ranges))} tensors: {table.parent}")
     return accuracy_gate(build, args)

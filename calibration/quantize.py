@@ -105,7 +105,8 @@ def quantization_options(flavour: str, method: str, percentile: float) -> dict:
 
 
 def calibrate_ranges(model_path: str | Path, tensors: np.ndarray, method: str, symmetric: bool,
-                     percentile: float = DEFAULT_PERCENTILE, op_types: list[str] | None = None):
+                     percentile: float = DEFAULT_PERCENTILE, op_types: list[str] | None = None,
+                     bins: int = ENTROPY_BINS):
     """ORT TensorsData for the tensors feeding `op_types` (all float tensors when None).
 
     Run here rather than inside quantize_static because quantize_static does not forward the histogram
@@ -114,7 +115,7 @@ def calibrate_ranges(model_path: str | Path, tensors: np.ndarray, method: str, s
     """
     extra: dict = {"symmetric": symmetric}
     if method != "minmax":
-        extra.update(num_bins=ENTROPY_BINS, num_quantized_bins=128, percentile=percentile)
+        extra.update(num_bins=bins, num_quantized_bins=128, percentile=percentile)
     with tempfile.TemporaryDirectory(prefix="roadseg-calib-") as scratch:
         calibrator = create_calibrator(str(model_path), op_types, str(Path(scratch) / "augmented.onnx"),
                                        calibrate_method=METHODS[method], extra_options=extra)
@@ -128,12 +129,13 @@ def calibrate_ranges(model_path: str | Path, tensors: np.ndarray, method: str, s
 
 def quantize_int8(prepared_path: str | Path, out_path: str | Path, tensors: np.ndarray, method: str,
                   flavour: str = "tensorrt", percentile: float = DEFAULT_PERCENTILE,
-                  metadata: dict[str, str] | None = None, calibration_identity: str = "") -> Path:
+                  metadata: dict[str, str] | None = None, calibration_identity: str = "",
+                  bins: int = ENTROPY_BINS) -> Path:
     """Quantize, stamp the roadseg metadata (precision int8), and write atomically."""
     options = quantization_options(flavour, method, percentile)
     out_path = Path(out_path)
     symmetric = flavour == "tensorrt"
-    ranges = calibrate_ranges(prepared_path, tensors, method, symmetric, percentile, QUANTIZED_OPS)
+    ranges = calibrate_ranges(prepared_path, tensors, method, symmetric, percentile, QUANTIZED_OPS, bins)
     with tempfile.TemporaryDirectory(prefix="roadseg-quant-") as scratch:
         temp_out, cache = Path(scratch) / "model.int8.onnx", Path(scratch) / "ranges.json"
         save_tensors_data(ranges, cache)
@@ -157,9 +159,9 @@ def replace_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def activation_ranges(fp32_path: str | Path, tensors: np.ndarray, method: str,
-                      percentile: float = DEFAULT_PERCENTILE) -> dict:
+                      percentile: float = DEFAULT_PERCENTILE, bins: int = ENTROPY_BINS) -> dict:
     """Symmetric ranges of every float tensor of the FP32 graph (implicit INT8 needs all of them)."""
-    return dict(calibrate_ranges(fp32_path, tensors, method, True, percentile, None).items())
+    return dict(calibrate_ranges(fp32_path, tensors, method, True, percentile, None, bins).items())
 
 
 def absolute_max(ranges: dict) -> dict[str, float]:
@@ -179,8 +181,10 @@ def trt_cache_text(amax: dict[str, float], header: str) -> str:
     """
     lines = [header]
     for name, value in sorted(amax.items()):
-        scale = np.float32(max(value, 1e-12) / 127.0)
-        lines.append(f"{name}: {scale.astype('>f4').tobytes().hex()}")
+        # The float's IEEE bits as 8 hex digits, most significant first (numpy scalars are native-endian,
+        # so go through a big-endian array).
+        scale = np.array([max(value, 1e-12) / 127.0], ">f4")
+        lines.append(f"{name}: {scale.tobytes().hex()}")
     return "\n".join(lines) + "\n"
 
 
