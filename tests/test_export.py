@@ -1,0 +1,157 @@
+"""`python -m export`: FP32 ONNX with the contract in its metadata, parity gate, FP16 ONNX, bad inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import KITTI_DIR, needs_kitti
+from onnx import TensorProto
+
+from export.__main__ import main as export_main
+from export.fp16 import emulation_graph
+from export.onnx_export import export_onnx
+from export.parity import check_parity, val_frames
+from runtime.backends import MODEL_KEY, PRECISION_KEY, open_backend
+from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from train.model import FCN8s
+
+
+def only_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_checkpoint, synthetic_kitti):
+    build = tmp_path_factory.mktemp("build")
+    code = export_main(["--checkpoint", str(tiny_checkpoint), "--build", str(build), "--data", str(synthetic_kitti),
+                        "--parity-frames", "3", "--no-progress"])
+    assert code == 0
+    return build
+
+
+def test_export_writes_fp32_onnx_with_contract_and_passes_checker(exported, tiny_checkpoint):
+    from train.checkpoint import load_model
+
+    model = onnx.load(str(exported / "model.fp32.onnx"))
+    onnx.checker.check_model(model, full_check=True)
+    assert model.opset_import[0].version == 17
+    metadata = {p.key: p.value for p in model.metadata_props}
+    _, spec, _ = load_model(tiny_checkpoint)
+    assert PreprocessSpec.from_json(metadata[METADATA_KEY]) == spec
+    assert metadata[PRECISION_KEY] == "fp32" and "class_names" in metadata[MODEL_KEY]
+    assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
+    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == [1, 3, *spec.size_hw]
+    backend = open_backend(exported / "model.fp32.onnx", backend="cpu")
+    assert backend.spec == spec  # the runtime reads the contract from the file
+
+
+def test_export_writes_fp16_with_fp32_io_and_accuracy_table(exported):
+    model = onnx.load(str(exported / "model.fp16.onnx"))
+    assert {p.key: p.value for p in model.metadata_props}[PRECISION_KEY] == "fp16"
+    assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    conv_weights = [i for i in model.graph.initializer if len(i.dims) == 4]
+    assert conv_weights and all(i.data_type == TensorProto.FLOAT16 for i in conv_weights)
+    import json
+
+    table = json.loads((exported / "accuracy.json").read_text())
+    assert [r["precision"] for r in table["rows"]] == ["fp32", "fp16"]
+    assert all(r["passed"] for r in table["rows"]) and (exported / "accuracy.md").is_file()
+    parity = json.loads((exported / "parity.json").read_text())
+    assert parity["parity"]["passed"] and len(parity["checkpoint_sha256"]) == 64
+
+
+def test_fp16_emulation_rounds_every_tensor_through_fp16(exported):
+    emulated = emulation_graph(onnx.load(str(exported / "model.fp16.onnx")))
+    casts = [n for n in emulated.graph.node if n.op_type == "Cast"]
+    computing = [n for n in emulated.graph.node if n.op_type in ("Conv", "ConvTranspose", "Relu", "Add", "MaxPool")]
+    assert len(casts) >= 2 * len(computing)
+    session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
+    shape = [d.dim_value for d in emulated.graph.input[0].type.tensor_type.shape.dim]
+    logits = session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
+    assert np.array_equal(logits, logits.astype(np.float16).astype(np.float32))
+    reference = ort.InferenceSession(str(exported / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    full = reference.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
+    difference = np.abs(full - logits).max()
+    assert 0 < difference < 0.05 * (np.abs(full).max() + 1)  # FP16 noise: present, and small
+
+
+def test_parity_gate_fails_loudly_and_leaves_no_model(tmp_path, tiny_checkpoint, synthetic_kitti, monkeypatch, capsys):
+    import export.__main__ as export_cli
+
+    def broken_export(model, spec, arch, summary, out_path, **kwargs):
+        proto = export_onnx(model, spec, arch, summary, out_path, **kwargs)
+        weight = next(i for i in proto.graph.initializer if len(i.dims) == 4)
+        values = onnx.numpy_helper.to_array(weight) * 3.0  # a wrong layer, as a buggy exporter would write
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(proto, str(out_path))
+        return proto
+
+    monkeypatch.setattr(export_cli, "export_onnx", broken_export)
+    code = export_main(["--checkpoint", str(tiny_checkpoint), "--build", str(tmp_path), "--data",
+                        str(synthetic_kitti), "--parity-frames", "3", "--no-fp16", "--no-progress"])
+    assert code == 1
+    assert "PARITY GATE FAILED" in only_error_line(capsys.readouterr().err)
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*partial*"))
+
+
+@needs_kitti
+def test_parity_holds_on_20_real_kitti_val_frames(tmp_path):
+    torch.manual_seed(0)
+    spec = PreprocessSpec(64, 224)
+    model = FCN8s(num_classes=2, width=0.125).eval()
+    path = tmp_path / "tiny.onnx"
+    export_onnx(model, spec, model.arch(), {}, path)
+    frames = val_frames(KITTI_DIR, 20)
+    assert len(frames) == 20 and {f.name.split("_")[0] for f in frames} == {"um", "umm", "uu"}
+    report = check_parity(model, spec, path, frames)
+    assert report.passed, report.line()
+    assert report.argmax_agreement >= 0.9999 and report.relative_diff < 1e-3
+
+
+def test_missing_default_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert export_main(["--build", str(tmp_path / "build"), "--no-progress"]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert "models/fcn8s_vgg16_w0.25_cpu.pt" in line and "--checkpoint" in line
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "foreign"])
+def test_bad_checkpoint_is_one_line_and_writes_nothing(tmp_path, capsys, content):
+    checkpoint = tmp_path / "model.pt"
+    if content == "foreign":
+        torch.save({"state_dict": {}}, checkpoint)
+    else:
+        checkpoint.write_bytes(content)
+    build = tmp_path / "build"
+    assert export_main(["--checkpoint", str(checkpoint), "--build", str(build), "--no-progress"]) == 2
+    line = only_error_line(capsys.readouterr().err)
+    assert str(checkpoint) in line
+    assert not list(build.glob("*.onnx"))
+
+
+def test_unwritable_build_folder_is_one_line(tmp_path, tiny_checkpoint, capsys):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the build folder should be")
+    assert export_main(["--checkpoint", str(tiny_checkpoint), "--build", str(blocker / "build")]) == 1
+    line = only_error_line(capsys.readouterr().err)
+    assert "build folder is not writable" in line and str(blocker) in line
+
+
+def test_onnx_without_our_metadata_is_refused(tmp_path, capsys):
+    from calibration.__main__ import main as calibrate_main
+
+    torch.manual_seed(0)
+    model = FCN8s(num_classes=2, width=0.125).eval()
+    torch.onnx.export(model, (torch.zeros(1, 3, 64, 96),), str(tmp_path / "model.fp32.onnx"), dynamo=True,
+                      external_data=False, input_names=["image"], output_names=["logits"])
+    assert calibrate_main(["--build", str(tmp_path), "--no-progress"]) == 2
+    assert "not a roadseg model" in only_error_line(capsys.readouterr().err)
+    with pytest.raises(ValueError, match="not a roadseg model"):
+        open_backend(tmp_path / "model.fp32.onnx", backend="cpu")
