@@ -9,6 +9,11 @@
 4. Parity gate on >= 20 real KITTI val frames, ONNX Runtime CPU vs PyTorch; fails loudly (exit 1).
 5. FP16 ONNX (FP32 I/O), then the accuracy gate for FP32 and FP16 on KITTI val (FP16 within 0.1 pt).
 Every file is written under a temporary name and renamed only after its gate passed.
+
+The graph ends at the logits (N x 2 x H x W), without an in-graph softmax/argmax: ONNX ArgMax yields int64,
+8 bytes a pixel, exactly what the two FP32 logits take, so it saves no copy; the runtime needs the road
+confidence (a sigmoid of the logit margin) for thresholds and the PR curve anyway; and a two-class argmax
+is one comparison per pixel in runtime/postprocess.py.
 """
 
 from __future__ import annotations
