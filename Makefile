@@ -43,6 +43,22 @@ eval: setup
 	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split val \
 		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png
 
+# stream/bench-stream: MODEL= picks a model (default: the best in build/ for this machine, exported first when
+# build/ has none); STREAM_ARGS= adds runtime/stream.py options (--headless, --output out.mp4, --view ...).
+STREAM_ARGS ?=
+SOAK_FRAMES ?= 10000
+STREAM_MODEL = $(if $(MODEL),--model $(MODEL))
+STREAM_NEEDS = $(if $(MODEL)$(wildcard $(BUILD)/*.onnx $(BUILD)/*.engine $(BUILD)/*.plan),,export)
+
+## stream: stream SOURCE (file, folder, camera index or URI) with a window when there is a display
+.PHONY: bench-stream
+stream: setup $(STREAM_NEEDS)
+	$(PY) runtime/stream.py $(SOURCE) $(STREAM_MODEL) $(STREAM_ARGS)
+
+## bench-stream: the runtime's floors on CPU: overhead <= 10 %, live >= 95 % of inference-bound FPS, soak
+bench-stream: setup $(STREAM_NEEDS)
+	$(PY) runtime/bench_stream.py $(STREAM_MODEL) --frames $(SOAK_FRAMES) --json runs/bench_stream.json
+
 # export/calibrate/engine: each stage reruns only when its inputs changed (file dependencies here, content
 # hashes and the engine's cache key inside the Python stages).
 PRECISION ?= fp16

@@ -1,0 +1,216 @@
+"""The streaming runtime's floors, measured through the real loop (runtime.stream.run_pipeline):
+
+1. overhead: everything but backend inference (capture wait, preprocess, postprocess, overlay render) costs
+   at most 10 % of the frame time, streaming the KITTI video frame by frame;
+2. live: a synthetic live source faster than inference reaches at least 95 % of the inference-bound frame
+   rate (1 / the time of backend.infer alone, measured first in a tight loop);
+3. soak: looping the KITTI video for --frames frames (10,000 by default) keeps resident memory flat:
+   growth after warm-up under 5 %.
+
+    python runtime/bench_stream.py --model build/model.fp32.onnx [--frames 10000] [--json runs/bench_stream.json]
+
+Meant for CPU with ONNX Runtime at the shipped model's size (192x640); prints its figures, exits 1 when a
+floor is missed. Not a timed test: run it on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python runtime/bench_stream.py`
+    _ROOT = str(Path(__file__).resolve().parent.parent)
+    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+        sys.path[0] = _ROOT
+    else:
+        sys.path.insert(0, _ROOT)
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
+from runtime.ioutil import atomic_write_text, fail  # noqa: E402
+from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
+from runtime.outputs import Outputs, Renderer  # noqa: E402
+from runtime.preprocess import FramePreprocessor  # noqa: E402
+from runtime.sources import SourceError, SourceOptions, open_uri, open_video  # noqa: E402
+from runtime.stats import StreamStats  # noqa: E402
+from runtime.stream import run_pipeline  # noqa: E402
+
+DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
+SHIPPED_SIZE_HW = (192, 640)
+OVERHEAD_LIMIT = 0.10
+LIVE_FLOOR = 0.95
+SOAK_GROWTH_LIMIT = 0.05
+
+
+def resident_bytes() -> int:
+    """Current resident set size, from /proc (Linux and Jetson): no psutil in the slim runtime."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def inference_only(backend: Backend, frame: np.ndarray, runs: int) -> np.ndarray:
+    """Milliseconds of backend.infer alone, on a real preprocessed frame, after a warm-up."""
+    batch = FramePreprocessor(backend.spec)(frame)
+    for _ in range(5):
+        backend.infer(batch)
+    times = np.empty(runs)
+    for index in range(runs):
+        start = time.perf_counter()
+        backend.infer(batch)
+        times[index] = (time.perf_counter() - start) * 1000.0
+    return times
+
+
+def stream(source, backend: Backend) -> StreamStats:
+    """The real loop, drawing the overlay and heads-up line as for a window, with no sink to wait on."""
+    stats = StreamStats(live=source.live)
+    outputs = Outputs(Renderer("overlay", 0.5), render_always=True)
+    with source:
+        run_pipeline(source, backend, outputs, stats)
+    return stats
+
+
+def overhead_floor(backend: Backend, video: Path, frames: int) -> dict:
+    stats = stream(open_video(video, SourceOptions(loop=True, max_frames=frames)), backend)
+    means = {name: float(ring.values.mean()) for name, ring in stats.stages.items()}
+    share = 1.0 - means["inference"] / means["end_to_end"]
+    return {"frames": stats.frames_processed, "fps": round(stats.fps, 2),
+            "stage_mean_ms": {k: round(v, 3) for k, v in means.items()},
+            "non_inference_share": round(share, 4), "limit": OVERHEAD_LIMIT, "pass": share <= OVERHEAD_LIMIT}
+
+
+def live_floor(backend: Backend, frame_hw: tuple[int, int], infer_ms: float, frames: int) -> dict:
+    source_fps = 2.0 * 1000.0 / infer_ms  # twice as fast as inference can go
+    uri = f"synthetic://{frame_hw[1]}x{frame_hw[0]}@{source_fps:.1f}"
+    source = open_uri(uri, SourceOptions(max_frames=frames))
+    stats = stream(source, backend)
+    bound = 1000.0 / infer_ms
+    ratio = stats.fps / bound
+    return {"source": uri, "frames": stats.frames_processed, "frames_read": source.frames_read,
+            "frames_dropped": source.frames_dropped, "fps": round(stats.fps, 2),
+            "inference_bound_fps": round(bound, 2), "ratio": round(ratio, 4),
+            "frame_age": stats.frame_age.summary(), "floor": LIVE_FLOOR, "pass": ratio >= LIVE_FLOOR}
+
+
+class MemorySampler:
+    """Samples RSS (with the frame count) on a thread, so the loop under test is not changed at all."""
+
+    def __init__(self, stats_ref: list, every_s: float = 0.5) -> None:
+        self.samples: list[tuple[int, int]] = []
+        self._stats_ref, self._every = stats_ref, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            stats = self._stats_ref[0] if self._stats_ref else None
+            if stats is not None:
+                self.samples.append((stats.frames_processed, resident_bytes()))
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def soak(backend: Backend, video: Path, frames: int) -> dict:
+    source = open_video(video, SourceOptions(loop=True, max_frames=frames))
+    stats = StreamStats(live=False)
+    outputs = Outputs(Renderer("overlay", 0.5), render_always=True)
+    holder = [stats]
+    started = time.perf_counter()
+    with MemorySampler(holder) as sampler, source:
+        run_pipeline(source, backend, outputs, stats, status_every=60.0)
+    warmup = max(200, frames // 10)
+    after = [(n, rss) for n, rss in sampler.samples if n >= warmup]
+    if len(after) < 2:
+        return {"frames": stats.frames_processed, "error": "too few samples after warm-up; raise --frames"}
+    baseline = after[0][1]
+    peak, final = max(rss for _, rss in after), after[-1][1]
+    growth = (peak - baseline) / baseline
+    return {"frames": stats.frames_processed, "wall_s": round(time.perf_counter() - started, 1),
+            "fps": round(stats.fps, 2), "warmup_frames": warmup, "rss_after_warmup_mb": round(baseline / 2**20, 1),
+            "rss_peak_mb": round(peak / 2**20, 1), "rss_final_mb": round(final / 2**20, 1),
+            "growth": round(growth, 4), "limit": SOAK_GROWTH_LIMIT, "pass": growth < SOAK_GROWTH_LIMIT}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python runtime/bench_stream.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
+    parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="the KITTI raw video")
+    parser.add_argument("--overhead-frames", type=int, default=216, help="frames for the overhead floor")
+    parser.add_argument("--live-frames", type=int, default=200, help="frames for the live floor")
+    parser.add_argument("--frames", type=int, default=10_000, help="frames for the memory soak (0: skip it)")
+    parser.add_argument("--json", help="also write the figures here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        model = Path(args.model) if args.model else default_model()
+        backend = open_backend(model, args.backend, threads=args.threads or None)
+    except (ModelFileError, ImportError, OSError, RuntimeError) as error:
+        return fail(error)
+    video = Path(args.video)
+    frame = cv2.VideoCapture(str(video)).read()[1] if video.is_file() else None
+    if frame is None:
+        return fail(f"{video}: cannot read the benchmark video")
+    print(f"model {model}: {backend.name} {backend.precision} on {backend.device}, input "
+          f"{backend.spec.input_height}x{backend.spec.input_width}; source {frame.shape[1]}x{frame.shape[0]}")
+    if backend.spec.size_hw != SHIPPED_SIZE_HW:
+        print(f"note: the floors are defined at the shipped size {SHIPPED_SIZE_HW[0]}x{SHIPPED_SIZE_HW[1]}")
+    results: dict = {"model": str(model), "backend": backend.name, "precision": backend.precision,
+                     "device": backend.device, "input_size": list(backend.spec.size_hw)}
+    try:
+        infer = inference_only(backend, frame, runs=60)
+        infer_ms = float(np.median(infer))
+        results["inference_only"] = {"median_ms": round(infer_ms, 3), "mean_ms": round(float(infer.mean()), 3),
+                                     "fps": round(1000.0 / infer_ms, 2)}
+        print(f"inference alone: median {infer_ms:.2f} ms -> inference-bound {1000 / infer_ms:.2f} FPS")
+
+        over = results["overhead"] = overhead_floor(backend, video, args.overhead_frames)
+        stages = "  ".join(f"{k} {v:.2f}" for k, v in over["stage_mean_ms"].items())
+        print(f"[{'PASS' if over['pass'] else 'FAIL'}] overhead: everything but inference = "
+              f"{over['non_inference_share'] * 100:.1f} % of frame time (limit 10 %); mean ms: {stages}")
+
+        live = results["live"] = live_floor(backend, frame.shape[:2], infer_ms, args.live_frames)
+        print(f"[{'PASS' if live['pass'] else 'FAIL'}] live: {live['fps']:.2f} FPS = {live['ratio'] * 100:.1f} % "
+              f"of the inference-bound {live['inference_bound_fps']:.2f} FPS (floor 95 %); source {live['source']}, "
+              f"{live['frames_dropped']} of {live['frames_read']} frames dropped, frame age p50 "
+              f"{live['frame_age']['p50_ms']:.1f} / p99 {live['frame_age']['p99_ms']:.1f} ms")
+
+        if args.frames:
+            print(f"soak: {args.frames} frames looping {video.name} ...", flush=True)
+            memory = results["soak"] = soak(backend, video, args.frames)
+            if "error" in memory:
+                print(f"[FAIL] soak: {memory['error']}")
+                memory["pass"] = False
+            else:
+                print(f"[{'PASS' if memory['pass'] else 'FAIL'}] soak: {memory['frames']} frames in "
+                      f"{memory['wall_s']} s ({memory['fps']} FPS); RSS {memory['rss_after_warmup_mb']} MB after "
+                      f"{memory['warmup_frames']} warm-up frames, peak {memory['rss_peak_mb']} MB, final "
+                      f"{memory['rss_final_mb']} MB: growth {memory['growth'] * 100:.2f} % (limit 5 %)")
+    except (SourceError, ModelFileError, OSError) as error:
+        return fail(error)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
+    floors = [results[k]["pass"] for k in ("overhead", "live", "soak") if k in results]
+    return 0 if all(floors) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
