@@ -155,3 +155,18 @@ def test_onnx_without_our_metadata_is_refused(tmp_path, capsys):
     assert "not a roadseg model" in only_error_line(capsys.readouterr().err)
     with pytest.raises(ValueError, match="not a roadseg model"):
         open_backend(tmp_path / "model.fp32.onnx", backend="cpu")
+
+
+def test_dynamic_batch_and_configurable_opset(tmp_path):
+    torch.manual_seed(0)
+    spec = PreprocessSpec(64, 96)
+    model = FCN8s(num_classes=2, width=0.125).eval()
+    path = tmp_path / "dynamic.onnx"
+    proto = export_onnx(model, spec, model.arch(), {}, path, opset=18, dynamic_batch=True)
+    assert proto.opset_import[0].version == 18
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(1).normal(size=(3, 3, 64, 96)).astype(np.float32)
+    together = session.run(None, {"image": batch})[0]
+    alone = np.concatenate([session.run(None, {"image": batch[i : i + 1]})[0] for i in range(3)])
+    assert together.shape == (3, 2, 64, 96) and np.allclose(together, alone, atol=1e-5)
