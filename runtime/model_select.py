@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 from pathlib import Path
 
 from runtime.backends import ENGINE_SUFFIXES, ModelFileError, available_providers
@@ -22,22 +21,15 @@ ENGINE_PRECISION_ORDER = ("int8", "fp16", "fp32")
 
 
 def cuda_device_present() -> bool:
-    """A working CUDA device, asked through cuda-python when installed, else nvidia-smi; never TensorRT."""
+    """A working CUDA device, asked the way the TensorRT backend asks (cuda-python), never through TensorRT."""
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
         return False
-    if importlib.util.find_spec("cuda") is not None:
-        try:
-            from cuda.bindings import runtime as cudart
-
-            error, count = cudart.cudaGetDeviceCount()
-            return int(error) == 0 and count > 0
-        except Exception:  # an old cuda-python layout or a broken driver: fall through to nvidia-smi
-            pass
     try:
-        result = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5)
-        return result.returncode == 0 and "GPU" in result.stdout
-    except (OSError, subprocess.SubprocessError):
+        from runtime.tensorrt_backend import probe_cuda
+    except ImportError:  # a runtime-only install without the TensorRT backend module
         return False
+    info, _why = probe_cuda()
+    return info is not None
 
 
 def tensorrt_usable() -> bool:

@@ -74,6 +74,11 @@ class StopRequest:
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._handle)
 
+    def ignore(self) -> None:
+        """While finalising outputs: a further Ctrl-C must not cut the video's index in half."""
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+
     def restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
@@ -223,15 +228,24 @@ def source_problem(source: FrameSource, processed: int) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        model_path = Path(args.model) if args.model else default_model()
-        backend = open_backend(model_path, args.backend, threads=args.threads or None)
-    except ImportError as error:  # e.g. an engine on a machine without TensorRT
-        return fail(f"{model_path}: cannot load its backend here ({error})")
-    except (ModelFileError, OSError, RuntimeError) as error:
-        return fail(error)
     stop = StopRequest()
     stop.install()
+    stop.waiting = True  # loading a model can take seconds: let Ctrl-C interrupt it
+    model_path = Path(args.model) if args.model else None
+    try:
+        model_path = model_path or default_model()
+        backend = open_backend(model_path, args.backend, threads=args.threads or None)
+    except KeyboardInterrupt:
+        stop.restore()
+        print(f"stopped by {stop.signal_name or 'SIGINT'}")
+        return 0
+    except ImportError as error:  # e.g. an engine on a machine without TensorRT
+        stop.restore()
+        return fail(f"{model_path}: cannot load its backend here ({error})")
+    except (ModelFileError, OSError, RuntimeError) as error:
+        stop.restore()
+        return fail(error)
+    stop.waiting = False
     source = outputs = stats = None
     started = time.perf_counter()
     try:
@@ -245,11 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
         return fail(error)
     finally:
+        stop.ignore()
         if outputs is not None:
             outputs.close()
         if source is not None:
             source.close()
         stop.restore()
+    if stats is None:  # stopped while the source was still opening
+        print(f"stopped by {stop.signal_name}")
+        return 0
     summary = stats.summary(source.frames_read, source.frames_dropped, backend.name, backend.precision,
                             device=backend.device, model=str(model_path), source=source.description,
                             input_size=list(backend.spec.size_hw), wall_s=round(time.perf_counter() - started, 3),
