@@ -43,6 +43,12 @@ eval: setup
 	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split val \
 		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png
 
+## bench: latency + accuracy of every backend/precision here -> runs/bench/latest.{json,md,png} (QUICK=1: < 5 min)
+SIZES ?= 160x576,256x832,384x1248
+bench: setup
+	$(PY) -m runtime.bench --checkpoint $(CHECKPOINT) --build $(BUILD) --data $(DATA) --video $(VIDEO) \
+		$(if $(QUICK),--quick,--sizes $(SIZES))
+
 # stream/bench-stream: MODEL= picks a model (default: the best in build/ for this machine, exported first when
 # build/ has none); STREAM_ARGS= adds runtime/stream.py options (--headless, --output out.mp4, --view ...).
 STREAM_ARGS ?=

@@ -1,0 +1,132 @@
+"""The benchmark: a real run on a tiny model (2-3 timed runs per row), its JSON, skipped rows, floors, FLOPs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.bench import FLOOR_INT8_SPEEDUP, Config, floor_checks
+from runtime.flops import fcn8s_flops, graph_flops
+from tests.conftest import run_cli
+
+REQUIRED = ("model", "width", "backend", "precision", "device", "input_size", "size_mb", "maxf", "iou",
+            "p50_ms", "p90_ms", "p99_ms", "e2e_p50_ms", "e2e_p99_ms", "fps", "peak_rss_mb", "warmup", "runs",
+            "threads", "skipped")
+
+
+@pytest.fixture(scope="module")
+def bench_report(tmp_path_factory, tiny_checkpoint, synthetic_kitti) -> dict:
+    out = tmp_path_factory.mktemp("bench")
+    result = run_cli("runtime/bench.py", "--checkpoint", str(tiny_checkpoint), "--build", str(out / "nobuild"),
+                     "--data", str(synthetic_kitti), "--video", str(synthetic_kitti / "training" / "image_2"),
+                     "--no-full", "--quick", "--warmup", "1", "--runs", "3", "--e2e-runs", "2",
+                     "--calibration-frames", "2", "--threads", "1", "--matmul-size", "256",
+                     "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "latest.json").read_text())
+    report["_out"], report["_stdout"] = out, result.stdout
+    return report
+
+
+def measured(report: dict) -> list[dict]:
+    return [r for r in report["rows"] if r["skipped"] is None]
+
+
+def test_every_row_has_the_interface_columns(bench_report):
+    assert {"cpu", "cpu_cores", "libraries", "fp32_peak_gflops", "gpus"} <= set(bench_report["machine"])
+    for row in bench_report["rows"]:
+        assert set(REQUIRED) <= set(row), row
+        assert row["backend"] in ("torch", "onnxruntime", "tensorrt")
+        assert row["precision"] in ("fp32", "fp16", "int8")
+    kinds = {(r["backend"], r["precision"], r["variant"]) for r in measured(bench_report)}
+    assert ("torch", "fp32", "eager") in kinds
+    assert ("onnxruntime", "fp32", "") in kinds
+    assert sum(1 for k in kinds if k[:2] == ("onnxruntime", "int8")) == 2  # s8 (TensorRT) and u8 (CPU)
+
+
+def test_unavailable_backends_are_skipped_with_a_reason(bench_report):
+    skipped = [r for r in bench_report["rows"] if r["skipped"]]
+    names = {(r["backend"], r["precision"]) for r in skipped}
+    # This CPU-only test machine has no CUDA, no ORT GPU providers and no TensorRT.
+    assert {("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime", "fp16"), ("torch", "fp16")} <= names
+    for row in skipped:
+        assert len(row["skipped"]) > 15 and not row["skipped"].startswith("failed"), row
+        assert row["p50_ms"] is None and row["maxf"] is None
+    assert "skipped:" in bench_report["_stdout"]
+
+
+def test_figures_come_from_the_measurements(bench_report):
+    rows = measured(bench_report)
+    for row in rows:
+        samples = np.asarray(row["latencies_ms"])
+        assert len(samples) == row["runs"] == 3
+        assert row["p50_ms"] == pytest.approx(np.percentile(samples, 50), abs=1e-3)
+        assert row["p99_ms"] == pytest.approx(np.percentile(samples, 99), abs=1e-3)
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["e2e_p50_ms"] > 0 and row["fps"] > 0 and row["peak_rss_mb"] > 50
+        assert row["gflops"] == pytest.approx(row["gflop"] / (row["p50_ms"] / 1000), rel=0.01)
+        assert 0 <= row["maxf"] <= 100 and row["eval_images"] > 0 and row["size_mb"] > 0
+    assert len({r["p50_ms"] for r in rows}) == len(rows)  # no shared constant
+    # Every row is scored on the same images.
+    assert len({r["eval_images"] for r in rows}) == 1
+
+
+def test_floors_are_ratios_of_this_run(bench_report):
+    (check,) = bench_report["floors"]
+    rows = measured(bench_report)
+    torch_row = next(r for r in rows if r["backend"] == "torch")
+    int8 = next(r for r in rows if r["precision"] == "int8" and r["variant"] == check["ort_int8_variant"])
+    assert check["int8_speedup"] == pytest.approx(torch_row["p50_ms"] / int8["p50_ms"], rel=0.01)
+    assert check["passed"] == (check["int8_speedup"] >= FLOOR_INT8_SPEEDUP and check["fp32_speedup"] >= 1.5
+                               and check["int8_maxf_drop_pt"] <= 0.5)
+    assert ("PASS" if check["passed"] else "FAIL") in bench_report["_stdout"]
+
+
+def test_reports_are_written(bench_report):
+    out: Path = bench_report["_out"]
+    markdown = (out / "latest.md").read_text()
+    assert bench_report["machine"]["cpu"] in markdown and "| torch |" in markdown
+    assert (out / "latest.png").stat().st_size > 10_000
+
+
+def test_floor_logic_on_hand_made_rows():
+    config = Config("m", 0.25, 2, "64x96", floors=True)
+
+    def row(backend, precision, p50, maxf, variant=""):
+        return {"model": "m", "input_size": "64x96", "device": "cpu", "skipped": None, "backend": backend,
+                "precision": precision, "p50_ms": p50, "maxf": maxf, "variant": variant}
+
+    rows = [row("torch", "fp32", 100.0, 90.0), row("onnxruntime", "fp32", 60.0, 90.0),
+            row("onnxruntime", "int8", 20.0, 89.0, "fast but inaccurate"),
+            row("onnxruntime", "int8", 24.0, 89.8, "accurate")]
+    (check,) = floor_checks(rows, [config])
+    assert check["ort_int8_variant"] == "accurate" and check["int8_speedup"] == pytest.approx(4.17, abs=0.01)
+    assert check["passed"]
+    rows[1]["p50_ms"] = 70.0  # 1.43x: below the FP32 floor
+    assert not floor_checks(rows, [config])[0]["passed"]
+
+
+@pytest.mark.parametrize(("width", "size"), [(0.125, (96, 320)), (0.0625, (70, 100))])
+def test_flop_formula_matches_the_exported_graph(tmp_path, width, size):
+    import dataclasses
+
+    from export.onnx_export import export_onnx
+    from runtime.preprocess import PreprocessSpec
+    from train.model import FCN8s
+
+    model = FCN8s(num_classes=2, width=width)
+    spec = dataclasses.replace(PreprocessSpec(*size))
+    path = tmp_path / "m.onnx"
+    export_onnx(model, spec, model.arch(), {}, path)
+    assert graph_flops(path) == fcn8s_flops(width, 2, *size)
+
+
+def test_bad_arguments_fail_with_one_line(tmp_path, synthetic_kitti):
+    result = run_cli("-m", "runtime.bench", "--sizes", "12xq", "--data", str(synthetic_kitti), timeout=60)
+    assert result.returncode == 2 and result.stderr.strip().startswith("error: --sizes 12xq")
+    result = run_cli("-m", "runtime.bench", "--video", str(tmp_path / "none.mp4"), "--data", str(synthetic_kitti),
+                     timeout=60)
+    assert result.returncode == 2 and "none.mp4" in result.stderr and "Traceback" not in result.stderr

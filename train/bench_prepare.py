@@ -1,0 +1,118 @@
+"""The ONNX files one benchmark configuration needs: FP32 at a given input size, and both INT8 flavours.
+
+    python -m train.bench_prepare (--checkpoint PATH | --random-width W) --size HxW --out DIR
+                                  [--calibration-source KITTI_DIR] [--calibration-frames 32] [--method entropy]
+
+The benchmark (runtime/bench.py) cannot export: the runtime never imports torch. It launches this module
+as a subprocess for each (model, size) it has no ONNX files for. Export and quantization are the project's
+own (export.onnx_export.export_onnx, calibration.quantize.quantize_int8 with the calibration set built by
+calibration.dataset), so the benchmarked files are made exactly like the shipped ones, only at other sizes.
+`--random-width` builds an untrained FCN-8s (seeded, so every run measures the same graph): its speed is
+that of the trained model, its accuracy is meaningless and the benchmark reports none.
+Writes DIR/model.fp32.onnx, DIR/model.int8.onnx (TensorRT Q/DQ, s8 activations), DIR/model.int8_cpu.onnx
+(u8 activations) and DIR/prepared.json last, as the commit point of the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from runtime.ioutil import atomic_write_text, fail
+
+DEFAULT_METHOD = "entropy"
+PREPARED_NAME = "prepared.json"
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError as error:
+        raise ValueError(f"--size {text}: expected HxW, e.g. 160x576") from error
+    if height <= 0 or width <= 0:
+        raise ValueError(f"--size {text}: sides must be positive")
+    return height, width
+
+
+def build_model(checkpoint: str | None, random_width: float | None, size: tuple[int, int]):
+    """(model, spec at `size`, arch, summary): a checkpoint's weights, or a seeded untrained model."""
+    import torch
+
+    from runtime.preprocess import PreprocessSpec
+    from train.model import FCN8s
+
+    if checkpoint:
+        from train.checkpoint import load_model
+
+        model, spec, payload = load_model(checkpoint)
+        summary = {**payload.get("summary", {}), "benchmark_size": list(size)}
+        arch = payload["arch"]
+    else:
+        torch.manual_seed(0)
+        model = FCN8s(num_classes=2, width=float(random_width)).eval()
+        spec, arch = PreprocessSpec(*size), model.arch()
+        summary = {"untrained": True, "seed": 0, "benchmark_size": list(size)}
+    return model, dataclasses.replace(spec, input_height=size[0], input_width=size[1]), arch, summary
+
+
+def prepare(args: argparse.Namespace) -> dict:
+    from calibration.dataset import build_calibration_set, sha256_file
+    from calibration.quantize import preprocess_for_quantization, quantize_int8
+    from export.onnx_export import export_onnx, roadseg_metadata
+
+    size = parse_size(args.size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model, spec, arch, summary = build_model(args.checkpoint, args.random_width, size)
+    fp32 = out / "model.fp32.onnx"
+    export_onnx(model, spec, arch, summary, fp32)
+    del model  # the full model's weights are 537 MB; quantization needs the memory more
+    calib = build_calibration_set(args.calibration_source, spec, out / "calibration",
+                                  args.calibration_frames, progress=not args.no_progress)
+    stamp = {**roadseg_metadata(spec, arch, summary, "int8"), "roadseg.source_onnx_sha256": sha256_file(fp32)}
+    files = {"fp32": fp32.name}
+    with tempfile.TemporaryDirectory(prefix="roadseg-bench-prep-") as scratch:
+        prepared = preprocess_for_quantization(fp32, Path(scratch) / "model.prep.onnx")
+        for flavour, name in (("tensorrt", "model.int8.onnx"), ("cpu", "model.int8_cpu.onnx")):
+            quantize_int8(prepared, out / name, calib.tensors(), args.method, flavour, metadata=stamp,
+                          calibration_identity=calib.identity)
+            files[f"int8_{flavour}"] = name
+    record = {"checkpoint": args.checkpoint, "random_width": args.random_width, "arch": arch,
+              "input_size": f"{size[0]}x{size[1]}", "method": args.method,
+              "calibration_requested": args.calibration_frames, "calibration_frames": calib.count,
+              "calibration_sha256": calib.identity, "files": files}
+    atomic_write_text(out / PREPARED_NAME, json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.bench_prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="roadseg .pt checkpoint")
+    source.add_argument("--random-width", type=float, help="an untrained FCN-8s of this width (1.0 = VGG16)")
+    parser.add_argument("--size", required=True, help="input size HxW")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--calibration-source", default="../shared/data/kitti_road",
+                        help="KITTI Road folder (train split) or a video")
+    parser.add_argument("--calibration-frames", type=int, default=32)
+    parser.add_argument("--method", default=DEFAULT_METHOD, help="entropy, percentile or minmax")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    from calibration.dataset import CalibrationError
+    from train.checkpoint import CheckpointError
+
+    try:
+        record = prepare(args)
+    except (CheckpointError, CalibrationError, ValueError, OSError) as error:
+        return fail(error)
+    print(f"prepared {args.out}: {', '.join(record['files'].values())} ({record['input_size']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
