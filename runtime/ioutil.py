@@ -16,10 +16,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
-        os.replace(temp_name, path)
+        publish(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+
+
+def publish(temp_name: str | Path, path: str | Path) -> None:
+    """Give a mkstemp file (mode 0600) the usual permissions, then rename it into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp_name, 0o666 & ~umask)
+    os.replace(temp_name, path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

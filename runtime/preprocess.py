@@ -126,7 +126,8 @@ def road_probability(logits: np.ndarray, road_index: int = ROAD_CLASS) -> np.nda
     """Softmax probability of the road class from C x H x W logits (two-class: a sigmoid of the margin)."""
     logits = logits.astype(np.float32, copy=False)
     if logits.shape[0] == 2:
-        margin = logits[road_index] - logits[1 - road_index]
+        # Clipped so that exp() cannot overflow on confident pixels; beyond +-60 the sigmoid is 0 or 1 anyway.
+        margin = np.clip(logits[road_index] - logits[1 - road_index], -60.0, 60.0)
         return 1.0 / (1.0 + np.exp(-margin))
     shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
     return shifted[road_index] / shifted.sum(axis=0)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from runtime.ioutil import publish
 from runtime.preprocess import PreprocessSpec
 from train.model import FCN8s, build_model
 
@@ -28,7 +29,7 @@ def atomic_torch_save(payload: dict, path: str | Path) -> None:
             torch.save(payload, stream)
             stream.flush()
             os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        publish(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
