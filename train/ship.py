@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from runtime.ioutil import atomic_write_text, fail
-from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload
+from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
 from train.data import DataError, find_samples, split_samples
 from train.evaluate import TorchPredictor, evaluate_samples
 from train.train import machine_description
@@ -27,11 +27,30 @@ def percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.2f}"
 
 
-def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: dict | None) -> str:
+def training_stages(run_dir: Path) -> list[dict]:
+    """This run and, when it was initialised from another run's best.pt, that run too (oldest first)."""
+    stages = []
+    while run_dir is not None:
+        summary = read_checkpoint(run_dir / "best.pt")["summary"]
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        stages.insert(0, {
+            "command": summary.get("command", f"python -m train --config {summary.get('config', '?')}"),
+            "best_epoch": summary.get("epoch"), "epochs": len(history),
+            "minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
+            "best_maxf": summary.get("val", {}).get("maxf"), "init": summary.get("init", "n/a"),
+        })
+        init = summary.get("init", "")
+        parent_run = Path(init.removeprefix("initialised from ").split(" ")[0]).parent
+        from_run = init.startswith("initialised from ") and (parent_run / "metrics.jsonl").is_file()
+        run_dir = parent_run if from_run else None
+    return stages
+
+
+def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None) -> str:
     summary = payload["summary"]
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    wall_minutes = history[-1]["elapsed_s"] / 60 if history else float("nan")
+    stages = training_stages(run_dir)
     machine = summary.get("machine") or machine_description(torch.device("cpu"))
+    spec = json.loads(payload["preprocess"])
     lines = [
         f"# Model card: {out.name}",
         "",
@@ -41,14 +60,22 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         "",
         "| field | value |",
         "|---|---|",
-        f"| command | `{summary.get('command', 'python -m train --config ' + summary.get('config', '?'))}` |",
-        f"| input size | {json.loads(payload['preprocess'])['input_height']}x"
-        f"{json.loads(payload['preprocess'])['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
-        f"| initialisation | {summary.get('init', 'n/a')} |",
+        f"| input size | {spec['input_height']}x{spec['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
+        f"| initialisation | {stages[0]['init']} |",
         f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; val = the last "
-        f"{summary.get('val_fraction', 0.2):.0%} of each category (um/umm/uu), {metrics['images']} images |",
-        f"| epochs | best at epoch {summary.get('epoch')} of {len(history)} run |",
-        f"| wall time | {wall_minutes:.1f} min on {machine} |",
+        f"{summary.get('val_fraction', 0.2):.0%} of each category (um/umm/uu), {metrics['images']} images, "
+        "never trained on |",
+        f"| wall time | {sum(stage['minutes'] for stage in stages):.1f} min in all on {machine} |",
+        "",
+        "## Training stages",
+        "",
+        "| # | command | epochs | best epoch | best val MaxF | wall time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for number, stage in enumerate(stages, 1):
+        lines.append(f"| {number} | `{stage['command']}` | {stage['epochs']} | {stage['best_epoch']} | "
+                     f"{percent(stage['best_maxf'])} | {stage['minutes']:.1f} min |")
+    lines += [
         "",
         "## KITTI val metrics of this file (perspective, native resolution, devkit definitions)",
         "",
@@ -62,20 +89,10 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
                      f"{percent(values['ap'])} | {percent(values['iou'])} | {percent(values['precision'])} | "
                      f"{percent(values['recall'])} |")
     if accuracy:
-        lines += ["", "## Exported artifacts on the same val images", "", accuracy_table(accuracy)]
+        lines += ["", "## Exported artifacts on the same val images (from `make export calibrate`)", "", accuracy]
     lines += ["", "Data: KITTI Road (Fritsch, Kuehnl, Geiger, ITSC 2013), CC BY-NC-SA 3.0: the weights are "
               "derived from it and inherit its non-commercial licence.", ""]
     return "\n".join(lines)
-
-
-def accuracy_table(accuracy: dict) -> str:
-    rows = ["| artifact | precision | MaxF | AP | IoU | MaxF drop vs FP32 (pt) |", "|---|---|---|---|---|---|"]
-    for row in accuracy.get("rows", []):
-        drop = row.get("maxf_drop_pt")
-        rows.append(f"| {row.get('artifact', '?')} | {row.get('precision', '?')} | {percent(row.get('maxf'))} | "
-                    f"{percent(row.get('ap'))} | {percent(row.get('iou'))} | "
-                    f"{'n/a' if drop is None else f'{drop:.2f}'} |")
-    return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/train/cpu", help="a training run folder (best.pt, metrics.jsonl)")
     parser.add_argument("--out", default="models/fcn8s_vgg16_w0.25_cpu.pt")
     parser.add_argument("--data", default="../shared/data/kitti_road")
-    parser.add_argument("--accuracy", default="build/accuracy.json",
+    parser.add_argument("--accuracy", default="build/accuracy.md",
                         help="the export's per-artifact accuracy table, added to the card when present")
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
     parser.add_argument("--no-progress", action="store_true")
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DataError, OSError) as error:
         return fail(error)
     accuracy_path = Path(args.accuracy)
-    accuracy = json.loads(accuracy_path.read_text()) if accuracy_path.is_file() else None
+    accuracy = accuracy_path.read_text().strip() if accuracy_path.is_file() else None
     card = out.with_suffix(".md")
     atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy))
     print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): val MaxF {metrics['maxf'] * 100:.2f}, "
