@@ -118,6 +118,7 @@ def promote(source: Path, final: Path) -> None:
         temp_path = Path(temp.name)
     try:
         shutil.copyfile(source, temp_path)
+        shutil.copymode(source, temp_path)  # the temporary file is 0600; keep the artifact's normal mode
         temp_path.replace(final)
     finally:
         temp_path.unlink(missing_ok=True)
