@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 
@@ -174,12 +175,38 @@ def gui_backend() -> str:
     return match[1] if match else "NONE"
 
 
+def x11_display_reachable(display: str, timeout_s: float = 1.0) -> bool:
+    """Whether an X server answers at DISPLAY. Checked before creating a window because Qt aborts the whole
+    process (no exception) when it cannot connect."""
+    match = re.fullmatch(r"(?P<host>[^:/]*):(?P<number>\d+)(?:\.\d+)?", display)
+    if not match:
+        return True  # a form we don't parse (e.g. macOS launchd paths): let the GUI library decide
+    host, number = match["host"], int(match["number"])
+    if host in ("", "unix"):
+        targets = [(socket.AF_UNIX, f"/tmp/.X11-unix/X{number}"), (socket.AF_UNIX, f"\0/tmp/.X11-unix/X{number}")]
+    else:
+        targets = [(socket.AF_INET, (host, 6000 + number))]
+    for family, address in targets:
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as connection:
+                connection.settimeout(timeout_s)
+                connection.connect(address)
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def display_problem() -> str | None:
     """Why a window cannot be shown here, or None when it can."""
     if gui_backend().upper() == "NONE":
         return "this OpenCV has no GUI support (opencv-python-headless?); install opencv-python or use --headless"
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return "no display (DISPLAY is not set); use --headless, or run under X11/Wayland"
+    if sys.platform.startswith("linux"):
+        display = os.environ.get("DISPLAY")
+        if not display:  # the opencv-python wheel's Qt has only the X11 (xcb) plugin; Wayland works via XWayland
+            return "no display (DISPLAY is not set); use --headless, or run under X11/XWayland"
+        if not x11_display_reachable(display):
+            return f"no X server answers at DISPLAY={display}; use --headless"
     return None
 
 

@@ -151,9 +151,9 @@ class SyntheticReader:
         self._stall_after, self._disconnect_after = stall_after, disconnect_after
         self._count = 0
         self._next = time.perf_counter()
-        x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
-        y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-        self._patterns = [np.stack([(x + 32 * k) % 256 + 0 * y, y + 0 * x, (x + y + 64 * k) % 256], axis=2)
+        grid_x, grid_y = np.meshgrid(np.linspace(0, 255, width, dtype=np.float32),
+                                     np.linspace(0, 255, height, dtype=np.float32))
+        self._patterns = [np.dstack([(grid_x + 32 * k) % 256, grid_y, (grid_x + grid_y + 64 * k) % 256])
                           .astype(np.uint8) for k in range(4)]
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:

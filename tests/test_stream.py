@@ -233,3 +233,23 @@ def test_default_model_choice(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(model_select, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     (build / "model.fp16.onnx").touch()
     assert model_select.default_model(build, models) == build / "model.fp16.onnx"
+
+
+def test_unreachable_display_is_refused_before_qt_can_abort(tiny_onnx: Path, tmp_path: Path, monkeypatch, capsys):
+    """Qt kills the process when it cannot reach the X server, so the runtime checks first: automatic mode
+    falls back to headless, --display fails with one line."""
+    from runtime.outputs import display_problem, gui_backend
+
+    if gui_backend().upper() == "NONE":
+        pytest.skip("this OpenCV has no GUI backend")
+    monkeypatch.setenv("DISPLAY", ":97")
+    assert "no X server answers at DISPLAY=:97" in display_problem()
+    image_dir = tmp_path / "one"
+    image_dir.mkdir()
+    cv2.imwrite(str(image_dir / "a.png"), np.zeros((50, 80, 3), np.uint8))
+    assert main(["--images", str(image_dir), "--model", str(tiny_onnx), "--quiet"]) == 0
+    assert "1 read, 1 processed" in capsys.readouterr().out
+    assert main(["--images", str(image_dir), "--model", str(tiny_onnx), "--display"]) == 2
+    assert "no X server answers" in assert_one_error_line(capsys.readouterr().err)
+    monkeypatch.delenv("DISPLAY")
+    assert "DISPLAY is not set" in display_problem()
