@@ -84,3 +84,27 @@ $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 ## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (needs TensorRT and a CUDA GPU)
 engine: calibrate
 	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
+
+## demo: export + INT8 (once), then stream SOURCE headless through the best model -> runs/demo/
+demo: calibrate
+	$(PY) -m runtime.demo --source $(SOURCE) --out runs/demo
+
+# pipeline: every stage handing the next exactly what it needs, in a reduced CPU configuration.
+PIPELINE ?= runs/pipeline
+PIPELINE_TRAIN ?= --config cpu --epochs 4 --max-steps-per-epoch 20
+## pipeline: train (minutes) -> export -> calibrate -> engine (skipped without TensorRT) -> stream -> bench
+pipeline: setup
+	$(PY) -m train $(PIPELINE_TRAIN) --data $(DATA) --output-dir $(PIPELINE)/train --no-progress
+	$(MAKE) --no-print-directory calibrate CHECKPOINT=$(PIPELINE)/train/best.pt BUILD=$(PIPELINE)/build
+	$(PY) -m export.engine --precision int8 --build $(PIPELINE)/build --checkpoint $(PIPELINE)/train/best.pt \
+		--data $(DATA) || { code=$$?; [ $$code -eq 3 ] && echo "pipeline: engine skipped (no TensorRT/CUDA here)"; \
+		[ $$code -eq 3 ]; }
+	$(PY) runtime/stream.py $(VIDEO) --model $(PIPELINE)/build/model.int8_cpu.onnx --headless --quiet \
+		--output $(PIPELINE)/stream.mp4 --save-masks $(PIPELINE)/masks --stats-json $(PIPELINE)/stream.json
+	$(PY) -m runtime.bench --quick --no-full --checkpoint $(PIPELINE)/train/best.pt --build $(PIPELINE)/build \
+		--data $(DATA) --video $(VIDEO) --out $(PIPELINE)/bench
+	@echo "pipeline: every stage ran; outputs in $(PIPELINE)/"
+
+## clean: remove build/ and runs/ (never models/)
+clean:
+	rm -rf $(BUILD) runs
