@@ -41,7 +41,8 @@ from runtime.ioutil import atomic_write_text, fail
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = "160x576"
-INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 act. (CPU)"}
+INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 act. (CPU)",
+                 "int8_cpu_tuned": "Q/DQ u8 + ReLU/pool, conv1 fp32 (CPU-tuned)"}
 FLOOR_INT8_SPEEDUP, FLOOR_FP32_SPEEDUP, FLOOR_MAXF_DROP_PT = 4.0, 1.5, 0.5
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
@@ -61,6 +62,7 @@ class Config:
     floors: bool = False
     list_skipped: bool = False  # skipped rows are listed once per main configuration, not per sweep size
     heavy: bool = False  # the full-width model: fewer timed runs
+    training: str | None = None  # the checkpoint's training summary (JSON), to match build/'s export
     files: dict[str, Path] = field(default_factory=dict)
     origin: str = ""
 
@@ -167,13 +169,18 @@ def torch_importable() -> bool:
 
 
 def cpu_model() -> str:
+    """The CPU's marketing name plus family/model numbers (VMs often report only "AMD EPYC")."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.machine()
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def cpu_flags() -> list[str]:
@@ -243,27 +250,31 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def onnx_description(path: Path) -> tuple[dict, str]:
-    """(arch dict, HxW) from an ONNX file's roadseg metadata, read through ONNX Runtime."""
+TRAINING_KEY = "roadseg.training"  # export.onnx_export writes the checkpoint's training summary here
+
+
+def onnx_description(path: Path) -> tuple[dict, str, dict[str, str]]:
+    """(arch dict, HxW, metadata) from an ONNX file's roadseg metadata, read through ONNX Runtime."""
     from runtime.backends import OnnxRuntimeBackend, model_description
 
     backend = OnnxRuntimeBackend(path, provider="cpu", threads=1)
     height, width = backend.spec.size_hw
-    return model_description(backend.metadata), f"{height}x{width}"
+    return model_description(backend.metadata), f"{height}x{width}", backend.metadata
 
 
-def build_files(build: Path, checkpoint: Path | None, arch: dict, size: str) -> dict[str, Path]:
-    """The build folder's ONNX files when they are of this model and size and newer than its checkpoint."""
+def build_files(build: Path, config: Config) -> dict[str, Path]:
+    """The build folder's files when they are this configuration's model (same training run) and size."""
     fp32 = build / "model.fp32.onnx"
     if not fp32.is_file():
         return {}
-    if checkpoint is not None and checkpoint.is_file() and fp32.stat().st_mtime < checkpoint.stat().st_mtime:
-        return {}
     try:
-        file_arch, file_size = onnx_description(fp32)
+        file_arch, file_size, metadata = onnx_description(fp32)
     except ValueError:
         return {}
-    if file_size != size or float(file_arch.get("width", -1)) != float(arch.get("width", -2)):
+    if file_size != config.size or float(file_arch.get("width", -1)) != config.width:
+        return {}
+    if config.training is not None and metadata.get(TRAINING_KEY) != config.training:
+        print(f"  {fp32} is the export of another training run than {config.checkpoint}: not used", flush=True)
         return {}
     names = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8_tensorrt": "model.int8.onnx",
              "int8_cpu": "model.int8_cpu.onnx"}
@@ -281,10 +292,15 @@ def calibration_method(build: Path) -> str:
         return "entropy"
 
 
-def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Path]:
-    """FP32 + both INT8 flavours for this configuration, made once by train.bench_prepare and cached."""
+def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str],
+                   onnx: Path | None = None) -> dict[str, Path]:
+    """FP32 + the INT8 flavours for this configuration (only the CPU-tuned one from an exported `onnx`),
+    made once by train.bench_prepare and cached under OUT/models."""
     method = calibration_method(Path(args.build))
-    if config.checkpoint:
+    size = ["--size", config.size]
+    if onnx is not None:
+        key, source, size = f"{onnx.parent.name}-{onnx.stem}-{sha256_file(onnx)[:12]}", ["--onnx", str(onnx)], []
+    elif config.checkpoint:
         key = f"{Path(config.checkpoint).stem}-{sha256_file(Path(config.checkpoint))[:12]}-{config.size}"
         source = ["--checkpoint", config.checkpoint]
     else:
@@ -300,7 +316,7 @@ def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]
             raise BenchError(f"{config.model} at {config.size}: no ONNX files and no torch here to export them")
         print(f"  preparing ONNX files for {config.model} at {config.size} (export + INT8 quantization, "
               f"cached in {folder}) ...", flush=True)
-        command = ["-m", "train.bench_prepare", *source, "--size", config.size, "--out", str(folder),
+        command = ["-m", "train.bench_prepare", *source, *size, "--out", str(folder),
                    "--calibration-source", args.data, "--calibration-frames", str(args.calibration_frames),
                    "--method", method, "--no-progress"]
         result = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, cwd=REPO)
@@ -316,17 +332,18 @@ def plan_configs(args: argparse.Namespace, torch_info: dict | None) -> list[Conf
     checkpoint = Path(args.checkpoint)
     build = Path(args.build)
     described = (torch_info or {}).get("checkpoint")
+    training = None
     if described:
-        arch, size = described["arch"], described["input_size"]
+        arch, size, training = described["arch"], described["input_size"], described.get("training")
     elif (build / "model.fp32.onnx").is_file():  # no torch: the exported model is all there is
-        arch, size = onnx_description(build / "model.fp32.onnx")
+        arch, size, _ = onnx_description(build / "model.fp32.onnx")
     else:
         raise BenchError(f"{checkpoint}: not found (and no {build / 'model.fp32.onnx'}); "
                          "pass --checkpoint or run `make export`")
     name = checkpoint.stem if checkpoint.is_file() else (build / "model.fp32.onnx").name
     shipped = Config(name, float(arch["width"]), int(arch.get("num_classes", 2)), size,
                      checkpoint=str(checkpoint) if checkpoint.is_file() else None,
-                     floors=True, list_skipped=True)
+                     floors=True, list_skipped=True, training=training)
     configs = [shipped]
     if not args.no_full:
         full_name = Path(args.full_checkpoint).stem if args.full_checkpoint else "fcn8s_vgg16 (untrained)"
@@ -337,20 +354,22 @@ def plan_configs(args: argparse.Namespace, torch_info: dict | None) -> list[Conf
         height, width = parse_size(text)
         if f"{height}x{width}" != size and shipped.checkpoint:
             configs.append(Config(name, shipped.width, shipped.num_classes, f"{height}x{width}",
-                                  checkpoint=shipped.checkpoint))
+                                  checkpoint=shipped.checkpoint, training=training))
     return configs
 
 
 def attach_files(config: Config, args: argparse.Namespace, env: dict[str, str]) -> None:
-    """The build folder's files when they are this configuration's, else prepared (and cached) ones."""
-    files = {}
-    if config.random_width is None:
-        checkpoint = Path(config.checkpoint) if config.checkpoint else None
-        files = build_files(Path(args.build), checkpoint, {"width": config.width}, config.size)
+    """The build folder's files when they are this configuration's, else prepared (and cached) ones;
+    plus the CPU-tuned INT8 flavour, which calibration does not make, quantized from the same FP32 file."""
+    files = build_files(Path(args.build), config) if config.random_width is None else {}
     if "fp32" in files or (config.checkpoint is None and config.random_width is None):
-        config.files, config.origin = files, str(args.build)
-        return
-    config.files, config.origin = prepared_files(config, args, env), "train.bench_prepare"
+        origin = str(args.build)
+    else:
+        files, origin = prepared_files(config, args, env), "train.bench_prepare"
+    if "fp32" in files and "int8_cpu_tuned" not in files and torch_importable():
+        tuned = prepared_files(config, args, env, onnx=files["fp32"])
+        files.update({k: v for k, v in tuned.items() if k == "int8_cpu_tuned"})
+    config.files, config.origin = files, origin
 
 
 # ---------------------------------------------------------------- rows
@@ -699,7 +718,9 @@ def run(args: argparse.Namespace) -> dict:
         rows.append(row)
     add_flops(rows, configs, machine["fp32_peak_gflops"])
     note = (f"{'quick' if args.quick else 'full'} run; inference = infer() alone; e2e = preprocess + infer + "
-            f"postprocess on KITTI raw frames; accuracy on the KITTI Road val split (same images every row)")
+            f"postprocess on real frames from {Path(args.video).name}; accuracy on the KITTI Road val split "
+            "(same images every row); % peak = achieved GFLOP/s over the measured fp32 GEMM peak (INT8 rows "
+            "may pass 100%: VNNI does 4 int8 multiply-adds where fp32 FMA does 1)")
     return {"format": "roadseg-bench-v1", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "duration_s": round(time.time() - started, 1), "machine": machine,
             "settings": {"quick": args.quick, "threads": args.threads, "warmup": args.warmup, "runs": args.runs,

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.bench import FLOOR_INT8_SPEEDUP, Config, floor_checks
+from runtime.bench import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks
 from runtime.flops import fcn8s_flops, graph_flops
 from tests.conftest import run_cli
 
@@ -44,7 +44,8 @@ def test_every_row_has_the_interface_columns(bench_report):
     kinds = {(r["backend"], r["precision"], r["variant"]) for r in measured(bench_report)}
     assert ("torch", "fp32", "eager") in kinds
     assert ("onnxruntime", "fp32", "") in kinds
-    assert sum(1 for k in kinds if k[:2] == ("onnxruntime", "int8")) == 2  # s8 (TensorRT) and u8 (CPU)
+    # s8 (TensorRT), u8 (CPU) and the CPU-tuned u8 flavour
+    assert {k[2] for k in kinds if k[:2] == ("onnxruntime", "int8")} == set(INT8_VARIANTS.values())
 
 
 def test_unavailable_backends_are_skipped_with_a_reason(bench_report):
