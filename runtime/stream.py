@@ -246,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
         return fail(error)
     stop.waiting = False
+    print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, "
+          f"input {backend.spec.input_height}x{backend.spec.input_width}", flush=True)
     source = outputs = stats = None
     started = time.perf_counter()
     try:
