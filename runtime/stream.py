@@ -11,11 +11,13 @@ The loop is source -> preprocess -> backend.infer -> postprocess -> render/write
 names come from the model file's metadata. Live sources keep only their newest frame; files are processed
 frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
 Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
+OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -226,8 +228,19 @@ def source_problem(source: FrameSource, processed: int) -> str | None:
     return None
 
 
+def quiet_opencv() -> None:
+    """OpenCV logs its own WARN/ERROR lines for every backend it tries (V4L2, FFmpeg, Orbbec...) before a
+    camera open fails; the runtime reports failures itself in one line. OPENCV_LOG_LEVEL=INFO shows them."""
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines ("moov atom not found")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_opencv()
     stop = StopRequest()
     stop.install()
     stop.waiting = True  # loading a model can take seconds: let Ctrl-C interrupt it
