@@ -35,8 +35,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 ## train: train CONFIG (cpu|full|smoke) on DATA into runs/train/CONFIG
+TRAIN_ARGS ?=
 train: setup
-	$(PY) -m train --config $(CONFIG) --data $(DATA)
+	$(PY) -m train --config $(CONFIG) --data $(DATA) $(TRAIN_ARGS)
 
 ## eval: KITTI val metrics of CHECKPOINT (any .pt, .onnx or engine) with a PR curve
 eval: setup
