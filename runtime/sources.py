@@ -14,6 +14,7 @@ Every source is read on its own thread, so decoding overlaps inference:
 from __future__ import annotations
 
 import glob
+import os
 import queue
 import re
 import threading
@@ -59,6 +60,21 @@ class Reader(Protocol):
         ...
 
     def release(self) -> None: ...
+
+
+def lower_thread_priority() -> None:
+    """Make the calling thread run only when the pipeline's own threads leave a core idle (Linux SCHED_IDLE).
+
+    Read-ahead decoding costs a few CPU-ms per frame; at normal priority it lands right when the pipeline
+    thread preprocesses (the moment a buffer is handed back) and doubles that stage's time on a small CPU.
+    At idle priority it fills the gaps ONNX Runtime leaves during inference instead. Live capture threads
+    keep normal priority: a starved camera thread would deliver stale frames.
+    """
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------------------------- readers
@@ -250,6 +266,7 @@ class PrefetchSource(FrameSource):
         self._thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority()
         index = 0
         try:
             while not self._stop.is_set() and not (self._max_frames and index >= self._max_frames):
