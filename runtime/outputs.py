@@ -74,10 +74,15 @@ class Renderer:
         return self.canvas
 
     def _overlay(self, frame: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
-        # Blend the whole frame once, then copy the blend only where the mask is set: no per-frame temporaries.
+        # Blend once inside the road's bounding box, then copy the blend only where the mask is set: the road
+        # covers the lower part of a driving frame, and nothing is allocated per frame.
         np.copyto(out, frame)
-        cv2.addWeighted(frame, 1.0 - self.alpha, self._color, self.alpha, 0.0, dst=self._blend)
-        cv2.copyTo(self._blend, mask, out)
+        x, y, width, height = cv2.boundingRect(mask)
+        if width == 0 or height == 0:
+            return
+        box = (slice(y, y + height), slice(x, x + width))
+        cv2.addWeighted(frame[box], 1.0 - self.alpha, self._color[box], self.alpha, 0.0, dst=self._blend[box])
+        cv2.copyTo(self._blend[box], mask[box], out[box])
 
 
 def draw_hud(canvas: np.ndarray, text: str) -> None:
