@@ -44,6 +44,8 @@ FULL_SIZE = "160x576"
 INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 act. (CPU)",
                  "int8_cpu_tuned": "Q/DQ u8 + ReLU/pool, conv1 fp32 (CPU-tuned)"}
 FLOOR_INT8_SPEEDUP, FLOOR_FP32_SPEEDUP, FLOOR_MAXF_DROP_PT = 4.0, 1.5, 0.5
+PREPARE_RECIPE = 2  # bump when train/bench_prepare.py makes different files: cached folders are then redone
+NOISY_SPREAD = 1.5  # p90 above 1.5x p50: other load on the machine disturbed the row
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
 
@@ -225,7 +227,7 @@ def library_versions() -> dict[str, str | None]:
 def machine_info(threads: int, torch_info: dict | None, numpy_peak: dict) -> dict:
     from runtime.backends import available_providers
 
-    peaks = {"numpy_matmul_gflops": numpy_peak.get("numpy_matmul_gflops")}
+    peaks = {key: numpy_peak.get(key) for key in ("numpy_matmul_gflops", "onnxruntime_matmul_gflops")}
     if torch_info:
         peaks["torch_matmul_gflops"] = torch_info.get("torch_matmul_gflops")
     peak = max(v for v in peaks.values() if v)
@@ -306,7 +308,7 @@ def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]
     else:
         key = f"random-w{config.random_width:g}-{config.size}"
         source = ["--random-width", str(config.random_width)]
-    folder = Path(args.out) / "models" / key
+    folder = Path(args.out) / "models" / f"{key}-r{PREPARE_RECIPE}"
     record_path = folder / "prepared.json"
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     fresh = (record.get("method") == method and record.get("calibration_requested") == args.calibration_frames
@@ -535,6 +537,10 @@ def floor_checks(rows: list[dict], configs: list[Config]) -> list[dict]:
             "floors": {"int8_speedup": FLOOR_INT8_SPEEDUP, "fp32_speedup": FLOOR_FP32_SPEEDUP,
                        "int8_maxf_drop_pt": FLOOR_MAXF_DROP_PT},
         })
+        noisy = [f"{r['backend']} {r['precision']} {r['variant']}".strip() for r in (torch_row, fp32, int8)
+                 if r["p90_ms"] > NOISY_SPREAD * r["p50_ms"]]
+        if noisy:  # something else took the CPU during these rows: the ratio is not this machine's
+            check["noisy_rows"] = noisy
         check["passed"] = (check["int8_speedup"] >= FLOOR_INT8_SPEEDUP
                            and check["fp32_speedup"] >= FLOOR_FP32_SPEEDUP
                            and (drop is None or drop <= FLOOR_MAXF_DROP_PT))
@@ -568,6 +574,9 @@ def floor_lines(checks: list[dict]) -> list[str]:
                      f"{check['int8_speedup']:.2f}x (floor {FLOOR_INT8_SPEEDUP:g}x), MaxF drop {drop} "
                      f"(floor {FLOOR_MAXF_DROP_PT} pt) | ORT FP32 {check['ort_fp32_p50_ms']:.1f} ms = "
                      f"{check['fp32_speedup']:.2f}x (floor {FLOOR_FP32_SPEEDUP:g}x)")
+        if check.get("noisy_rows"):
+            lines.append(f"  warning: p90 > {NOISY_SPREAD:g} x p50 in {', '.join(check['noisy_rows'])}: the CPU "
+                         "was shared during the run; rerun on an idle machine before trusting this ratio")
     return lines
 
 
@@ -622,7 +631,10 @@ def markdown(report: dict) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in machine["libraries"].items())
     lines = [f"## Benchmark: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['threads']} threads",
              "", f"- GPU: {gpu}", f"- CPU features: {', '.join(machine['cpu_flags']) or '-'}",
-             f"- measured fp32 peak: {machine['fp32_peak_gflops']} GFLOP/s ({machine['fp32_peak_source']['matmul']})",
+             f"- measured fp32 peak: {machine['fp32_peak_gflops']} GFLOP/s, the best GEMM of "
+             + ", ".join(f"{k.split('_')[0]} {v}" for k, v in machine["fp32_peak_source"].items()
+                         if k.endswith("gflops") and v)
+             + f" ({machine['fp32_peak_source']['matmul']})",
              f"- libraries: {libs}", f"- {report['settings']['note']}", "",
              "| " + " | ".join(c[0] for c in COLUMNS) + " |",
              "| " + " | ".join("---" if c[2] is None and c[1] not in ("peak_fraction", "threads") else "---:"
