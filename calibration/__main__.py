@@ -7,7 +7,7 @@
    um/umm/uu, or from a video; its manifest sha256 is the calibration identity.
 2. One TensorRT-style Q/DQ model per method, each scored on KITTI val; the best becomes model.int8.onnx,
    and the comparison goes to build/calibration_methods.{json,md}.
-3. The CPU flavour (u8 activations) with the winning method: build/model.int8_cpu.onnx.
+3. The CPU flavour (calibration/cpu_tuned.py) with the winning method: build/model.int8_cpu.onnx.
 4. Calibration tables for TensorRT <= 10 implicit INT8 (build/calibration/trt/), same set and method.
 5. The accuracy gate over every artifact (build/accuracy.{json,md}); a broken floor fails (exit 1) and
    removes the INT8 file that broke it.
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import onnx
 
+from calibration.cpu_tuned import quantize_cpu_tuned
 from calibration.dataset import (
     CalibrationError,
     CalibrationSet,
@@ -137,10 +138,10 @@ def run(args: argparse.Namespace) -> int:
         best, _ = compare_methods(args, build, fp32, metadata, calib, prepared)
         promote(build / "calibration" / "candidates" / f"model.int8.{best}.onnx", build / "model.int8.onnx")
         stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
-        quantize_int8(prepared, build / "model.int8_cpu.onnx", calib.tensors(), best, "cpu", args.percentile,
-                      stamp, calib.identity, args.histogram_bins)
+        quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", calib.tensors(), best, stamp, calib.identity,
+                           args.percentile, args.histogram_bins)
     print(f"wrote {build / 'model.int8.onnx'} (TensorRT Q/DQ, {best}) and "
-          f"{build / 'model.int8_cpu.onnx'} (CPU u8s8)")
+          f"{build / 'model.int8_cpu.onnx'} (CPU-tuned u8 Q/DQ)")
     ranges = activation_ranges(fp32, calib.tensors(), best, args.percentile, args.histogram_bins)
     table = write_calibration_tables(ranges, build / "calibration" / "trt", best, calib.identity)
     print(f"wrote TensorRT calibration tables for {len(absolute_max(ranges))} tensors: {table.parent}")

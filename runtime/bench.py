@@ -41,10 +41,9 @@ from runtime.ioutil import atomic_write_text, fail
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = "160x576"
-INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 act. (CPU)",
-                 "int8_cpu_tuned": "Q/DQ u8 + ReLU/pool, conv1 fp32 (CPU-tuned)"}
+INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 + ReLU/pool, conv1 fp32 (CPU)"}
 FLOOR_INT8_SPEEDUP, FLOOR_FP32_SPEEDUP, FLOOR_MAXF_DROP_PT = 4.0, 1.5, 0.5
-PREPARE_RECIPE = 2  # bump when train/bench_prepare.py makes different files: cached folders are then redone
+PREPARE_RECIPE = 3  # bump when train/bench_prepare.py makes different files: cached folders are then redone
 NOISY_SPREAD = 1.5  # p90 above 1.5x p50: other load on the machine disturbed the row
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
@@ -294,15 +293,12 @@ def calibration_method(build: Path) -> str:
         return "entropy"
 
 
-def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str],
-                   onnx: Path | None = None) -> dict[str, Path]:
-    """FP32 + the INT8 flavours for this configuration (only the CPU-tuned one from an exported `onnx`),
-    made once by train.bench_prepare and cached under OUT/models."""
+def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Path]:
+    """FP32 + both INT8 flavours for this configuration, made once by train.bench_prepare and cached under
+    OUT/models."""
     method = calibration_method(Path(args.build))
     size = ["--size", config.size]
-    if onnx is not None:
-        key, source, size = f"{onnx.parent.name}-{onnx.stem}-{sha256_file(onnx)[:12]}", ["--onnx", str(onnx)], []
-    elif config.checkpoint:
+    if config.checkpoint:
         key = f"{Path(config.checkpoint).stem}-{sha256_file(Path(config.checkpoint))[:12]}-{config.size}"
         source = ["--checkpoint", config.checkpoint]
     else:
@@ -361,16 +357,12 @@ def plan_configs(args: argparse.Namespace, torch_info: dict | None) -> list[Conf
 
 
 def attach_files(config: Config, args: argparse.Namespace, env: dict[str, str]) -> None:
-    """The build folder's files when they are this configuration's, else prepared (and cached) ones;
-    plus the CPU-tuned INT8 flavour, which calibration does not make, quantized from the same FP32 file."""
+    """The build folder's files when they are this configuration's, else prepared (and cached) ones."""
     files = build_files(Path(args.build), config) if config.random_width is None else {}
     if "fp32" in files or (config.checkpoint is None and config.random_width is None):
         origin = str(args.build)
     else:
         files, origin = prepared_files(config, args, env), "train.bench_prepare"
-    if "fp32" in files and "int8_cpu_tuned" not in files and torch_importable():
-        tuned = prepared_files(config, args, env, onnx=files["fp32"])
-        files.update({k: v for k, v in tuned.items() if k == "int8_cpu_tuned"})
     config.files, config.origin = files, origin
 
 

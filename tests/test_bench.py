@@ -44,7 +44,7 @@ def test_every_row_has_the_interface_columns(bench_report):
     kinds = {(r["backend"], r["precision"], r["variant"]) for r in measured(bench_report)}
     assert ("torch", "fp32", "eager") in kinds
     assert ("onnxruntime", "fp32", "") in kinds
-    # s8 (TensorRT), u8 (CPU) and the CPU-tuned u8 flavour
+    # s8 Q/DQ (TensorRT's file) and the CPU flavour
     assert {k[2] for k in kinds if k[:2] == ("onnxruntime", "int8")} == set(INT8_VARIANTS.values())
 
 
