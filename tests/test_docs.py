@@ -139,3 +139,32 @@ def test_documented_paths_exist():
     for doc in DOCS:
         for link in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", doc.read_text()):
             assert (doc.parent / link).is_file() or (REPO / link).is_file(), f"{doc.name}: broken link {link}"
+
+
+@needs_kitti
+@runs(".venv/bin/python runtime/stream.py ../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4 --headless "
+      "--output runs/stream/out.mp4 --save-masks runs/stream/masks --stats-json runs/stream/stats.json")
+def test_stream_video_command(command, tmp_path):
+    from stream_helpers import tiny_onnx_model
+
+    stats = tmp_path / "stats.json"
+    result = run_cli(*python_argv(command), "--model", str(tiny_onnx_model(tmp_path)), "--max-frames", "12",
+                     "--output", str(tmp_path / "out.mp4"), "--save-masks", str(tmp_path / "masks"),
+                     "--stats-json", str(stats), timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(stats.read_text())["frames_processed"] == 12
+    assert len(list((tmp_path / "masks").glob("*.png"))) == 12
+
+
+@needs_kitti
+@runs('.venv/bin/python runtime/stream.py "../shared/data/kitti_road/training/image_2/um_*.png" --headless '
+      "--view side-by-side --alpha 0.4 --max-frames 20 --output runs/stream/um.mp4")
+def test_stream_image_glob_command(command, tmp_path):
+    from stream_helpers import read_video, tiny_onnx_model
+
+    out = tmp_path / "um.mp4"
+    result = run_cli(*python_argv(command), "--model", str(tiny_onnx_model(tmp_path)), "--output", str(out),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    frames = read_video(out)
+    assert len(frames) == 20 and frames[0].shape[1] > 2 * 1200  # side by side: two images wide
