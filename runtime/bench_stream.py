@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         model = Path(args.model) if args.model else default_model()
-        backend = open_backend(model, args.backend, threads=args.threads or None)
+        backend = open_backend(model, args.backend, threads=args.threads or None, spinning=False)
     except (ModelFileError, ImportError, OSError, RuntimeError) as error:
         return fail(error)
     video = Path(args.video)

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = Path(args.model) if args.model else None
     try:
         model_path = model_path or default_model()
-        backend = open_backend(model_path, args.backend, threads=args.threads or None)
+        backend = open_backend(model_path, args.backend, threads=args.threads or None, spinning=False)
     except KeyboardInterrupt:
         stop.restore()
         print(f"stopped by {stop.signal_name or 'SIGINT'}")
