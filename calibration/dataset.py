@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from runtime.ioutil import atomic_write_bytes
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.sources import read_video_frames
 
 FORMAT = "roadseg-calibration-v1"
 MANIFEST_NAME = "manifest.json"
@@ -126,18 +127,7 @@ def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreproc
 
 def video_items(video: Path, size: int, preprocess: FramePreprocessor,
                 progress: bool) -> tuple[list[dict], np.ndarray]:
-    capture = cv2.VideoCapture(str(video))
-    if not capture.isOpened():
-        raise CalibrationError(f"{video}: cannot open video")
-    frames = []
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            frames.append(frame)
-    finally:
-        capture.release()
+    frames = read_video_frames(video)
     if not frames:
         raise CalibrationError(f"{video}: video has no readable frames")
     chosen = evenly_spaced(list(range(len(frames))), size)

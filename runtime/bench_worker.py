@@ -31,6 +31,7 @@ import numpy as np
 from runtime.ioutil import atomic_write_text, fail
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.sources import read_video_frames
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -50,15 +51,7 @@ def load_frames(source: str | Path, count: int) -> list[np.ndarray]:
             if image is not None:
                 frames.append(image)
     elif source.is_file():
-        capture = cv2.VideoCapture(str(source))
-        try:
-            while len(frames) < count:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                frames.append(frame)
-        finally:
-            capture.release()
+        frames = read_video_frames(source, count)
     if not frames:
         raise BenchError(f"{source}: no frames could be read (a video file or a folder of images)")
     return frames

@@ -440,6 +440,21 @@ def csi_pipeline(sensor_id: int, width: int = 1280, height: int = 720, fps: int 
             f"video/x-raw, format=BGR ! appsink drop=true max-buffers=1 sync=false")
 
 
+def read_video_frames(path: str | Path, limit: int | None = None) -> list[np.ndarray]:
+    """Every frame of a video file (or the first `limit`), decoded in order; [] when none can be read."""
+    capture = cv2.VideoCapture(str(path))
+    frames: list[np.ndarray] = []
+    try:
+        while capture.isOpened() and (limit is None or len(frames) < limit):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        capture.release()
+    return frames
+
+
 def has_gstreamer() -> bool:
     return re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) is not None
 
