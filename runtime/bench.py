@@ -391,9 +391,9 @@ def gpu_jobs(config: Config, torch_info: dict | None, providers: list[str]) -> l
     cuda = bool(torch_info and torch_info.get("cuda_available"))
     no_cuda = ("no CUDA GPU: torch.cuda.is_available() is False" if torch_info
                else "torch is not installed in this environment")
-    jobs = [Job(config, "torch", "fp32", gpu, "eager", extra=["--device", "cuda"],
+    jobs = [Job(config, "torch", "fp32", gpu, "eager on CUDA", extra=["--device", "cuda"],
                 skipped=None if cuda else no_cuda),
-            Job(config, "torch", "fp16", gpu, "eager", extra=["--device", "cuda", "--precision", "fp16"],
+            Job(config, "torch", "fp16", gpu, "eager on CUDA", extra=["--device", "cuda", "--precision", "fp16"],
                 skipped=None if cuda else no_cuda),
             Job(config, "torch", "fp16", gpu, "eager + CUDA graph",
                 extra=["--device", "cuda", "--precision", "fp16", "--cuda-graph"],
