@@ -42,8 +42,7 @@ from calibration.quantize import (
 )
 from runtime.backends import ModelFileError, spec_from_metadata
 from runtime.ioutil import fail
-
-DEFAULT_DATA = "../shared/data/kitti_road"
+from runtime.paths import DEFAULT_KITTI_DIR
 
 
 class GateError(RuntimeError):
@@ -54,13 +53,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m calibration", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build")
-    parser.add_argument("--source", default=DEFAULT_DATA, help="KITTI Road folder or a video file")
+    parser.add_argument("--source", default=DEFAULT_KITTI_DIR, help="KITTI Road folder or a video file")
     parser.add_argument("--size", type=int, default=64, help="number of calibration frames")
     parser.add_argument("--methods", default="entropy,percentile,minmax")
     parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE)
     parser.add_argument("--histogram-bins", type=int, default=ENTROPY_BINS,
                         help="histogram size for entropy/percentile (TensorRT's entropy calibrator: 2048)")
-    parser.add_argument("--data", default=DEFAULT_DATA, help="KITTI Road folder whose val split scores")
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR, help="KITTI Road folder whose val split scores")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 

@@ -28,9 +28,7 @@ import onnx
 
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from runtime.ioutil import atomic_write_text, fail, temporary_sibling
-
-DEFAULT_CHECKPOINT = "models/fcn8s_vgg16_w0.25_cpu.pt"
-DEFAULT_DATA = "../shared/data/kitti_road"
+from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 
 
 class ExportError(RuntimeError):
@@ -40,11 +38,11 @@ class ExportError(RuntimeError):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="roadseg .pt checkpoint")
+    parser.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="roadseg .pt checkpoint")
     parser.add_argument("--build", default="build", help="output folder")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--dynamic-batch", action="store_true", help="batch axis dynamic (1..64)")
-    parser.add_argument("--data", default=DEFAULT_DATA,
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR,
                         help="KITTI Road folder for the parity and accuracy gates")
     parser.add_argument("--parity-frames", type=int, default=20)
     parser.add_argument("--no-slim", action="store_true", help="skip onnxslim")
@@ -66,7 +64,7 @@ def check_writable(build: Path) -> None:
 def load_checkpoint(path: Path):
     from train.checkpoint import load_model
 
-    if not path.is_file() and str(path) == DEFAULT_CHECKPOINT:
+    if not path.is_file() and str(path) == SHIPPED_CHECKPOINT:
         raise ExportError(f"{path}: the shipped model is not there yet (it lands after `make train`); "
                           "pass --checkpoint PATH")
     return load_model(path)

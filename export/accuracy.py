@@ -17,6 +17,7 @@ from pathlib import Path
 
 from calibration.dataset import sha256_file
 from runtime.ioutil import atomic_write_text, fail
+from runtime.paths import DEFAULT_KITTI_DIR
 
 FLOORS_PT = {"fp32": None, "fp16": 0.1, "int8": 0.5}
 FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.accuracy", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", default="build")
-    parser.add_argument("--data", default="../shared/data/kitti_road")
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:

@@ -42,10 +42,9 @@ from export.trt_builder import (
     trtexec_command,
 )
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail
+from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import SIDECAR_FORMAT, GpuInfo, probe_cuda, sidecar_path
 
-DEFAULT_CHECKPOINT = "models/fcn8s_vgg16_w0.25_cpu.pt"
-DEFAULT_DATA = "../shared/data/kitti_road"
 MISSING_EXIT = 3
 
 
@@ -73,8 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="qdq: the Q/DQ ONNX (all versions); calibrator: FP32 ONNX + IInt8EntropyCalibrator2 "
                              "with the calibration cache (TensorRT <= 10)")
     parser.add_argument("--build", default="build")
-    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
-    parser.add_argument("--data", default=DEFAULT_DATA, help="KITTI Road folder (gates and calibration)")
+    parser.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR, help="KITTI Road folder (gates and calibration)")
     parser.add_argument("--workspace-mib", type=int, default=1024)
     parser.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5")
     parser.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core (GPU fallback on)")

@@ -37,7 +37,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from runtime.bench_worker import BenchError
 from runtime.flops import model_flops
-from runtime.ioutil import atomic_write_text, fail
+from runtime.ioutil import atomic_write_text, fail, save_figure
+from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = "160x576"
@@ -87,10 +88,10 @@ class Job:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="models/fcn8s_vgg16_w0.25_cpu.pt", help="the shipped model")
+    parser.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="the shipped model")
     parser.add_argument("--build", default="build", help="folder of the exported ONNX files / engines")
-    parser.add_argument("--data", default="../shared/data/kitti_road", help="KITTI Road folder (val split)")
-    parser.add_argument("--video", default="../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4",
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR, help="KITTI Road folder (val split)")
+    parser.add_argument("--video", default=DEFAULT_VIDEO,
                         help="real frames for the end-to-end timing")
     parser.add_argument("--sizes", default="", help="comma list of HxW sizes to sweep the shipped model over")
     parser.add_argument("--no-full", action="store_true", help="leave out the full-width VGG16 FCN-8s")
@@ -672,11 +673,7 @@ def write_plot(report: dict, path: Path) -> str | None:
     right.grid(alpha=0.3, axis="x", which="both")
     figure.suptitle(f"{report['machine']['cpu']} ({report['machine']['threads']} threads)", fontsize=10)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp)
-    plt.close(figure)
-    temp.replace(path)
+    save_figure(figure, path)
     return None
 
 

@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from runtime.ioutil import atomic_write_text, fail
+from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
 from runtime.sources import read_video_frames
@@ -215,7 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--e2e-runs", type=int, default=50)
-    parser.add_argument("--video", default="../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4",
+    parser.add_argument("--video", default=DEFAULT_VIDEO,
                         help="real frames for the end-to-end loop (a video or an image folder)")
     parser.add_argument("--frames", type=int, default=32, help="how many frames to decode up front")
     parser.add_argument("--matmul-peak", action="store_true", help="measure the fp32 GEMM peak instead")

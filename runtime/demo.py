@@ -21,8 +21,7 @@ if __package__ in (None, ""):  # `python runtime/demo.py`: make the repository i
 
 from runtime import stream  # noqa: E402
 from runtime.ioutil import atomic_write_bytes, fail  # noqa: E402
-
-DEFAULT_SOURCE = "../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4"
+from runtime.paths import DEFAULT_VIDEO
 
 
 def read_frames(video: Path, count: int) -> list[tuple[int, np.ndarray]]:
@@ -74,7 +73,7 @@ def headline(stats: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="a video file, image folder or camera URI")
+    parser.add_argument("--source", default=DEFAULT_VIDEO, help="a video file, image folder or camera URI")
     parser.add_argument("--model", help="default: the best artifact in build/ for this machine")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--frames", type=int, default=6, help="frames on the contact sheet")

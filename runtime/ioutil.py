@@ -30,6 +30,19 @@ def publish(temp_name: str | Path, path: str | Path) -> None:
     os.replace(temp_name, path)
 
 
+def save_figure(figure, path: str | Path) -> None:
+    """Save a matplotlib figure as PNG atomically and close it (the temporary name keeps the .png suffix,
+    which savefig uses to pick the format)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temp)
+    import matplotlib.pyplot as plt  # only callers that already made a figure get here
+
+    plt.close(figure)
+    temp.replace(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 

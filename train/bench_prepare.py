@@ -25,6 +25,7 @@ from pathlib import Path
 
 from calibration.cpu_tuned import quantize_cpu_tuned
 from runtime.ioutil import atomic_write_text, fail
+from runtime.paths import DEFAULT_KITTI_DIR
 
 DEFAULT_METHOD = "entropy"
 PREPARED_NAME = "prepared.json"
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--random-width", type=float, help="an untrained FCN-8s of this width (1.0 = VGG16)")
     parser.add_argument("--size", required=True, help="input size HxW")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--calibration-source", default="../shared/data/kitti_road",
+    parser.add_argument("--calibration-source", default=DEFAULT_KITTI_DIR,
                         help="KITTI Road folder (train split) or a video")
     parser.add_argument("--calibration-frames", type=int, default=32)
     parser.add_argument("--method", default=DEFAULT_METHOD, help="entropy, percentile or minmax")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.ioutil import atomic_write_text, fail
+from runtime.ioutil import atomic_write_text, fail, save_figure
 from runtime.metrics import RoadMetricAccumulator
 from runtime.postprocess import road_confidence, road_mask
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
@@ -106,12 +106,7 @@ def write_pr_curve(accumulator: RoadMetricAccumulator, title: str, path: str | P
     axis.grid(alpha=0.3)
     axis.legend(loc="lower left")
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp)
-    plt.close(figure)
-    temp.replace(path)
+    save_figure(figure, path)
 
 
 def public_result(result: dict) -> dict:

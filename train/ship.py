@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from runtime.ioutil import atomic_write_text, fail
+from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
 from train.data import DataError, find_samples, split_samples
 from train.evaluate import TorchPredictor, evaluate_samples
@@ -99,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/train/cpu", help="a training run folder (best.pt, metrics.jsonl)")
-    parser.add_argument("--out", default="models/fcn8s_vgg16_w0.25_cpu.pt")
-    parser.add_argument("--data", default="../shared/data/kitti_road")
+    parser.add_argument("--out", default=SHIPPED_CHECKPOINT)
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR)
     parser.add_argument("--accuracy", default="build/accuracy.md",
                         help="the export's per-artifact accuracy table, added to the card when present")
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")

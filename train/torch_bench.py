@@ -22,6 +22,7 @@ import torch
 
 from runtime.bench_worker import BenchError, load_frames, measure
 from runtime.ioutil import atomic_write_text, fail
+from runtime.paths import DEFAULT_VIDEO
 from train.bench_prepare import build_model, parse_size
 
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--e2e-runs", type=int, default=50)
-    parser.add_argument("--video", default="../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4")
+    parser.add_argument("--video", default=DEFAULT_VIDEO)
     parser.add_argument("--frames", type=int, default=32)
     parser.add_argument("--data", help="KITTI Road folder: score MaxF/IoU on its val split")
     parser.add_argument("--probe", action="store_true", help="print versions, CUDA and the matmul peak")

@@ -26,7 +26,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from runtime.ioutil import fail
+from runtime.ioutil import fail, save_figure
+from runtime.paths import DEFAULT_KITTI_DIR
 from runtime.preprocess import PreprocessSpec
 from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint, widened_state
 from train.configs import CONFIGS
@@ -84,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
-    parser.add_argument("--data", default="../shared/data/kitti_road", help="a folder in the KITTI Road layout")
+    parser.add_argument("--data", default=DEFAULT_KITTI_DIR, help="a folder in the KITTI Road layout")
     parser.add_argument("--output-dir", help="default: runs/train/<config>")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -219,10 +220,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp)
-    plt.close(figure)
-    temp.replace(path)
+    save_figure(figure, path)
 
 
 def initialise_from(model: FCN8s, path: str) -> str:
