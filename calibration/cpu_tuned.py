@@ -25,8 +25,8 @@ from calibration.quantize import (
     ENTROPY_BINS,
     calibrate_ranges,
     quantization_options,
-    replace_metadata,
 )
+from export.onnx_export import set_metadata
 from runtime.backends import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
@@ -119,7 +119,7 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
              CALIBRATION_KEY: json.dumps({"method": method, "flavour": "cpu-tuned", "percentile": percentile,
                                           "ops": CPU_TUNED_OPS, "float_nodes": options["nodes_to_exclude"],
                                           "manifest_sha256": identity}, sort_keys=True)}
-    replace_metadata(model, stamp)
+    set_metadata(model, stamp)
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path

@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from runtime.ioutil import atomic_write_bytes
+from runtime.ioutil import atomic_write_bytes, sha256_file
 from runtime.preprocess import FramePreprocessor, PreprocessSpec
 from runtime.sources import read_video_frames
 
@@ -47,14 +47,6 @@ class CalibrationSet:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def evenly_spaced(items: list, count: int) -> list:

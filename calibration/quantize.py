@@ -34,6 +34,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.calibrate import save_tensors_data
 
+from export.onnx_export import set_metadata
 from runtime.backends import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
@@ -145,17 +146,10 @@ def quantize_int8(prepared_path: str | Path, out_path: str | Path, tensors: np.n
     stamp[PRECISION_KEY] = "int8"
     stamp[CALIBRATION_KEY] = json.dumps({"method": method, "flavour": flavour, "percentile": percentile,
                                          "manifest_sha256": calibration_identity}, sort_keys=True)
-    replace_metadata(model, stamp)
+    set_metadata(model, stamp)
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
-
-
-def replace_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    del model.metadata_props[:]
-    for key, value in sorted(metadata.items()):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
 
 
 def activation_ranges(fp32_path: str | Path, tensors: np.ndarray, method: str,

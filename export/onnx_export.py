@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
-import torch
 
 from runtime.backends import MODEL_KEY, PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 from runtime.preprocess import METADATA_KEY, PreprocessSpec
+
+if TYPE_CHECKING:  # torch is needed to export, not to stamp metadata (calibration imports set_metadata)
+    import torch
 
 TRAINING_KEY = "roadseg.training"
 COMMIT_KEY = "roadseg.source_commit"
@@ -50,6 +53,8 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, arch: dict, summary: dict, out_path: str | Path,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> onnx.ModelProto:
     """Trace the model at the contract's static input size and write it atomically with its metadata."""
+    import torch
+
     model = model.eval().cpu()
     example = torch.zeros(1, 3, *spec.size_hw)
     dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=64)}} if dynamic_batch else None

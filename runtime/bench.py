@@ -20,7 +20,6 @@ Writes OUT/latest.json (`machine`, `rows`, `floors`), OUT/latest.md and OUT/late
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -37,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from runtime.bench_worker import BenchError
 from runtime.flops import model_flops
-from runtime.ioutil import atomic_write_text, fail, save_figure
+from runtime.ioutil import atomic_write_text, fail, save_figure, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,14 +241,6 @@ def machine_info(threads: int, torch_info: dict | None, numpy_peak: dict) -> dic
 
 
 # ---------------------------------------------------------------- configurations and their files
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 TRAINING_KEY = "roadseg.training"  # export.onnx_export writes the checkpoint's training summary here

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import tempfile
@@ -58,3 +59,12 @@ def fail(error: BaseException | str, code: int = 2) -> int:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks (models can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
