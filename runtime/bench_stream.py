@@ -38,10 +38,10 @@ from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
 from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402
+from runtime.pipeline import run_pipeline  # noqa: E402
 from runtime.preprocess import FramePreprocessor  # noqa: E402
 from runtime.sources import SourceError, SourceOptions, open_uri, open_video  # noqa: E402
 from runtime.stats import StreamStats  # noqa: E402
-from runtime.stream import run_pipeline  # noqa: E402
 
 DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
 SHIPPED_SIZE_HW = (192, 640)

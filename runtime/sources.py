@@ -221,7 +221,12 @@ class PacedReader:
 
 
 class FrameSource:
-    """What the pipeline sees: `read()` -> Frame or None at the end; counters; `close()`."""
+    """What the pipeline sees: `read()` -> Frame or None at the end; counters; `close()`.
+
+    A frame's buffer is recycled for a later frame: by default when the next frame is read, or, once
+    `hold_frames()` was called, only when the consumer hands it back with `release(frame)`, so that a
+    pipelined loop can keep several frames in flight without copying them.
+    """
 
     description: str
     live: bool
@@ -230,7 +235,16 @@ class FrameSource:
     frames_dropped: int
     error: str | None  # why the source ended early (None: a normal end of stream)
 
+    _manual_release = False
+
     def read(self) -> Frame | None:
+        raise NotImplementedError
+
+    def hold_frames(self) -> None:
+        """From now on, frames stay valid until `release(frame)` (call before the first read)."""
+        self._manual_release = True
+
+    def release(self, frame: Frame) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -286,15 +300,19 @@ class PrefetchSource(FrameSource):
 
     def read(self) -> Frame | None:
         if self._current is not None:
-            self._free.put(self._current.image)  # the previous frame's buffer is free again
+            self.release(self._current)  # the previous frame's buffer is free again
             self._current = None
         frame = self._ready.get()
         if frame is None:
             self._ready.put(None)  # stay at the end for later calls
             return None
         self.frames_read += 1
-        self._current = frame
+        if not self._manual_release:
+            self._current = frame
         return frame
+
+    def release(self, frame: Frame) -> None:
+        self._free.put(frame.image)
 
     def close(self) -> None:
         self._stop.set()
@@ -334,6 +352,7 @@ class LiveSource(FrameSource):
         self._ended = False
         self._delivered = 0
         self._front: np.ndarray | None = None
+        self._spare: list[np.ndarray] = []  # buffers released by a consumer that holds frames
         self._stalled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-capture", daemon=True)
@@ -359,7 +378,7 @@ class LiveSource(FrameSource):
                         self.frames_dropped += 1
                     old, self._ready, self._fresh = self._ready, frame, True
                     self._cond.notify()
-                back = old.image if old is not None else None
+                back = old.image if old is not None else (self._spare.pop() if self._spare else None)
         except Exception as error:
             self.error = f"{self.description}: capture failed ({error})"
         finally:
@@ -405,9 +424,14 @@ class LiveSource(FrameSource):
             # Hand our previous buffer to the capture thread in exchange for the newest frame.
             self._ready = Frame(self._front, -1, 0.0, "") if self._front is not None else None
             self._fresh = False
-        self._front = frame.image
+        if not self._manual_release:
+            self._front = frame.image
         self._delivered += 1
         return frame
+
+    def release(self, frame: Frame) -> None:
+        with self._cond:
+            self._spare.append(frame.image)
 
     def close(self) -> None:
         self._stop.set()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -62,20 +63,25 @@ class StreamStats:
         self.capacity = capacity
         self.stages = {name: LatencyRing(capacity) for name in STAGES}
         self.frame_age = LatencyRing(capacity)
+        # Time between consecutive results: the frame period. In a pipelined loop stages overlap, so it is
+        # shorter than end_to_end (the latency of one frame) and is what FPS is computed from.
+        self.frame_interval = LatencyRing(capacity)
         self.frames_processed = 0
         self._first: float | None = None
         self._last: float | None = None
 
-    def record(self, times: list[float], frame_timestamp: float) -> None:
-        """`times`: perf_counter() at the start and after each of the STAGES[:-1] stages (6 values)."""
-        for index, name in enumerate(STAGES[:-1]):
-            self.stages[name].add((times[index + 1] - times[index]) * 1000.0)
-        end = times[-1]
-        self.stages["end_to_end"].add((end - times[0]) * 1000.0)
+    def record(self, stage_ms: Sequence[float], start: float, end: float, frame_timestamp: float) -> None:
+        """One frame: milliseconds of each of STAGES[:-1], and perf_counter() when its capture began and its
+        result was written (end_to_end; in a pipelined loop more than the sum of the stages' own time)."""
+        for name, ms in zip(STAGES[:-1], stage_ms, strict=True):
+            self.stages[name].add(ms)
+        self.stages["end_to_end"].add((end - start) * 1000.0)
         if self.live:  # how old the result is when shown: capture -> rendered
             self.frame_age.add((end - frame_timestamp) * 1000.0)
         if self._first is None:
-            self._first = times[0]
+            self._first = start
+        else:
+            self.frame_interval.add((end - self._last) * 1000.0)
         self._last = end
         self.frames_processed += 1
 
@@ -86,7 +92,7 @@ class StreamStats:
         return self.frames_processed / (self._last - self._first)
 
     def recent_fps(self, n: int = 30) -> float:
-        mean = self.stages["end_to_end"].recent_mean(n)
+        mean = self.frame_interval.recent_mean(n)
         return 1000.0 / mean if mean > 0 else 0.0
 
     def summary(self, frames_read: int, frames_dropped: int, backend: str, precision: str, **extra) -> dict:
@@ -99,6 +105,7 @@ class StreamStats:
             "precision": precision,
             "live": self.live,
             "stages": {name: ring.summary() for name, ring in self.stages.items()},
+            "frame_interval": self.frame_interval.summary(),
             "percentile_window": min(self.frames_processed, self.capacity),
         }
         if self.live:
@@ -113,6 +120,7 @@ def format_summary(summary: dict) -> str:
              f"{summary['backend']} {summary['precision']}"]
     lines.append(f"  {'stage':12s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s}")
     rows = list(summary["stages"].items())
+    rows.append(("interval", summary["frame_interval"]))
     if "frame_age" in summary:
         rows.append(("frame_age", summary["frame_age"]))
     for name, stage in rows:

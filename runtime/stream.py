@@ -7,8 +7,9 @@
     python runtime/stream.py --source csi://0            # Jetson CSI camera (nvarguscamerasrc)
     python runtime/stream.py drive.mp4                   # positional: camera index, file, folder, glob or URI
 
-The loop is source -> preprocess -> backend.infer -> postprocess -> render/write. Preprocessing and class
-names come from the model file's metadata. Live sources keep only their newest frame; files are processed
+The loop (runtime/pipeline.py) is source -> preprocess -> backend.infer -> postprocess -> render/write, its
+stages overlapping on three threads (--serial: one frame at a time). Preprocessing and class names come
+from the model file's metadata. Live sources keep only their newest frame; files are processed
 frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
 Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
 OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the p
     else:
         sys.path.insert(0, _ROOT)
 
-from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
+from runtime.backends import ModelFileError, open_backend  # noqa: E402
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
 from runtime.outputs import (  # noqa: E402
@@ -43,8 +43,7 @@ from runtime.outputs import (  # noqa: E402
     WindowOutput,
     display_problem,
 )
-from runtime.postprocess import MaskPostprocessor  # noqa: E402
-from runtime.preprocess import FramePreprocessor  # noqa: E402
+from runtime.pipeline import StopRequest, run_pipeline  # noqa: E402
 from runtime.sources import (  # noqa: E402
     FrameSource,
     SourceError,
@@ -57,96 +56,8 @@ from runtime.sources import (  # noqa: E402
 )
 from runtime.stats import StreamStats, format_summary, write_stats_json  # noqa: E402
 
-HUD_REFRESH_S = 0.5
 STATUS_EVERY_S = 5.0
 EXIT_SOURCE_FAILED = 3
-
-
-class StopRequest:
-    """SIGINT/SIGTERM -> finish the current frame and stop. A second signal, or one that arrives while the
-    loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name: str | None = None
-        self.waiting = False
-        self._previous: dict[int, object] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def ignore(self) -> None:
-        """While finalising outputs: a further Ctrl-C must not cut the video's index in half."""
-        for signum in self._previous:
-            signal.signal(signum, signal.SIG_IGN)
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, _frame) -> None:
-        first = not self.requested
-        self.requested = True
-        self.signal_name = self.signal_name or signal.Signals(signum).name
-        if not first or self.waiting:
-            raise KeyboardInterrupt
-
-
-class HudLine:
-    """The heads-up text: FPS and per-stage milliseconds, refreshed twice a second so it can be read."""
-
-    def __init__(self, backend: Backend, stats: StreamStats) -> None:
-        self._label = f"{backend.name} {backend.precision} {backend.device}"
-        self._stats = stats
-        self._text = f"warming up | {self._label}"
-        self._next = 0.0
-
-    def text(self) -> str:
-        now = time.perf_counter()
-        if now >= self._next and self._stats.frames_processed:
-            self._next = now + HUD_REFRESH_S
-            ms = {name: ring.recent_mean(30) for name, ring in self._stats.stages.items()}
-            self._text = (f"{self._stats.recent_fps():5.1f} FPS | cap {ms['capture']:.1f} pre {ms['preprocess']:.1f} "
-                          f"inf {ms['inference']:.1f} post {ms['postprocess']:.1f} "
-                          f"draw {ms['render']:.1f} ms | {self._label}")
-        return self._text
-
-
-def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats,
-                 stop: StopRequest | None = None, hud: bool = True, status_every: float = 0.0) -> None:
-    """The loop. Returns at the end of the source, on a stop request, or when the window is closed."""
-    stop = stop or StopRequest()
-    preprocess = FramePreprocessor(backend.spec)
-    postprocess = MaskPostprocessor(backend.spec.road_index)
-    hud_line = HudLine(backend, stats) if hud else None
-    preprocess.input_tensor.fill(0)
-    backend.infer(preprocess.input_tensor)  # warm-up: first-run allocations stay out of the statistics
-    next_status = time.perf_counter() + status_every
-    while not stop.requested:
-        t_start = time.perf_counter()
-        stop.waiting = True
-        frame = source.read()
-        stop.waiting = False
-        if frame is None:
-            break
-        t_captured = time.perf_counter()
-        batch = preprocess(frame.image)
-        t_preprocessed = time.perf_counter()
-        logits = backend.infer(batch)
-        t_inferred = time.perf_counter()
-        mask = postprocess(logits[0], frame.image.shape[:2])
-        t_postprocessed = time.perf_counter()
-        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None)
-        t_rendered = time.perf_counter()
-        stats.record((t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered),
-                     frame.timestamp)
-        if not keep_going:
-            break
-        if status_every and t_rendered >= next_status:
-            next_status = t_rendered + status_every
-            print(f"[{stats.frames_processed} frames] {(hud_line or HudLine(backend, stats)).text()}",
-                  file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -163,6 +74,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--loop", action="store_true", help="restart files and image folders at the end")
     src.add_argument("--realtime", action="store_true",
                      help="play files at their frame rate and drop frames like a live source")
+    src.add_argument("--serial", action="store_true",
+                     help="one frame at a time instead of overlapping read/preprocess, inference and drawing: "
+                     "lower throughput when inference is the bottleneck, one frame less latency then")
     src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                      help="give up on a live source that delivers no frame for S seconds")
     src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
@@ -268,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = open_outputs(args, source)
         stats = StreamStats(live=source.live)
         run_pipeline(source, backend, outputs, stats, stop, hud=not args.no_hud,
-                     status_every=0.0 if args.quiet else STATUS_EVERY_S)
+                     status_every=0.0 if args.quiet else STATUS_EVERY_S, pipelined=not args.serial)
     except KeyboardInterrupt:
         stop.signal_name = stop.signal_name or "SIGINT"
     except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:

@@ -1,0 +1,284 @@
+"""The loop: source -> preprocess -> backend.infer -> postprocess -> render/write.
+
+Two forms of the same loop, with the same statistics:
+- `run_serial`: one frame at a time. Lowest latency, and what a loop slower than its camera wants.
+- `run_pipelined` (the default): three stages overlap, each on its own thread, so that while frame N is
+  inferred, frame N+1 is read and preprocessed and frame N-1 is postprocessed and drawn. When inference is
+  the bottleneck the frame rate approaches the inference-bound rate instead of 1 / (sum of the stages).
+  The output stage stays on the calling thread: HighGUI windows must be driven from the thread that
+  created them. ONNX Runtime, TensorRT and OpenCV release the GIL, so the threads really run in parallel.
+
+Frames are not copied between stages: the source holds each frame's buffer until the output stage
+releases it, and two input tensors alternate between the preprocess and inference stages.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.backends import Backend
+from runtime.outputs import Outputs
+from runtime.postprocess import MaskPostprocessor
+from runtime.preprocess import FramePreprocessor
+from runtime.sources import Frame, FrameSource, lower_thread_priority
+from runtime.stats import StreamStats
+
+HUD_REFRESH_S = 0.5
+POLL_S = 0.05  # how often a waiting stage looks at the stop flag
+
+
+class StopRequest:
+    """SIGINT/SIGTERM -> finish the current frame and stop. A second signal, or one that arrives while the
+    loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name: str | None = None
+        self.waiting = False
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def ignore(self) -> None:
+        """While finalising outputs: a further Ctrl-C must not cut the video's index in half."""
+        for signum in self._previous:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, _frame) -> None:
+        first = not self.requested
+        self.requested = True
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if not first or self.waiting:
+            raise KeyboardInterrupt
+
+
+class HudLine:
+    """The heads-up text: FPS and per-stage milliseconds, refreshed twice a second so it can be read."""
+
+    def __init__(self, backend: Backend, stats: StreamStats) -> None:
+        self._label = f"{backend.name} {backend.precision} {backend.device}"
+        self._stats = stats
+        self._text = f"warming up | {self._label}"
+        self._next = 0.0
+
+    def text(self) -> str:
+        now = time.perf_counter()
+        if now >= self._next and self._stats.frames_processed:
+            self._next = now + HUD_REFRESH_S
+            ms = {name: ring.recent_mean(30) for name, ring in self._stats.stages.items()}
+            self._text = (f"{self._stats.recent_fps():5.1f} FPS | cap {ms['capture']:.1f} pre {ms['preprocess']:.1f} "
+                          f"inf {ms['inference']:.1f} post {ms['postprocess']:.1f} "
+                          f"draw {ms['render']:.1f} ms | {self._label}")
+        return self._text
+
+
+class StatusPrinter:
+    """A status line on stderr every `every_s` seconds (0: never)."""
+
+    def __init__(self, backend: Backend, stats: StreamStats, every_s: float) -> None:
+        self._hud, self._stats, self._every = HudLine(backend, stats), stats, every_s
+        self._next = time.perf_counter() + every_s
+
+    def tick(self, now: float) -> None:
+        if self._every and now >= self._next:
+            self._next = now + self._every
+            print(f"[{self._stats.frames_processed} frames] {self._hud.text()}", file=sys.stderr, flush=True)
+
+
+def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
+    """First-run allocations and kernel selection stay out of the statistics."""
+    preprocess.input_tensor.fill(0)
+    backend.infer(preprocess.input_tensor)
+
+
+def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats,
+                 stop: StopRequest | None = None, hud: bool = True, status_every: float = 0.0,
+                 pipelined: bool = True) -> None:
+    """Stream `source` to `outputs`. Returns at the end of the source, on a stop request, or when the window
+    is closed; an error in any stage is raised here."""
+    loop = run_pipelined if pipelined else run_serial
+    loop(source, backend, outputs, stats, stop or StopRequest(), hud, status_every)
+
+
+def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
+               hud: bool = True, status_every: float = 0.0) -> None:
+    preprocess = FramePreprocessor(backend.spec)
+    postprocess = MaskPostprocessor(backend.spec.road_index)
+    hud_line = HudLine(backend, stats) if hud else None
+    status = StatusPrinter(backend, stats, status_every)
+    warm_up(backend, preprocess)
+    while not stop.requested:
+        t_start = time.perf_counter()
+        stop.waiting = True
+        frame = source.read()
+        stop.waiting = False
+        if frame is None:
+            break
+        t_captured = time.perf_counter()
+        batch = preprocess(frame.image)
+        t_preprocessed = time.perf_counter()
+        logits = backend.infer(batch)
+        t_inferred = time.perf_counter()
+        mask = postprocess(logits[0], frame.image.shape[:2])
+        t_postprocessed = time.perf_counter()
+        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None)
+        t_rendered = time.perf_counter()
+        times = (t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered)
+        stage_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
+        stats.record(stage_ms, t_start, t_rendered, frame.timestamp)
+        if not keep_going:
+            break
+        status.tick(t_rendered)
+
+
+# ------------------------------------------------------------------------------------------ pipelined
+
+
+@dataclass
+class InFlight:
+    """One frame on its way through the stages, with the milliseconds each stage took."""
+
+    frame: Frame
+    preprocessor: FramePreprocessor  # holds this frame's input tensor until inference has read it
+    start: float
+    capture_ms: float
+    preprocess_ms: float
+    logits: np.ndarray | None = None
+    inference_ms: float = 0.0
+
+
+END = None  # put on a queue when the stage before has no more frames
+
+
+class Stage(threading.Thread):
+    """A worker that runs `body` until it returns; an exception halts the pipeline and is kept for the
+    calling thread to raise."""
+
+    def __init__(self, name: str, body, halt: threading.Event, idle_priority: bool = False) -> None:
+        super().__init__(name=name, daemon=True)
+        self._body, self._halt, self._idle_priority = body, halt, idle_priority
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        if self._idle_priority:
+            lower_thread_priority()
+        try:
+            self._body()
+        except BaseException as error:  # noqa: BLE001 - re-raised on the calling thread
+            self.error = error
+            self._halt.set()
+
+
+def put(target: queue.Queue, item, halt: threading.Event) -> bool:
+    """Put with back-pressure that still notices a halt; False when halted."""
+    while not halt.is_set():
+        try:
+            target.put(item, timeout=POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def get(source: queue.Queue, halt: threading.Event):
+    """Get that still notices a halt; END when halted."""
+    while not halt.is_set():
+        try:
+            return source.get(timeout=POLL_S)
+        except queue.Empty:
+            continue
+    return END
+
+
+def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
+                  hud: bool = True, status_every: float = 0.0) -> None:
+    preprocessors = [FramePreprocessor(backend.spec) for _ in range(2)]  # one filling while one is inferred
+    postprocess = MaskPostprocessor(backend.spec.road_index)
+    hud_line = HudLine(backend, stats) if hud else None
+    status = StatusPrinter(backend, stats, status_every)
+    warm_up(backend, preprocessors[0])
+    free_inputs: queue.Queue[FramePreprocessor] = queue.Queue()
+    for preprocessor in preprocessors:
+        free_inputs.put(preprocessor)
+    prepared: queue.Queue[InFlight | None] = queue.Queue(maxsize=1)
+    inferred: queue.Queue[InFlight | None] = queue.Queue(maxsize=1)  # back-pressure from a slow output
+    halt = threading.Event()
+    source.hold_frames()
+
+    def prepare() -> None:
+        while True:
+            preprocessor = get(free_inputs, halt)
+            if preprocessor is END:
+                return
+            t_start = time.perf_counter()
+            frame = source.read()
+            if frame is None:
+                put(prepared, END, halt)
+                return
+            t_captured = time.perf_counter()
+            preprocessor(frame.image)
+            t_preprocessed = time.perf_counter()
+            item = InFlight(frame, preprocessor, t_start, (t_captured - t_start) * 1000.0,
+                            (t_preprocessed - t_captured) * 1000.0)
+            if not put(prepared, item, halt):
+                return
+
+    def infer() -> None:
+        while True:
+            item = get(prepared, halt)
+            if item is END:
+                put(inferred, END, halt)
+                return
+            t_start = time.perf_counter()
+            item.logits = backend.infer(item.preprocessor.input_tensor)  # a fresh array: ours to keep
+            item.inference_ms = (time.perf_counter() - t_start) * 1000.0
+            free_inputs.put(item.preprocessor)
+            if not put(inferred, item, halt):
+                return
+
+    # Preparing the next frame runs in the gaps inference leaves; at normal priority it would preempt an
+    # inference thread and stretch the very stage the frame rate depends on.
+    stages = [Stage("prepare", prepare, halt, idle_priority=(os.cpu_count() or 1) <= 4),
+              Stage("infer", infer, halt)]
+    for stage in stages:
+        stage.start()
+    try:
+        while not stop.requested:
+            stop.waiting = True  # nothing in hand: a signal may interrupt at once
+            item = get(inferred, halt)
+            stop.waiting = False
+            if item is END:
+                break
+            t_start = time.perf_counter()
+            mask = postprocess(item.logits[0], item.frame.image.shape[:2])
+            t_postprocessed = time.perf_counter()
+            keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None)
+            t_rendered = time.perf_counter()
+            source.release(item.frame)
+            stats.record((item.capture_ms, item.preprocess_ms, item.inference_ms,
+                          (t_postprocessed - t_start) * 1000.0, (t_rendered - t_postprocessed) * 1000.0),
+                         item.start, t_rendered, item.frame.timestamp)
+            if not keep_going:
+                break
+            status.tick(t_rendered)
+    finally:
+        halt.set()
+        for stage in stages:
+            stage.join(timeout=2.0)  # a live source blocked in its driver is left to source.close()
+    for stage in stages:
+        if stage.error is not None:
+            raise stage.error
