@@ -57,10 +57,18 @@ class Renderer:
         height, width = frame_hw
         return (2 * width if self.view == "side-by-side" else width), height
 
-    def render(self, frame: np.ndarray, mask: np.ndarray, hud_text: str | None = None) -> np.ndarray:
+    def render(self, frame: np.ndarray, mask: np.ndarray, hud_text: str | None = None,
+               scratch: bool = False) -> np.ndarray:
+        """The view of `frame`; `scratch=True` when the caller no longer needs the frame, which the overlay
+        view then draws on directly instead of copying it into the canvas first."""
         if frame.shape != self._shape:
             self._allocate(frame.shape)
         width = frame.shape[1]
+        if self.view == "overlay" and scratch:
+            self._blend_road(frame, mask, frame)
+            if hud_text:
+                draw_hud(frame, hud_text)
+            return frame
         if self.view == "overlay":
             self._overlay(frame, mask, self.canvas)
         elif self.view == "mask":
@@ -74,9 +82,12 @@ class Renderer:
         return self.canvas
 
     def _overlay(self, frame: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
+        np.copyto(out, frame)
+        self._blend_road(frame, mask, out)
+
+    def _blend_road(self, frame: np.ndarray, mask: np.ndarray, out: np.ndarray) -> None:
         # Blend once inside the road's bounding box, then copy the blend only where the mask is set: the road
         # covers the lower part of a driving frame, and nothing is allocated per frame.
-        np.copyto(out, frame)
         x, y, width, height = cv2.boundingRect(mask)
         if width == 0 or height == 0:
             return
@@ -263,13 +274,14 @@ class Outputs:
         # With no window and no video there is nothing to draw for (benchmarks may ask anyway).
         self.needs_render = render_always or window is not None or video is not None
 
-    def write(self, image: np.ndarray, mask: np.ndarray, name: str, hud_text: str | None) -> bool:
-        """False when the user asked to stop (window closed, q or Esc)."""
+    def write(self, image: np.ndarray, mask: np.ndarray, name: str, hud_text: str | None,
+              scratch: bool = False) -> bool:
+        """False when the user asked to stop (window closed, q or Esc). `scratch`: see Renderer.render."""
         if self.masks is not None:
             self.masks.write(name, mask)
         if not self.needs_render:
             return True
-        canvas = self.renderer.render(image, mask, hud_text)
+        canvas = self.renderer.render(image, mask, hud_text, scratch)
         if self.video is not None:
             self.video.write(canvas)
         if self.window is not None:

@@ -135,7 +135,8 @@ def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: S
         t_inferred = time.perf_counter()
         mask = postprocess(logits[0], frame.image.shape[:2])
         t_postprocessed = time.perf_counter()
-        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None)
+        # The source reuses the frame's buffer after this: the overlay may be drawn on it.
+        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None, scratch=True)
         t_rendered = time.perf_counter()
         times = (t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered)
         stage_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
@@ -266,7 +267,8 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             t_start = time.perf_counter()
             mask = postprocess(item.logits[0], item.frame.image.shape[:2])
             t_postprocessed = time.perf_counter()
-            keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None)
+            keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None,
+                                       scratch=True)
             t_rendered = time.perf_counter()
             source.release(item.frame)
             stats.record((item.capture_ms, item.preprocess_ms, item.inference_ms,
