@@ -1,12 +1,18 @@
-"""The streaming runtime's floors, measured through the real loop (runtime.stream.run_pipeline):
+"""The streaming runtime's floors, measured through the real loops (runtime.pipeline):
 
-1. overhead: everything but backend inference (capture wait, preprocess, postprocess, overlay render) costs
-   at most 10 % of the frame time, streaming the KITTI video frame by frame;
-2. live: a synthetic live source faster than inference reaches at least 95 % of the inference-bound frame
-   rate (1 / the time of backend.infer alone in a tight loop, measured in blocks alternating with the live
-   run so that load drifting on a shared machine cancels out);
+1. overhead: everything but backend inference costs at most 10 % of the frame time, streaming the KITTI
+   video frame by frame (H.264 decoding included), and the same frames replayed from memory (a camera's
+   cost: one copy a frame);
+2. live: a synthetic camera running twice as fast as inference reaches at least 95 % of the
+   inference-bound frame rate (1 / the time of backend.infer alone in a tight loop);
 3. soak: looping the KITTI video for --frames frames (10,000 by default) keeps resident memory flat:
    growth after warm-up under 5 %.
+
+Floors 1 and 2 run the serial and the pipelined loop side by side, in short blocks alternating with an
+inference-only baseline (a shared machine's load drifts over seconds), and are judged on the loop that
+runtime/stream.py picks by default on this machine (runtime.pipeline.pipelining_pays). "Share of the frame
+time" is 1 - inference-alone time / frame time: CPU that other stages take from inference counts against
+them, however the stages overlap.
 
     python runtime/bench_stream.py --model build/model.fp32.onnx [--frames 10000] [--json runs/bench_stream.json]
 
@@ -38,7 +44,7 @@ from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
 from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402
-from runtime.pipeline import run_pipeline  # noqa: E402
+from runtime.pipeline import pipelining_pays, run_pipeline  # noqa: E402
 from runtime.preprocess import FramePreprocessor  # noqa: E402
 from runtime.sources import (  # noqa: E402
     PrefetchSource,
@@ -79,6 +85,11 @@ def inference_only(backend: Backend, frame: np.ndarray, runs: int) -> tuple[np.n
 
 
 LOOPS = ("serial", "pipelined")
+
+
+def default_loop(backend: Backend) -> str:
+    """The loop runtime/stream.py runs by default on this machine: the floors are judged on it."""
+    return "pipelined" if pipelining_pays(backend) else "serial"
 
 
 class MemoryReader:
@@ -169,7 +180,7 @@ def overhead_floor(backend: Backend, video: Path, frames: int, blocks: int) -> d
               "memory": compare_loops(backend, frame, lambda n, _ms: PrefetchSource(
                   MemoryReader(decoded), max_frames=n), frames, blocks)}
     for case in ("video", "memory"):
-        share = result[case]["pipelined"]["non_inference_share"]
+        share = result[case][default_loop(backend)]["non_inference_share"]
         result[case]["pass"] = share <= OVERHEAD_LIMIT
     result["limit"] = OVERHEAD_LIMIT
     result["pass"] = result["video"]["pass"] and result["memory"]["pass"]
@@ -185,7 +196,7 @@ def live_floor(backend: Backend, frame: np.ndarray, frames: int, blocks: int) ->
 
     result = compare_loops(backend, frame, camera, frames, blocks)
     result["floor"] = LIVE_FLOOR
-    result["pass"] = result["pipelined"]["ratio"] >= LIVE_FLOOR
+    result["pass"] = result[default_loop(backend)]["ratio"] >= LIVE_FLOOR
     return result
 
 
@@ -286,14 +297,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inference alone: median {infer_ms:.2f} ms -> inference-bound {1000 / infer_ms:.2f} FPS "
               f"({infer_cpu_ms:.1f} CPU-ms per call)")
 
+        loop = results["default_loop"] = default_loop(backend)
+        print(f"floors judged on the {loop} loop (runtime/stream.py's default here, {os.cpu_count()} cores); "
+              "both loops measured side by side")
         over = results["overhead"] = overhead_floor(backend, video, args.overhead_frames, args.blocks)
         for case, label in (("video", f"{video.name}, decoded as it streams"),
                             ("memory", "the same frames replayed from memory, as from a camera")):
             print(f"[{'PASS' if over[case]['pass'] else 'FAIL'}] overhead ({label}): everything but inference = "
-                  f"{over[case]['pipelined']['non_inference_share'] * 100:.1f} % of frame time (limit 10 %)")
+                  f"{over[case][loop]['non_inference_share'] * 100:.1f} % of frame time (limit 10 %)")
             print_loops(over[case])
         live = results["live"] = live_floor(backend, frame, args.live_frames, args.blocks)
-        camera = live["pipelined"]
+        camera = live[loop]
         print(f"[{'PASS' if live['pass'] else 'FAIL'}] live: {camera['ratio'] * 100:.1f} % of the inference-bound "
               f"frame rate (floor 95 %); {camera['frames_dropped']} of {camera['frames_read']} camera frames "
               f"dropped; frame age p50 {camera['frame_age']['p50_ms']:.1f} / "

@@ -8,7 +8,7 @@
     python runtime/stream.py drive.mp4                   # positional: camera index, file, folder, glob or URI
 
 The loop (runtime/pipeline.py) is source -> preprocess -> backend.infer -> postprocess -> render/write, its
-stages overlapping on three threads (--serial: one frame at a time). Preprocessing and class names come
+stages overlapping on three threads where that pays (--pipeline). Preprocessing and class names come
 from the model file's metadata. Live sources keep only their newest frame; files are processed
 frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
 Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
@@ -43,7 +43,7 @@ from runtime.outputs import (  # noqa: E402
     WindowOutput,
     display_problem,
 )
-from runtime.pipeline import StopRequest, run_pipeline  # noqa: E402
+from runtime.pipeline import StopRequest, pipelining_pays, run_pipeline  # noqa: E402
 from runtime.sources import (  # noqa: E402
     FrameSource,
     SourceError,
@@ -74,9 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     src.add_argument("--loop", action="store_true", help="restart files and image folders at the end")
     src.add_argument("--realtime", action="store_true",
                      help="play files at their frame rate and drop frames like a live source")
-    src.add_argument("--serial", action="store_true",
-                     help="one frame at a time instead of overlapping read/preprocess, inference and drawing: "
-                     "lower throughput when inference is the bottleneck, one frame less latency then")
+    src.add_argument("--pipeline", default="auto", choices=("auto", "on", "off"),
+                     help="on: overlap read+preprocess, inference and drawing on three threads (more frames/s "
+                     "when inference leaves cores idle); off: one frame at a time (freshest results). auto: "
+                     "off for ONNX Runtime on a CPU with <= 2 cores, else on")
     src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                      help="give up on a live source that delivers no frame for S seconds")
     src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
@@ -173,8 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         stop.restore()
         return fail(error)
     stop.waiting = False
+    pipelined = pipelining_pays(backend) if args.pipeline == "auto" else args.pipeline == "on"
     print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, "
-          f"input {backend.spec.input_height}x{backend.spec.input_width}", flush=True)
+          f"input {backend.spec.input_height}x{backend.spec.input_width}, "
+          f"{'pipelined' if pipelined else 'serial'} loop", flush=True)
     source = outputs = stats = None
     started = time.perf_counter()
     try:
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         outputs = open_outputs(args, source)
         stats = StreamStats(live=source.live)
         run_pipeline(source, backend, outputs, stats, stop, hud=not args.no_hud,
-                     status_every=0.0 if args.quiet else STATUS_EVERY_S, pipelined=not args.serial)
+                     status_every=0.0 if args.quiet else STATUS_EVERY_S, pipelined=pipelined)
     except KeyboardInterrupt:
         stop.signal_name = stop.signal_name or "SIGINT"
     except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
