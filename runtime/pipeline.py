@@ -7,6 +7,8 @@ Two forms of the same loop, with the same statistics (`pipelining_pays` picks on
   the bottleneck the frame rate approaches the inference-bound rate instead of 1 / (sum of the stages).
   The output stage stays on the calling thread: HighGUI windows must be driven from the thread that
   created them. ONNX Runtime, TensorRT and OpenCV release the GIL, so the threads really run in parallel.
+  The price, with a camera faster than inference: a frame is read while the one before it is inferred,
+  so results are up to one inference time older than the serial loop's.
 
 Frames are not copied between stages: the source holds each frame's buffer until the output stage
 releases it, and two input tensors alternate between the preprocess and inference stages.
@@ -107,9 +109,10 @@ def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
 
 def pipelining_pays(backend: Backend, cores: int | None = None) -> bool:
     """Overlap the stages unless inference alone keeps every core busy: ONNX Runtime on a CPU with two cores
-    or fewer. Measured on 2 cores (shipped INT8 model): the same frame rate either way (~145 FPS), and the
-    serial loop's results are fresher (frame age p50 6.9 ms vs 11 ms). On 16 cores pipelining gave
-    +10 to +25 % frame rate; with a GPU backend the CPU is idle during inference, which is what it fills."""
+    or fewer. Measured on 2 cores (shipped INT8 model, camera faster than inference): the same frame rate
+    either way (~145 FPS), and the serial loop's results are fresher (frame age p50 6.9 vs 14.5 ms). On 16
+    cores pipelining gave +10 to +25 % frame rate; with a GPU backend the CPU is idle during inference,
+    which is what the other stages fill."""
     return backend.device != "cpu" or (cores or os.cpu_count() or 1) > 2
 
 
@@ -213,34 +216,6 @@ def get(source: queue.Queue, halt: threading.Event):
     return END
 
 
-class ReadTimer:
-    """When to read a live source's next frame: just in time for the inference stage to become free, so the
-    frame is as fresh as in the serial loop while the stages still overlap. Reading as soon as an input
-    buffer is free would make every frame wait one whole inference before its own (twice the frame age)."""
-
-    SMOOTHING = 0.1
-
-    def __init__(self) -> None:
-        self.inference_s = 0.0  # running means: the first frames are read at once, later ones just in time
-        self.prepare_s = 0.0
-        self._busy_until = 0.0
-
-    def inference_started(self, now: float) -> None:
-        self._busy_until = now + self.inference_s
-
-    def inference_finished(self, seconds: float) -> None:
-        self.inference_s += self.SMOOTHING * (seconds - self.inference_s)
-
-    def prepare_finished(self, seconds: float) -> None:
-        self.prepare_s += self.SMOOTHING * (seconds - self.prepare_s)
-
-    def delay(self, now: float, frame_queued: bool) -> float:
-        """Seconds to wait before reading; `frame_queued`: the previous frame still waits for inference."""
-        free_at = max(self._busy_until, now) + (self.inference_s if frame_queued else 0.0)
-        margin = max(0.0005, 0.1 * self.inference_s)  # late costs frame rate, early only freshness
-        return free_at - now - self.prepare_s - margin
-
-
 def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
                   hud: bool = True, status_every: float = 0.0) -> None:
     preprocessors = [FramePreprocessor(backend.spec) for _ in range(2)]  # one filling while one is inferred
@@ -254,7 +229,6 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
     prepared: queue.Queue[InFlight | None] = queue.Queue(maxsize=1)
     inferred: queue.Queue[InFlight | None] = queue.Queue(maxsize=1)  # back-pressure from a slow output
     halt = threading.Event()
-    timer = ReadTimer()
     source.hold_frames()
 
     def prepare() -> None:
@@ -262,10 +236,6 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             preprocessor = get(free_inputs, halt)
             if preprocessor is END:
                 return
-            if source.live:
-                delay = timer.delay(time.perf_counter(), prepared.full())
-                if delay > 0 and halt.wait(delay):
-                    return
             t_start = time.perf_counter()
             frame = source.read()
             if frame is None:
@@ -274,7 +244,6 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             t_captured = time.perf_counter()
             preprocessor(frame.image)
             t_preprocessed = time.perf_counter()
-            timer.prepare_finished(t_preprocessed - t_start)
             item = InFlight(frame, preprocessor, t_start, (t_captured - t_start) * 1000.0,
                             (t_preprocessed - t_captured) * 1000.0)
             if not put(prepared, item, halt):
@@ -287,11 +256,8 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
                 put(inferred, END, halt)
                 return
             t_start = time.perf_counter()
-            timer.inference_started(t_start)
             item.logits = backend.infer(item.preprocessor.input_tensor)  # a fresh array: ours to keep
-            t_inferred = time.perf_counter()
-            timer.inference_finished(t_inferred - t_start)
-            item.inference_ms = (t_inferred - t_start) * 1000.0
+            item.inference_ms = (time.perf_counter() - t_start) * 1000.0
             free_inputs.put(item.preprocessor)
             if not put(inferred, item, halt):
                 return

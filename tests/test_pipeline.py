@@ -97,21 +97,6 @@ def test_a_source_that_holds_frames_recycles_only_released_buffers():
         assert len(reused - released) <= 3, "buffers allocated although released ones were free"
 
 
-def test_read_timer_reads_just_in_time_for_the_inference_stage():
-    from runtime.pipeline import ReadTimer
-
-    timer = ReadTimer()
-    assert timer.delay(100.0, frame_queued=False) < 0  # nothing learnt yet: read at once
-    for _ in range(200):
-        timer.inference_finished(0.010)
-        timer.prepare_finished(0.001)
-    timer.inference_started(100.0)
-    # Inference frees at 100.010; reading takes 1 ms; keep a margin of a tenth of an inference.
-    assert timer.delay(100.0, frame_queued=False) == pytest.approx(0.010 - 0.001 - 0.001, abs=1e-6)
-    assert timer.delay(100.0, frame_queued=True) == pytest.approx(0.020 - 0.002, abs=1e-6)
-    assert timer.delay(100.02, frame_queued=False) < 0  # inference overran its estimate: read now
-
-
 @pytest.mark.parametrize(("device", "cores", "expected"), [("cpu", 2, False), ("cpu", 1, False), ("cpu", 16, True),
                                                           ("NVIDIA H200", 2, True)])
 def test_pipelining_is_chosen_unless_cpu_inference_fills_every_core(device, cores, expected):
