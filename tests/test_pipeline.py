@@ -105,3 +105,34 @@ def test_pipelining_is_chosen_unless_cpu_inference_fills_every_core(device, core
     from runtime.pipeline import pipelining_pays
 
     assert pipelining_pays(SimpleNamespace(device=device), cores) is expected
+
+
+@needs_video
+def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path):
+    """A reduced `runtime/bench_stream.py` run on the tiny model: the figures are the run's own (not the pass
+    or fail, which depends on the machine; `make bench-stream` is the real measurement)."""
+    import json
+    import subprocess
+    import sys
+
+    from stream_helpers import REPO
+
+    model = tiny_onnx_model(tmp_path)
+    out = tmp_path / "bench_stream.json"
+    result = subprocess.run([sys.executable, "runtime/bench_stream.py", "--model", str(model), "--video",
+                             str(KITTI_VIDEO), "--overhead-frames", "24", "--live-frames", "24", "--blocks", "2",
+                             "--frames", "400", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["default_loop"] in ("serial", "pipelined")
+    for case in (figures["overhead"]["video"], figures["overhead"]["memory"], figures["live"]):
+        for loop in ("serial", "pipelined"):
+            row = case[loop]
+            assert row["frames"] == 24 and row["fps"] > 0 and 0 < row["ratio"] < 5
+            assert row["non_inference_share"] == pytest.approx(1 - row["ratio"], abs=1e-3)
+    assert figures["live"]["pipelined"]["frames_dropped"] > 0  # the camera runs twice as fast as inference
+    for loop in ("serial", "pipelined"):
+        assert figures["soak"][loop]["frames"] == 400 and "growth" in figures["soak"][loop]
+    assert f"[{'PASS' if figures['live']['pass'] else 'FAIL'}] live" in result.stdout
