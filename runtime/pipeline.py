@@ -110,7 +110,7 @@ def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
 def pipelining_pays(backend: Backend, cores: int | None = None) -> bool:
     """Overlap the stages unless inference alone keeps every core busy: ONNX Runtime on a CPU with two cores
     or fewer. Measured on 2 cores (shipped INT8 model, camera faster than inference): the same frame rate
-    either way (~145 FPS), and the serial loop's results are fresher (frame age p50 6.9 vs 14.5 ms). On 16
+    either way (~130-145 FPS), and the serial loop's results are fresher (frame age p50 9 vs 17 ms). On 16
     cores pipelining gave +10 to +25 % frame rate; with a GPU backend the CPU is idle during inference,
     which is what the other stages fill."""
     return backend.device != "cpu" or (cores or os.cpu_count() or 1) > 2
@@ -288,7 +288,8 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
     finally:
         halt.set()
         for stage in stages:
-            stage.join(timeout=2.0)  # a live source blocked in its driver is left to source.close()
+            # A stage blocked in source.read() wakes up when the caller closes the source, then sees the halt.
+            stage.join(timeout=0.5)
     for stage in stages:
         if stage.error is not None:
             raise stage.error

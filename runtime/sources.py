@@ -32,7 +32,9 @@ from runtime.preprocess import as_bgr8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
-PREFETCH_DEPTH = 3
+# Decoded frames a file source may have out at once: the pipelined loop holds up to four (being prepared,
+# inferred, queued for drawing, drawn), and a couple more let decoding run ahead.
+PREFETCH_DEPTH = 6
 # How long a network stream may block in open()/read() before OpenCV's FFmpeg backend gives up.
 NETWORK_TIMEOUT_MS = 5000
 
