@@ -27,7 +27,6 @@ from pathlib import Path
 
 import onnx
 
-from calibration.dataset import sha256_file
 from export.trt_builder import (
     INT8_MODES,
     PRECISIONS,
@@ -41,7 +40,7 @@ from export.trt_builder import (
     trt_major,
     trtexec_command,
 )
-from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail
+from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import SIDECAR_FORMAT, GpuInfo, probe_cuda, sidecar_path
 
@@ -153,7 +152,7 @@ def calibration_identity(build: Path, options: BuildOptions) -> str | None:
     manifest = build / "calibration" / "manifest.json"
     if not manifest.is_file():
         raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()
+    return sha256_file(manifest)
 
 
 def cache_key(onnx_path: Path, options: BuildOptions, calibration: str | None, trt_version: str,

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python runtime/bench_stream.py`
@@ -44,9 +45,11 @@ from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
 from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402
+from runtime.paths import DEFAULT_VIDEO  # noqa: E402
 from runtime.pipeline import pipelining_pays, run_pipeline  # noqa: E402
 from runtime.preprocess import FramePreprocessor  # noqa: E402
 from runtime.sources import (  # noqa: E402
+    FrameSource,
     PrefetchSource,
     SourceError,
     SourceOptions,
@@ -56,7 +59,6 @@ from runtime.sources import (  # noqa: E402
 )
 from runtime.stats import StreamStats  # noqa: E402
 
-DEFAULT_VIDEO = REPO_ROOT.parent / "shared" / "data" / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
 SHIPPED_SIZE_HW = (192, 640)
 OVERHEAD_LIMIT = 0.10
 LIVE_FLOOR = 0.95
@@ -122,6 +124,20 @@ def stream(source, backend: Backend, pipelined: bool) -> StreamStats:
     return stats
 
 
+@dataclass
+class Block:
+    """One loop's run over one block of frames, with the inference-alone time measured just before it."""
+
+    infer_ms: float
+    stats: StreamStats
+    source: FrameSource
+    cpu_ms_per_frame: float
+
+    @property
+    def ratio(self) -> float:
+        return self.stats.fps * self.infer_ms / 1000.0
+
+
 def compare_loops(backend: Backend, frame: np.ndarray, make_source, frames: int, blocks: int) -> dict:
     """Alternate short blocks of inference alone, the serial loop and the pipelined loop, and compare each
     loop's block with the inference-only baseline measured just before it: the load of a shared machine
@@ -132,7 +148,7 @@ def compare_loops(backend: Backend, frame: np.ndarray, make_source, frames: int,
     at its undisturbed speed; `share_in_loop` uses the inference time measured inside the loop instead,
     which other threads' CPU load inflates."""
     per_block = max(10, frames // blocks)
-    runs: dict[str, list] = {loop: [] for loop in LOOPS}
+    runs: dict[str, list[Block]] = {loop: [] for loop in LOOPS}
     baselines = []
     for _ in range(blocks):
         baseline, _ = inference_only(backend, frame, max(10, per_block // 2))
@@ -143,38 +159,41 @@ def compare_loops(backend: Backend, frame: np.ndarray, make_source, frames: int,
             cpu_start = time.process_time()
             stats = stream(source, backend, pipelined=loop == "pipelined")
             cpu_ms = (time.process_time() - cpu_start) * 1000.0 / max(stats.frames_processed, 1)
-            runs[loop].append((infer_ms, stats, source, cpu_ms))
+            runs[loop].append(Block(infer_ms, stats, source, cpu_ms))
     results = {"blocks": blocks, "frames_per_block": per_block,
                "inference_alone_ms": round(float(np.median(baselines)), 3)}
-    for loop, blocks_run in runs.items():
-        ratios = [stats.fps * infer_ms / 1000.0 for infer_ms, stats, _, _ in blocks_run]
-        frame_ms = float(np.median([1000.0 / stats.fps for _, stats, _, _ in blocks_run]))
-        means = {name: float(np.mean([stats.stages[name].values.mean() for _, stats, _, _ in blocks_run]))
-                 for name in blocks_run[0][1].stages}
-        ages = [stats.frame_age.values for _, stats, _, _ in blocks_run if stats.live]
-        result = {"fps": round(float(np.median([stats.fps for _, stats, _, _ in blocks_run])), 2),
-                  "frame_ms": round(frame_ms, 3), "ratio": round(float(np.median(ratios)), 4),
-                  "block_ratios": [round(r, 3) for r in ratios],
-                  "non_inference_share": round(1.0 - float(np.median(ratios)), 4),
-                  "share_in_loop": round(1.0 - means["inference"] / frame_ms, 4),
-                  "stage_mean_ms": {k: round(v, 3) for k, v in means.items()},
-                  "cpu_ms_per_frame": round(float(np.median([c for *_, c in blocks_run])), 3),
-                  "frames": sum(stats.frames_processed for _, stats, _, _ in blocks_run),
-                  "frames_read": sum(source.frames_read for _, _, source, _ in blocks_run),
-                  "frames_dropped": sum(source.frames_dropped for _, _, source, _ in blocks_run)}
-        if ages:
-            age = np.concatenate(ages)
-            result["frame_age"] = {"p50_ms": round(float(np.percentile(age, 50)), 2),
-                                   "p99_ms": round(float(np.percentile(age, 99)), 2)}
-        results[loop] = result
+    results.update({loop: summarize_blocks(blocks_run) for loop, blocks_run in runs.items()})
     return results
+
+
+def summarize_blocks(blocks: list[Block]) -> dict:
+    ratios = [block.ratio for block in blocks]
+    frame_ms = float(np.median([1000.0 / block.stats.fps for block in blocks]))
+    means = {name: float(np.mean([block.stats.stages[name].values.mean() for block in blocks]))
+             for name in blocks[0].stats.stages}
+    result = {"fps": round(float(np.median([block.stats.fps for block in blocks])), 2),
+              "frame_ms": round(frame_ms, 3), "ratio": round(float(np.median(ratios)), 4),
+              "block_ratios": [round(r, 3) for r in ratios],
+              "non_inference_share": round(1.0 - float(np.median(ratios)), 4),
+              "share_in_loop": round(1.0 - means["inference"] / frame_ms, 4),
+              "stage_mean_ms": {k: round(v, 3) for k, v in means.items()},
+              "cpu_ms_per_frame": round(float(np.median([block.cpu_ms_per_frame for block in blocks])), 3),
+              "frames": sum(block.stats.frames_processed for block in blocks),
+              "frames_read": sum(block.source.frames_read for block in blocks),
+              "frames_dropped": sum(block.source.frames_dropped for block in blocks)}
+    ages = [block.stats.frame_age.values for block in blocks if block.stats.live]
+    if ages:
+        age = np.concatenate(ages)
+        result["frame_age"] = {"p50_ms": round(float(np.percentile(age, 50)), 2),
+                               "p99_ms": round(float(np.percentile(age, 99)), 2)}
+    return result
 
 
 def overhead_floor(backend: Backend, video: Path, frames: int, blocks: int) -> dict:
     """Everything but inference, streaming the KITTI video frame by frame (decoding included) and the same
     frames replayed from memory (the runtime's own cost, as with a camera)."""
-    frame = cv2.VideoCapture(str(video)).read()[1]
     decoded = read_video_frames(video)
+    frame = decoded[0]
     result = {"video": compare_loops(backend, frame, lambda n, _ms: open_video(
                   video, SourceOptions(loop=True, max_frames=n)), frames, blocks),
               "memory": compare_loops(backend, frame, lambda n, _ms: PrefetchSource(
@@ -263,7 +282,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
     parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
-    parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="the KITTI raw video")
+    parser.add_argument("--video", default=str(REPO_ROOT / DEFAULT_VIDEO), help="the KITTI raw video")
     parser.add_argument("--overhead-frames", type=int, default=480, help="frames per loop for the overhead floor")
     parser.add_argument("--live-frames", type=int, default=480, help="frames per loop for the live floor")
     parser.add_argument("--blocks", type=int, default=8, help="alternating blocks the frames are split into")
