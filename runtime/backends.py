@@ -13,15 +13,24 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from runtime.contract import (
+    MODEL_KEY,
+    PRECISION_KEY,
+    ModelFileError,
+    PreprocessSpec,
+    TensorInfo,
+    check_graph_io,
+    parse_precision,
+    parse_preprocess,
+)
 
-MODEL_KEY = "roadseg.model"
-PRECISION_KEY = "roadseg.precision"
+__all__ = ["MODEL_KEY", "PRECISION_KEY", "Backend", "ModelFileError", "OnnxRuntimeBackend", "open_backend",
+           "spec_from_metadata"]
+
 ENGINE_SUFFIXES = (".engine", ".plan")
-
-
-class ModelFileError(ValueError):
-    """A model file that is missing, unreadable, or not one of ours; the message names it."""
+# ONNX Runtime's type strings for the element types a roadseg graph may carry.
+ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+              "tensor(int64)": "int64"}
 
 
 class Backend(Protocol):
@@ -35,13 +44,11 @@ class Backend(Protocol):
 
 
 def spec_from_metadata(metadata: dict[str, str], source: str | Path) -> PreprocessSpec:
-    if METADATA_KEY not in metadata:
-        raise ModelFileError(f"{source}: not a roadseg model (no '{METADATA_KEY}' metadata); "
-                             "export one with `python -m export`")
-    try:
-        return PreprocessSpec.from_json(metadata[METADATA_KEY])
-    except (ValueError, TypeError, KeyError) as error:
-        raise ModelFileError(f"{source}: unreadable '{METADATA_KEY}' metadata ({error})") from error
+    return parse_preprocess(metadata, source)
+
+
+def ort_tensor_info(node) -> TensorInfo:
+    return TensorInfo(node.name, tuple(node.shape), ORT_DTYPES.get(node.type, node.type))
 
 
 def available_providers() -> list[str]:
@@ -82,7 +89,9 @@ class OnnxRuntimeBackend:
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec = spec_from_metadata(self.metadata, path)
-        self.precision = self.metadata.get(PRECISION_KEY, "fp32")
+        check_graph_io(self.spec, [ort_tensor_info(i) for i in self.session.get_inputs()],
+                       [ort_tensor_info(o) for o in self.session.get_outputs()], path)
+        self.precision = parse_precision(self.metadata, path)
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()
         self.input_name = self.session.get_inputs()[0].name

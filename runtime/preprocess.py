@@ -1,4 +1,4 @@
-"""The preprocessing contract: the one place its constants live.
+"""Frames to input tensors, by the preprocessing contract (runtime/contract.py holds its constants).
 
 Training, export and the runtime all build their input tensors through this module, and the exported
 ONNX carries the contract in its metadata, so the three can never disagree.
@@ -6,65 +6,17 @@ ONNX carries the contract in its metadata, so the three can never disagree.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
-
 import cv2
 import numpy as np
 
-IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
-IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
-CLASS_NAMES = ("not_road", "road")
-ROAD_CLASS = 1
+from runtime.contract import CLASS_NAMES, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, ROAD_CLASS, PreprocessSpec
+from runtime.contract import PREPROCESS_KEY as METADATA_KEY
+
+__all__ = ["CLASS_NAMES", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB", "METADATA_KEY", "MODEL_STRIDE", "ROAD_CLASS",
+           "FramePreprocessor", "PreprocessSpec", "as_bgr8", "normalize_rgb", "road_probability"]
+
 # Every stride of FCN-8s divides 32, so inputs are padded to a multiple of it.
 MODEL_STRIDE = 32
-
-METADATA_KEY = "roadseg.preprocess"
-
-
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """How a BGR camera frame becomes the model's N x 3 x H x W float input."""
-
-    input_height: int
-    input_width: int
-    mean: tuple[float, float, float] = IMAGENET_MEAN_RGB
-    std: tuple[float, float, float] = IMAGENET_STD_RGB
-    color_order: str = "RGB"
-    layout: str = "NCHW"
-    value_scale: float = 1.0 / 255.0
-    class_names: tuple[str, ...] = field(default=CLASS_NAMES)
-
-    def __post_init__(self) -> None:
-        if self.input_height <= 0 or self.input_width <= 0:
-            raise ValueError(f"input size must be positive, got {self.input_height}x{self.input_width}")
-        if self.color_order != "RGB" or self.layout != "NCHW":
-            raise ValueError(f"unsupported contract {self.color_order}/{self.layout}; expected RGB/NCHW")
-
-    @property
-    def size_hw(self) -> tuple[int, int]:
-        return self.input_height, self.input_width
-
-    @property
-    def road_index(self) -> int:
-        return self.class_names.index("road")
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> PreprocessSpec:
-        raw = json.loads(text)
-        for key in ("mean", "std", "class_names"):
-            raw[key] = tuple(raw[key])
-        return cls(**raw)
-
-    def channel_scale_bias(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (scale, bias) so that normalised = uint8 * scale + bias, in RGB order."""
-        std = np.asarray(self.std, np.float32)
-        scale = np.float32(self.value_scale) / std
-        bias = -np.asarray(self.mean, np.float32) / std
-        return scale.astype(np.float32), bias.astype(np.float32)
 
 
 def normalize_rgb(image_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

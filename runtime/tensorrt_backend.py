@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import PRECISION_KEY, ModelFileError, spec_from_metadata
+from runtime.contract import SIDECAR_FORMAT, validate_sidecar
 
-SIDECAR_FORMAT = "roadseg-engine-v1"
+__all__ = ["SIDECAR_FORMAT", "TensorRTBackend", "probe_cuda", "read_sidecar", "sidecar_path"]
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,13 @@ def read_sidecar(engine_path: str | Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{engine_path}: no sidecar {path.name} (the engine's contract and cache key); "
                              "rebuild it with `python -m export.engine`")
+    if path.stat().st_size > 1 << 20:
+        raise ModelFileError(f"{path}: engine sidecar is over 1 MB; not one of ours")
     try:
         sidecar = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path}: unreadable engine sidecar ({error})") from error
-    if sidecar.get("format") != SIDECAR_FORMAT:
-        raise ModelFileError(f"{path}: not a roadseg engine sidecar")
-    return sidecar
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ModelFileError(f"{path}: unreadable engine sidecar ({type(error).__name__})") from error
+    return validate_sidecar(sidecar, path)
 
 
 def key_mismatch(key: dict, gpu: GpuInfo, trt_version: str) -> str:

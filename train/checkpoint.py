@@ -1,18 +1,34 @@
-"""Checkpoints: written atomically, read with one clear error naming the file when they are not ours."""
+"""Checkpoints: written atomically; read as data, never as code, and checked against the architecture they
+declare, with one clear error naming the file and the field when they are not ours.
+
+A `.pt` file is a pickle, and unpickling an arbitrary one runs whatever code it names. So every reader goes
+through `read_checkpoint`, which unpickles with torch's `weights_only` loader (tensors, dicts, lists, numbers,
+strings only) and then validates the structure before any of it is used.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from runtime.contract import MAX_CLASSES, PreprocessSpec
 from runtime.ioutil import publish
-from runtime.preprocess import PreprocessSpec
 from train.model import FCN8s, build_model
 
 FORMAT = "roadseg-checkpoint-v1"
+ARCH_NAME = "fcn8s_vgg16"
+# Widths above 1.0 are legal FCN-8s variants, but past 2.0 a declared architecture is a memory bomb, not a model.
+MAX_WIDTH = 2.0
+# Training states written before checkpoints were plain data hold numpy's RNG state as an ndarray: these are the
+# only globals needed to rebuild one, and none of them can run code.
+NUMPY_ARRAY_GLOBALS = [np.ndarray, np.dtype, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]
 
 
 class CheckpointError(ValueError):
@@ -46,16 +62,96 @@ def model_payload(model: FCN8s, spec: PreprocessSpec, summary: dict, half: bool 
 
 
 def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint's payload, unpickled as plain data and validated; CheckpointError naming the file otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused: it holds Python objects, not only tensors and plain data "
+                              f"({_offending_global(error)}); loading it could run code") from error
     except Exception as error:  # torch raises many types for a foreign or truncated file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__})") from error
+    validate_payload(payload, path)
+    return payload
+
+
+def _offending_global(error: Exception) -> str:
+    match = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", str(error))
+    return f"it names {match.group(1)}" if match else "unsupported pickle content"
+
+
+def validate_payload(payload: object, path: Path) -> None:
+    """Required keys and types, a valid preprocessing contract, and weights whose names and shapes are exactly those
+    of the architecture the file declares (checked on torch's meta device, so nothing is allocated)."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a roadseg checkpoint (no '{FORMAT}' format tag)")
-    return payload
+    for key, kind in (("arch", dict), ("model", dict), ("preprocess", str), ("summary", dict)):
+        if not isinstance(payload.get(key), kind):
+            have = type(payload[key]).__name__ if key in payload else "missing"
+            raise CheckpointError(f"{path}: field '{key}' must be a {kind.__name__} ({have})")
+    arch = validate_arch(payload["arch"], path)
+    try:
+        spec = PreprocessSpec.from_json(payload["preprocess"])
+    except (ValueError, TypeError, RecursionError) as error:
+        raise CheckpointError(f"{path}: invalid field 'preprocess': {str(error)[:200]}") from error
+    if len(spec.class_names) != arch["num_classes"]:
+        raise CheckpointError(f"{path}: 'preprocess' names {len(spec.class_names)} classes, 'arch' has "
+                              f"{arch['num_classes']}")
+    validate_weights(payload["model"], arch, path)
+
+
+def validate_arch(arch: dict, path: Path) -> dict:
+    if arch.get("name") != ARCH_NAME:
+        raise CheckpointError(f"{path}: field 'arch.name' must be '{ARCH_NAME}', got {str(arch.get('name'))[:80]!r}")
+    width, classes = arch.get("width"), arch.get("num_classes")
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= MAX_WIDTH):
+        raise CheckpointError(f"{path}: field 'arch.width' must be a number in (0, {MAX_WIDTH}], got {width!r}"[:200])
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: field 'arch.num_classes' must be an integer in 2..{MAX_CLASSES}, "
+                              f"got {classes!r}"[:200])
+    unknown = sorted(set(arch) - {"name", "width", "num_classes"})
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field 'arch.{str(unknown[0])[:40]}'")
+    return arch
+
+
+def validate_weights(state: dict, arch: dict, path: Path) -> None:
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in build_model(arch).state_dict().items()}
+    missing = sorted(set(expected) - set(state), key=str)
+    unexpected = sorted(set(state) - set(expected), key=str)
+    if missing or unexpected:
+        name = missing[0] if missing else unexpected[0]
+        what = "missing" if missing else "unexpected"
+        raise CheckpointError(f"{path}: field 'model': {what} tensor {str(name)[:80]!r} for {arch}")
+    for name, shape in expected.items():
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            raise CheckpointError(f"{path}: field 'model': '{name}' is not a floating-point tensor")
+        if tuple(tensor.shape) != shape:
+            raise CheckpointError(f"{path}: field 'model': '{name}' has shape {tuple(tensor.shape)}, "
+                                  f"the architecture needs {shape}")
+
+
+def validate_training_state(payload: dict, path: Path) -> None:
+    """The extra fields `--resume` needs, with their types, so a damaged last.pt fails in one line."""
+    if "optimizer" not in payload:
+        raise CheckpointError(f"{path}: holds weights only, not a training state to resume (use last.pt)")
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("scaler", dict), ("epoch", int),
+                      ("epoch_state", dict), ("history", list), ("best_maxf", float), ("rng", dict)):
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            raise CheckpointError(f"{path}: field '{key}' must be a {kind.__name__}")
+    state = payload["epoch_state"]
+    if not isinstance(state.get("step"), int) or state["step"] < 0 or payload["epoch"] < 0:
+        raise CheckpointError(f"{path}: field 'epoch_state.step' / 'epoch' must be non-negative integers")
+    if not math.isfinite(payload["best_maxf"]):
+        raise CheckpointError(f"{path}: field 'best_maxf' must be finite")
+    rng = payload["rng"]
+    if not {"python", "numpy", "torch"} <= set(rng) or not isinstance(rng["torch"], torch.Tensor):
+        raise CheckpointError(f"{path}: field 'rng' lacks the python/numpy/torch generator states")
 
 
 def widened_state(payload: dict) -> dict:

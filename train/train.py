@@ -29,7 +29,14 @@ from tqdm import tqdm
 from runtime.ioutil import fail, save_figure
 from runtime.paths import DEFAULT_KITTI_DIR
 from runtime.preprocess import PreprocessSpec
-from train.checkpoint import CheckpointError, atomic_torch_save, model_payload, read_checkpoint, widened_state
+from train.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    model_payload,
+    read_checkpoint,
+    validate_training_state,
+    widened_state,
+)
 from train.configs import CONFIGS
 from train.data import (
     Augment,
@@ -189,7 +196,10 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
 
 
 def rng_states() -> dict:
-    states = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every generator's state as plain data (checkpoints are loaded with torch's weights-only unpickler)."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = [name, keys.tolist(), position, has_gauss, cached_gaussian]
+    states = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -197,7 +207,8 @@ def rng_states() -> dict:
 
 def restore_rng_states(states: dict) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    name, keys, *rest = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -285,18 +296,22 @@ def run(args: argparse.Namespace) -> int:
     resume = str(last_path) if args.resume == "auto" and last_path.is_file() else args.resume
     if resume and resume != "auto":
         payload = read_checkpoint(resume)
-        if "optimizer" not in payload:
-            raise CheckpointError(f"{resume}: holds weights only, not a training state to resume (use last.pt)")
+        validate_training_state(payload, Path(resume))
         if payload["arch"] != model.arch():
             raise CheckpointError(f"{resume}: checkpoint is {payload['arch']}, this run is {model.arch()}")
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
+        try:
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            scaler.load_state_dict(payload["scaler"])
+            restore_rng_states(payload["rng"])
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
+            # The optimiser's and generators' own loaders are the authority on their formats: let them judge.
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+            raise CheckpointError(f"{resume}: training state does not restore into this run ({reason})") from error
         start_epoch, state = payload["epoch"], payload["epoch_state"]
         history, best_maxf = payload["history"], payload["best_maxf"]
         elapsed_before = payload.get("elapsed_s", 0.0)
-        restore_rng_states(payload["rng"])
         init_note = f"resumed from {resume} at epoch {start_epoch} step {state['step']}"
 
     train_model = model
