@@ -24,7 +24,7 @@ def test_training_writes_checkpoints_log_and_curves(tiny_checkpoint):
 
 
 def weights(path):
-    return torch.load(path, map_location="cpu", weights_only=False)["model"]
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
 def test_resume_continues_exactly_as_an_uninterrupted_run(synthetic_kitti, tmp_path):
@@ -59,7 +59,7 @@ def test_ctrl_c_saves_and_exits_cleanly(synthetic_kitti, tmp_path):
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "interrupted: saved" in stdout and "Traceback" not in stderr
-    payload = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    payload = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert {"optimizer", "scheduler", "scaler", "rng", "epoch_state"} <= payload.keys()
 
 
@@ -105,12 +105,12 @@ def test_evaluate_cli_json_and_bad_models(tiny_checkpoint, synthetic_kitti, tmp_
     torch.save({"hello": 1}, foreign)
     one_line_error(run_cli("-m", "train.evaluate", "--model", str(foreign), "--data", str(synthetic_kitti)),
                    "foreign.pt", "not a roadseg checkpoint")
-    payload = torch.load(tiny_checkpoint, weights_only=False)
+    payload = torch.load(tiny_checkpoint, weights_only=True)
     payload["arch"]["width"] = 0.25  # weights of width 0.125 under a width-0.25 label
     wrong = tmp_path / "wrong_width.pt"
     torch.save(payload, wrong)
     one_line_error(run_cli("-m", "train.evaluate", "--model", str(wrong), "--data", str(synthetic_kitti)),
-                   "wrong_width.pt", "do not fit")
+                   "wrong_width.pt", "the architecture needs")
     (tmp_path / "corrupt.pt").write_bytes(b"not a zip")
     one_line_error(run_cli("-m", "train.evaluate", "--model", str(tmp_path / "corrupt.pt"),
                            "--data", str(synthetic_kitti)), "corrupt.pt", "not a readable")

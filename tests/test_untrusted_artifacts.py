@@ -346,8 +346,7 @@ def metadata_cases(tiny_onnx: Path, tmp_path: Path, rng: random.Random) -> list[
         path = tmp_path / f"meta{index}.onnx"
         kind = rng.choice(["spec", "spec", "spec", "text", "precision", "bytes"])
         if kind == "spec":
-            model_out = with_metadata(model, {PREPROCESS_KEY: json.dumps(mutate_tree({"s": spec}, rng)["s"]
-                                                                         if spec else {})})
+            model_out = with_metadata(model, {PREPROCESS_KEY: json.dumps(mutate_tree(spec, rng))})
         elif kind == "text":
             text = props[PREPROCESS_KEY]
             model_out = with_metadata(model, {PREPROCESS_KEY: rng.choice([

@@ -70,17 +70,21 @@ def read_checkpoint(path: str | Path) -> dict:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        named = _offending_global(error)
+        if named is None:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (damaged or foreign pickle)") from error
         raise CheckpointError(f"{path}: refused: it holds Python objects, not only tensors and plain data "
-                              f"({_offending_global(error)}); loading it could run code") from error
+                              f"(it names {named}); loading it could run code") from error
     except Exception as error:  # torch raises many types for a foreign or truncated file
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(error).__name__})") from error
     validate_payload(payload, path)
     return payload
 
 
-def _offending_global(error: Exception) -> str:
+def _offending_global(error: Exception) -> str | None:
+    """The importable name a refused pickle asked for, or None when the data is merely damaged."""
     match = re.search(r"(?:Unsupported global|GLOBAL)[:\s]+([\w.]+)", str(error))
-    return f"it names {match.group(1)}" if match else "unsupported pickle content"
+    return match.group(1) if match else None
 
 
 def validate_payload(payload: object, path: Path) -> None:
