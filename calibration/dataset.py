@@ -58,20 +58,22 @@ def evenly_spaced(items: list, count: int) -> list:
 
 
 def stratified_quota(available: dict[str, int], size: int) -> dict[str, int]:
-    """Split `size` across categories as evenly as their sizes allow (largest remainder on ties)."""
-    quota = {c: 0 for c in available}
-    remaining = size
-    open_categories = [c for c in available if available[c] > 0]
-    while remaining > 0 and open_categories:
-        share = max(1, remaining // len(open_categories))
-        for category in list(open_categories):
-            take = min(share, available[category] - quota[category], remaining)
+    """Split `size` as evenly as availability allows (water-filling: a category that runs out passes its share on);
+    the units an even split cannot place go one each to the categories with the most images left, ties in order."""
+    quota = dict.fromkeys(available, 0)
+    remaining = min(size, sum(max(0, count) for count in available.values()))
+    while remaining > 0:
+        open_categories = [c for c in available if quota[c] < available[c]]
+        share = remaining // len(open_categories)
+        if share == 0:
+            by_room = sorted(open_categories, key=lambda c: available[c] - quota[c], reverse=True)
+            for category in by_room[:remaining]:
+                quota[category] += 1
+            break
+        for category in open_categories:
+            take = min(share, available[category] - quota[category])
             quota[category] += take
             remaining -= take
-            if quota[category] >= available[category]:
-                open_categories.remove(category)
-            if remaining == 0:
-                break
     return quota
 
 

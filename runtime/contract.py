@@ -85,14 +85,14 @@ class PreprocessSpec:
         allowed = {spec_field.name for spec_field in fields(cls)}
         unknown = sorted(set(raw) - allowed)
         if unknown:
-            raise ValueError(f"unknown field '{unknown[0]}'")
+            raise ValueError(f"unknown field {shorten(unknown[0])}")
         missing = sorted(name for name in ("input_height", "input_width", "mean", "std", "class_names")
                          if name not in raw)
         if missing:
             raise ValueError(f"missing field '{missing[0]}'")
         for key in ("mean", "std", "class_names"):
             if not isinstance(raw[key], list):
-                raise ValueError(f"'{key}' must be a list, got {type(raw[key]).__name__}")
+                raise ValueError(f"'{key}' must be a list, got {shorten(raw[key])}")
             raw[key] = tuple(raw[key])
         return cls(**raw)
 
@@ -102,6 +102,12 @@ class PreprocessSpec:
         scale = np.float32(self.value_scale) / std
         bias = -np.asarray(self.mean, np.float32) / std
         return scale.astype(np.float32), bias.astype(np.float32)
+
+
+def shorten(value: object, limit: int = 60) -> str:
+    """A value as it can appear in a one-line error: a hostile file's 10,000-character field is cut short."""
+    text = repr(list(value) if isinstance(value, tuple) else value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _is_int(value: object) -> bool:
@@ -117,26 +123,26 @@ def spec_problem(spec: PreprocessSpec) -> str:
     for name in ("input_height", "input_width"):
         value = getattr(spec, name)
         if not _is_int(value) or not 1 <= value <= MAX_INPUT_SIDE:
-            return f"'{name}' must be an integer in 1..{MAX_INPUT_SIDE}, got {value!r}"
+            return f"'{name}' must be an integer in 1..{MAX_INPUT_SIDE}, got {shorten(value)}"
     for name, low, high in (("mean", -1e4, 1e4), ("std", 1e-6, 1e4)):
         values = getattr(spec, name)
         if not isinstance(values, tuple) or len(values) != 3:
-            return f"'{name}' must hold 3 numbers (one per channel), got {values!r}"
+            return f"'{name}' must hold 3 numbers (one per channel), got {shorten(values)}"
         if not all(_is_number(v) and low <= v <= high for v in values):
-            return f"'{name}' values must be finite numbers in [{low:g}, {high:g}], got {list(values)}"
+            return f"'{name}' values must be finite numbers in [{low:g}, {high:g}], got {shorten(values)}"
     if not _is_number(spec.value_scale) or not 1e-6 <= spec.value_scale <= 1e3:
-        return f"'value_scale' must be a finite number in [1e-06, 1000], got {spec.value_scale!r}"
+        return f"'value_scale' must be a finite number in [1e-06, 1000], got {shorten(spec.value_scale)}"
     if spec.color_order not in COLOR_ORDERS:
-        return f"'color_order' must be one of {', '.join(COLOR_ORDERS)}, got {spec.color_order!r}"
+        return f"'color_order' must be one of {', '.join(COLOR_ORDERS)}, got {shorten(spec.color_order)}"
     if spec.layout not in LAYOUTS:
-        return f"'layout' must be one of {', '.join(LAYOUTS)}, got {spec.layout!r}"
+        return f"'layout' must be one of {', '.join(LAYOUTS)}, got {shorten(spec.layout)}"
     names = spec.class_names
     if not isinstance(names, tuple) or not 2 <= len(names) <= MAX_CLASSES:
-        return f"'class_names' must list 2..{MAX_CLASSES} classes, got {names!r}"[:200]
+        return f"'class_names' must list 2..{MAX_CLASSES} classes, got {shorten(names)}"
     if not all(isinstance(n, str) and 0 < len(n) <= MAX_NAME_LENGTH for n in names) or len(set(names)) != len(names):
         return "'class_names' must be distinct non-empty strings"
     if "road" not in names:
-        return f"'class_names' has no 'road' class ({', '.join(names)})"
+        return f"'class_names' has no 'road' class (got {shorten(names)})"
     return ""
 
 
@@ -159,7 +165,7 @@ def parse_precision(metadata: dict[str, str], source: str | Path) -> str:
     precision = metadata.get(PRECISION_KEY, "fp32")
     if precision not in PRECISIONS:
         raise ModelFileError(f"{source}: metadata '{PRECISION_KEY}' must be one of {', '.join(PRECISIONS)}, "
-                             f"got {precision!r}"[:300])
+                             f"got {shorten(precision)}")
     return precision
 
 

@@ -12,7 +12,7 @@ import shlex
 import subprocess
 
 import pytest
-from conftest import KITTI_DIR, REPO, needs_kitti, run_cli
+from conftest import REPO, needs_kitti, run_cli
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 CI_SCRIPT = (REPO / ".ci" / "run").read_text()
@@ -135,7 +135,12 @@ def test_make_setup_runtime_gives_a_torch_free_runtime(command):
 
 def test_documented_paths_exist():
     assert (REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt").is_file()
-    assert KITTI_DIR.name == "kitti_road"
+    from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO
+
+    # The defaults every CLI falls back to are where the data README says the data lives: ../shared/data.
+    shared = (REPO.parent / "shared" / "data").resolve()
+    assert (REPO / DEFAULT_KITTI_DIR).resolve() == shared / "kitti_road"
+    assert (REPO / DEFAULT_VIDEO).resolve() == shared / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
     for doc in DOCS:
         for link in re.findall(r"\]\(((?:docs/)?[\w./-]+\.md)\)", doc.read_text()):
             assert (doc.parent / link).is_file() or (REPO / link).is_file(), f"{doc.name}: broken link {link}"

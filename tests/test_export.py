@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import KITTI_DIR, needs_kitti
+from conftest import KITTI_DIR, needs_kitti, random_fcn8s
 from onnx import TensorProto
 
 from export.__main__ import main as export_main
@@ -16,7 +16,6 @@ from export.onnx_export import export_onnx
 from export.parity import check_parity, val_frames
 from runtime.backends import MODEL_KEY, PRECISION_KEY, open_backend
 from runtime.preprocess import METADATA_KEY, PreprocessSpec
-from train.model import FCN8s
 
 
 def only_error_line(stderr: str) -> str:
@@ -103,9 +102,8 @@ def test_parity_gate_fails_loudly_and_leaves_no_model(tmp_path, tiny_checkpoint,
 
 @needs_kitti
 def test_parity_holds_on_20_real_kitti_val_frames(tmp_path):
-    torch.manual_seed(0)
     spec = PreprocessSpec(64, 224)
-    model = FCN8s(num_classes=2, width=0.125).eval()
+    model = random_fcn8s()
     path = tmp_path / "tiny.onnx"
     export_onnx(model, spec, model.arch(), {}, path)
     frames = val_frames(KITTI_DIR, 20)
@@ -147,8 +145,7 @@ def test_unwritable_build_folder_is_one_line(tmp_path, tiny_checkpoint, capsys):
 def test_onnx_without_our_metadata_is_refused(tmp_path, capsys):
     from calibration.__main__ import main as calibrate_main
 
-    torch.manual_seed(0)
-    model = FCN8s(num_classes=2, width=0.125).eval()
+    model = random_fcn8s()
     torch.onnx.export(model, (torch.zeros(1, 3, 64, 96),), str(tmp_path / "model.fp32.onnx"), dynamo=True,
                       external_data=False, input_names=["image"], output_names=["logits"])
     assert calibrate_main(["--build", str(tmp_path), "--no-progress"]) == 2
@@ -158,9 +155,8 @@ def test_onnx_without_our_metadata_is_refused(tmp_path, capsys):
 
 
 def test_dynamic_batch_and_configurable_opset(tmp_path):
-    torch.manual_seed(0)
     spec = PreprocessSpec(64, 96)
-    model = FCN8s(num_classes=2, width=0.125).eval()
+    model = random_fcn8s()
     path = tmp_path / "dynamic.onnx"
     proto = export_onnx(model, spec, model.arch(), {}, path, opset=18, dynamic_batch=True)
     assert proto.opset_import[0].version == 18

@@ -31,11 +31,23 @@ def test_output_matches_any_input_size(size):
     assert out.shape == (2, 2, *size)
 
 
-def test_padding_does_not_change_a_multiple_of_32_input():
+def test_padding_only_where_needed_and_output_cropped_back_top_left(monkeypatch):
+    """Sides that are not a multiple of 32 are zero-padded bottom/right and the logits cropped back to the input's
+    own pixels; a multiple-of-32 input is never padded."""
+    import torch.nn.functional as functional
+
     model = FCN8s(width=0.125).eval()
-    image = torch.randn(1, 3, 64, 96)
+    real_pad = functional.pad
+    pads = []
+    monkeypatch.setattr(functional, "pad", lambda x, pad, *a, **k: pads.append(tuple(pad)) or real_pad(x, pad, *a, **k))
     with torch.no_grad():
-        assert torch.equal(model(image), model.forward(image))
+        model(torch.randn(1, 3, 64, 96))
+        assert pads == []
+        image = torch.randn(1, 3, 70, 101)
+        logits = model(image)
+        assert pads == [(0, 27, 0, 26)] and logits.shape == (1, 2, 70, 101)
+        padded_logits = model(real_pad(image, (0, 27, 0, 26)))
+    assert torch.equal(logits, padded_logits[:, :, :70, :101])
 
 
 def test_width_multiplier_keeps_topology_with_fewer_channels():

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from stream_helpers import KITTI_VIDEO, REPO, read_video, tiny_onnx_model
 
@@ -91,3 +92,16 @@ def test_runtime_modules_import_only_numpy_opencv_and_backends():
                 if top not in stdlib and top not in ALLOWED_THIRD_PARTY:
                     offenders.append(f"{path.name}: {name}")
     assert offenders == []
+
+
+def test_frame_preprocessor_matches_the_training_normaliser(synthetic_kitti):
+    """The runtime's fused resize + normalise and training's dataset path give the same tensor for the same image."""
+    from runtime.preprocess import FramePreprocessor, PreprocessSpec
+    from train.data import RoadDataset, find_samples, load_kitti_arrays, read_image
+
+    spec = PreprocessSpec(96, 320)
+    sample = find_samples(synthetic_kitti)[0]
+    training_tensor = RoadDataset(*load_kitti_arrays([sample]), spec, None)[0][0].numpy()
+    runtime_tensor = FramePreprocessor(spec)(read_image(sample.image_path))[0]
+    assert runtime_tensor.shape == training_tensor.shape == (3, 96, 320)
+    assert np.abs(runtime_tensor - training_tensor).max() < 1e-5

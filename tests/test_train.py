@@ -125,3 +125,31 @@ def test_evaluate_on_real_kitti_val(tiny_checkpoint, tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["images"] == 46
     assert sum(c["images"] for c in metrics["per_category"].values()) == 46
+
+
+def test_training_lowers_the_loss(synthetic_kitti):
+    """The training step itself learns: 30 steps of train_one_epoch on one fixed batch halve the loss."""
+    from conftest import random_fcn8s
+
+    from runtime.preprocess import PreprocessSpec
+    from train.data import RoadDataset, find_samples, load_kitti_arrays
+    from train.train import StopRequest, train_one_epoch
+
+    dataset = RoadDataset(*load_kitti_arrays(find_samples(synthetic_kitti)[:2]), PreprocessSpec(64, 192), None)
+    images, labels = zip(*(dataset[index] for index in range(len(dataset))), strict=True)
+    batch = (torch.stack(images), torch.stack(labels))
+    model = random_fcn8s()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+
+    def loss_now() -> float:
+        model.eval()
+        with torch.no_grad():
+            return float(torch.nn.functional.cross_entropy(model(batch[0]), batch[1], ignore_index=255))
+
+    before, state = loss_now(), {"step": 0, "loss_sum": 0.0}
+    assert train_one_epoch(model, [batch] * 30, optimizer, scheduler, scaler, torch.device("cpu"), 0, state,
+                           StopRequest(), progress=False)
+    after = loss_now()
+    assert state["step"] == 30 and after < 0.5 * before, (before, after)

@@ -219,7 +219,7 @@ def test_old_and_shipped_checkpoints_still_load(tmp_path: Path):
 
 
 @pytest.mark.parametrize("field, value, expected", [
-    ("arch", {"name": "fcn8s_vgg16", "width": 0.125, "num_classes": 2, "extra": 1}, "arch.extra"),
+    ("arch", {"name": "fcn8s_vgg16", "width": 0.125, "num_classes": 2, "extra": 1}, "unknown field 'arch.extra'"),
     ("arch", {"name": "fcn8s_vgg16", "width": 1e9, "num_classes": 2}, "arch.width"),
     ("arch", {"name": "resnet", "width": 0.125, "num_classes": 2}, "arch.name"),
     ("preprocess", json.dumps({"input_height": 100000, "input_width": 100000, "mean": [0.5] * 3,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.contract import MAX_CLASSES, PreprocessSpec
+from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
 from runtime.ioutil import publish
 from train.model import FCN8s, build_model
 
@@ -109,16 +109,16 @@ def validate_payload(payload: object, path: Path) -> None:
 
 def validate_arch(arch: dict, path: Path) -> dict:
     if arch.get("name") != ARCH_NAME:
-        raise CheckpointError(f"{path}: field 'arch.name' must be '{ARCH_NAME}', got {str(arch.get('name'))[:80]!r}")
+        raise CheckpointError(f"{path}: field 'arch.name' must be '{ARCH_NAME}', got {shorten(arch.get('name'))}")
     width, classes = arch.get("width"), arch.get("num_classes")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= MAX_WIDTH):
-        raise CheckpointError(f"{path}: field 'arch.width' must be a number in (0, {MAX_WIDTH}], got {width!r}"[:200])
+        raise CheckpointError(f"{path}: field 'arch.width' must be a number in (0, {MAX_WIDTH}], got {shorten(width)}")
     if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
         raise CheckpointError(f"{path}: field 'arch.num_classes' must be an integer in 2..{MAX_CLASSES}, "
-                              f"got {classes!r}"[:200])
+                              f"got {shorten(classes)}")
     unknown = sorted(set(arch) - {"name", "width", "num_classes"})
     if unknown:
-        raise CheckpointError(f"{path}: unknown field 'arch.{str(unknown[0])[:40]}'")
+        raise CheckpointError(f"{path}: unknown field {shorten(f'arch.{unknown[0]}')}")
     return arch
 
 
@@ -130,7 +130,7 @@ def validate_weights(state: dict, arch: dict, path: Path) -> None:
     if missing or unexpected:
         name = missing[0] if missing else unexpected[0]
         what = "missing" if missing else "unexpected"
-        raise CheckpointError(f"{path}: field 'model': {what} tensor {str(name)[:80]!r} for {arch}")
+        raise CheckpointError(f"{path}: field 'model': {what} tensor {shorten(name)} for {arch}")
     for name, shape in expected.items():
         tensor = state[name]
         if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
