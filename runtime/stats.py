@@ -71,8 +71,9 @@ class StreamStats:
         self._last: float | None = None
 
     def record(self, stage_ms: Sequence[float], start: float, end: float, frame_timestamp: float) -> None:
-        """One frame: milliseconds of each of STAGES[:-1], and perf_counter() when its capture began and its
-        result was written (end_to_end; in a pipelined loop more than the sum of the stages' own time)."""
+        """One frame: milliseconds of each of STAGES[:-1], and perf_counter() when its latency starts (the later
+        of the loop asking for it and its arrival: waiting for the source is not latency) and when its result
+        was handed to the outputs (end_to_end; in a pipelined loop more than the sum of the stages' own time)."""
         for name, ms in zip(STAGES[:-1], stage_ms, strict=True):
             self.stages[name].add(ms)
         self.stages["end_to_end"].add((end - start) * 1000.0)

@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
           f"input {backend.spec.input_height}x{backend.spec.input_width}, "
           f"{'pipelined' if pipelined else 'serial'} loop", flush=True)
     source = outputs = stats = None
+    failure: Exception | None = None
     started = time.perf_counter()
     try:
         source = open_source(args)
@@ -189,14 +190,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stop.signal_name = stop.signal_name or "SIGINT"
     except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
-        return fail(error)
+        failure = error
     finally:
         stop.ignore()
-        if outputs is not None:
-            outputs.close()
-        if source is not None:
-            source.close()
-        stop.restore()
+        try:
+            if outputs is not None:
+                outputs.close()  # writes the queued frames and finalises the video, also after a failure
+        except (OutputError, OSError) as error:
+            failure = failure or error
+        finally:
+            if source is not None:
+                source.close()
+            stop.restore()
+    if failure is not None:
+        return fail(failure)
     if stats is None:  # stopped while the source was still opening
         print(f"stopped by {stop.signal_name}")
         return 0

@@ -29,9 +29,9 @@ class RecordingOutputs(Outputs):
         super().__init__(Renderer("overlay", 0.5), masks=MaskWriter(masks_dir), render_always=True)
         self.masks_seen: list[tuple[str, np.ndarray]] = []
 
-    def write(self, image, mask, name, hud_text, scratch=False) -> bool:
+    def write(self, image, mask, name, hud_text, scratch=False, release=None) -> bool:
         self.masks_seen.append((name, mask.copy()))
-        return super().write(image, mask, name, hud_text, scratch)
+        return super().write(image, mask, name, hud_text, scratch, release)
 
 
 @needs_video
