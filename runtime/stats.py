@@ -116,8 +116,11 @@ class StreamStats:
 
 
 def format_summary(summary: dict) -> str:
+    causes = summary.get("dropped_by_cause")
+    by_cause = f" ({', '.join(f'{n} {cause}' for cause, n in causes.items() if n)})" if causes and \
+        summary["frames_dropped"] else ""
     lines = [f"frames: {summary['frames_read']} read, {summary['frames_processed']} processed, "
-             f"{summary['frames_dropped']} dropped  |  {summary['fps']:.1f} FPS  |  "
+             f"{summary['frames_dropped']} dropped{by_cause}  |  {summary['fps']:.1f} FPS  |  "
              f"{summary['backend']} {summary['precision']}"]
     lines.append(f"  {'stage':12s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s}")
     rows = list(summary["stages"].items())
