@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from runtime.preprocess import METADATA_KEY, PreprocessSpec, in_graph_prepost
 
 MODEL_KEY = "roadseg.model"
 PRECISION_KEY = "roadseg.precision"
@@ -42,6 +42,19 @@ def spec_from_metadata(metadata: dict[str, str], source: str | Path) -> Preproce
         return PreprocessSpec.from_json(metadata[METADATA_KEY])
     except (ValueError, TypeError, KeyError) as error:
         raise ModelFileError(f"{source}: unreadable '{METADATA_KEY}' metadata ({error})") from error
+
+
+def in_graph_form(metadata: dict[str, str], input_type: str, source: str | Path) -> bool:
+    """Whether the model takes uint8 frames and returns the road mask (in-graph pre/post), checked against
+    its actual input type: metadata is untrusted and a wrong claim would feed the model garbage."""
+    try:
+        in_graph = in_graph_prepost(metadata)
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ModelFileError(f"{source}: unreadable 'roadseg.io' metadata ({error})") from error
+    expected = "tensor(uint8)" if in_graph else "tensor(float)"
+    if input_type != expected:
+        raise ModelFileError(f"{source}: input is {input_type}, but its metadata says {expected}")
+    return in_graph
 
 
 def available_providers() -> list[str]:
@@ -82,6 +95,7 @@ class OnnxRuntimeBackend:
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec = spec_from_metadata(self.metadata, path)
+        self.in_graph = in_graph_form(self.metadata, self.session.get_inputs()[0].type, path)
         self.precision = self.metadata.get(PRECISION_KEY, "fp32")
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()

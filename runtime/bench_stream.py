@@ -46,8 +46,7 @@ from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402
 from runtime.paths import DEFAULT_VIDEO  # noqa: E402
-from runtime.pipeline import pipelining_pays, run_pipeline  # noqa: E402
-from runtime.preprocess import FramePreprocessor  # noqa: E402
+from runtime.pipeline import frame_preprocessor, pipelining_pays, run_pipeline  # noqa: E402
 from runtime.sources import (  # noqa: E402
     FrameSource,
     PrefetchSource,
@@ -74,7 +73,7 @@ def resident_bytes() -> int:
 def inference_only(backend: Backend, frame: np.ndarray, runs: int) -> tuple[np.ndarray, float]:
     """Wall milliseconds of each backend.infer alone (real preprocessed frame, after a warm-up), and the
     process CPU milliseconds per call (all threads): a figure that other load on the machine cannot inflate."""
-    batch = FramePreprocessor(backend.spec)(frame)
+    batch = frame_preprocessor(backend)(frame)
     for _ in range(5):
         backend.infer(batch)
     times = np.empty(runs)

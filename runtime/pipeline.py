@@ -104,6 +104,12 @@ class StatusPrinter:
             print(f"[{self._stats.frames_processed} frames] {self._hud.text()}", file=sys.stderr, flush=True)
 
 
+def frame_preprocessor(backend: Backend) -> FramePreprocessor:
+    """The preprocessor for this backend's model: the full contract, or only the resize for a model that does
+    the rest in its graph (older backends without `in_graph` take the float tensor)."""
+    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False))
+
+
 def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
     """First-run allocations and kernel selection stay out of the statistics."""
     preprocess.input_tensor.fill(0)
@@ -139,7 +145,7 @@ def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats:
 
 def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
                hud: bool = True, status_every: float = 0.0) -> None:
-    preprocess = FramePreprocessor(backend.spec)
+    preprocess = frame_preprocessor(backend)
     postprocess = MaskPostprocessor(backend.spec.road_index)
     hud_line = HudLine(backend, stats) if hud else None
     status = StatusPrinter(backend, stats, status_every)
@@ -230,7 +236,7 @@ def get(source: queue.Queue, halt: threading.Event):
 
 def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
                   hud: bool = True, status_every: float = 0.0) -> None:
-    preprocessors = [FramePreprocessor(backend.spec) for _ in range(2)]  # one filling while one is inferred
+    preprocessors = [frame_preprocessor(backend) for _ in range(2)]  # one filling while one is inferred
     postprocess = MaskPostprocessor(backend.spec.road_index)
     hud_line = HudLine(backend, stats) if hud else None
     status = StatusPrinter(backend, stats, status_every)

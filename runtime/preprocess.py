@@ -20,6 +20,20 @@ ROAD_CLASS = 1
 MODEL_STRIDE = 32
 
 METADATA_KEY = "roadseg.preprocess"
+# Which form a model's inputs and outputs have. Absent: the float N x 3 x H x W tensor this module makes, and
+# logits out. IN_GRAPH_IO: the model does the contract's preprocessing and the argmax itself (export/ingraph.py).
+IO_KEY = "roadseg.io"
+IN_GRAPH_IO = "uint8_bgr_nhwc_to_road_mask"
+
+
+def in_graph_prepost(metadata: dict[str, str]) -> bool:
+    """Whether a model's metadata declares in-graph pre/postprocessing (raises ValueError on an unknown form)."""
+    if IO_KEY not in metadata:
+        return False
+    form = json.loads(metadata[IO_KEY]).get("form")
+    if form != IN_GRAPH_IO:
+        raise ValueError(f"unknown '{IO_KEY}' form {form!r} (expected {IN_GRAPH_IO})")
+    return True
 
 
 @dataclass(frozen=True)
@@ -83,23 +97,28 @@ class FramePreprocessor:
     arithmetic in numpy, which makes two passes over float data per channel.
     """
 
-    def __init__(self, spec: PreprocessSpec, batch: int = 1) -> None:
+    def __init__(self, spec: PreprocessSpec, batch: int = 1, uint8_input: bool = False) -> None:
         self.spec = spec
+        self.uint8_input = uint8_input
         height, width = spec.size_hw
-        self.resized_bgr = np.empty((height, width, 3), np.uint8)
+        self._frames_bgr = np.empty((batch, height, width, 3), np.uint8)
         self._planes_bgr = [np.empty((height, width), np.uint8) for _ in range(3)]
-        self.input_tensor = np.empty((batch, 3, height, width), np.float32)
+        # A model with in-graph preprocessing (IN_GRAPH_IO) takes the resized uint8 frames themselves.
+        self.input_tensor = self._frames_bgr if uint8_input else np.empty((batch, 3, height, width), np.float32)
         scale, bias = spec.channel_scale_bias()
         self._scale, self._bias = [float(v) for v in scale], [float(v) for v in bias]
 
     def __call__(self, frame_bgr: np.ndarray, slot: int = 0) -> np.ndarray:
         height, width = self.spec.size_hw
         frame_bgr = as_bgr8(frame_bgr)
+        resized = self._frames_bgr[slot]
         if frame_bgr.shape[:2] == (height, width):
-            np.copyto(self.resized_bgr, frame_bgr)
+            np.copyto(resized, frame_bgr)
         else:
-            cv2.resize(frame_bgr, (width, height), dst=self.resized_bgr, interpolation=cv2.INTER_LINEAR)
-        cv2.split(self.resized_bgr, self._planes_bgr)
+            cv2.resize(frame_bgr, (width, height), dst=resized, interpolation=cv2.INTER_LINEAR)
+        if self.uint8_input:
+            return self.input_tensor
+        cv2.split(resized, self._planes_bgr)
         tensor = self.input_tensor[slot]
         for rgb_channel in range(3):
             plane = self._planes_bgr[2 - rgb_channel]
