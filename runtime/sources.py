@@ -36,8 +36,9 @@ from runtime.preprocess import as_bgr8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # Decoded frames a file source may have out at once: the pipelined loop holds up to four (being prepared,
-# inferred, queued for drawing, drawn), and a couple more let decoding run ahead.
-PREFETCH_DEPTH = 6
+# inferred, queued for drawing, drawn), the file writer up to four (runtime/writer.py's queue of 3 and the one
+# being encoded), and a couple more let decoding run ahead.
+PREFETCH_DEPTH = 10
 # Frames a live source may hold waiting for the pipeline: enough for a network source's burst (an MPEG-TS
 # segment's worth at 10-30 FPS); beyond it the oldest is dropped ("queue_full").
 LIVE_QUEUE_DEPTH = 8
