@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import PRECISION_KEY, ModelFileError, spec_from_metadata
+from runtime.preprocess import in_graph_prepost
 
 SIDECAR_FORMAT = "roadseg-engine-v1"
 
@@ -113,6 +114,10 @@ class TensorRTBackend:
         sidecar = read_sidecar(path)
         self.metadata = dict(sidecar.get("metadata", {}))
         self.spec = spec_from_metadata(self.metadata, path)
+        try:  # uint8 frames in, uint8 mask out (export/ingraph.py)
+            self.in_graph = in_graph_prepost(self.metadata)
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ModelFileError(f"{path}: unreadable 'roadseg.io' metadata ({error})") from error
         self.precision = self.metadata.get(PRECISION_KEY, sidecar.get("cache_key", {}).get("precision", "fp32"))
         rebuild = sidecar.get("rebuild", "python -m export.engine")
         gpu, why = probe_cuda(device)
@@ -156,7 +161,7 @@ class TensorRTBackend:
 
         trt = self._trt
         height, width = self.spec.size_hw
-        input_shape = (batch, 3, height, width)
+        input_shape = (batch, height, width, 3) if self.in_graph else (batch, 3, height, width)
         if -1 in tuple(self.engine.get_tensor_shape(self.input_name)):
             self.context.set_input_shape(self.input_name, input_shape)
         output_shape = tuple(self.context.get_tensor_shape(self.output_name))
@@ -217,7 +222,7 @@ class TensorRTBackend:
                     cudart.cudaGetLastError()
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         _, host_out, _ = self._buffers[self.output_name]
-        return host_out.astype(np.float32, copy=True)
+        return host_out.copy() if self.in_graph else host_out.astype(np.float32, copy=True)
 
     def close(self) -> None:
         from cuda.bindings import runtime as cudart
