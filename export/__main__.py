@@ -8,6 +8,8 @@
 3. onnxslim, kept only if the slimmed graph passes the same parity gate.
 4. Parity gate on >= 20 real KITTI val frames, ONNX Runtime CPU vs PyTorch; fails loudly (exit 1).
 5. FP16 ONNX (FP32 I/O), then the accuracy gate for FP32 and FP16 on KITTI val (FP16 within 0.1 pt).
+6. With --in-graph: model.fp32.ingraph.onnx (+ fp16), preprocessing and argmax in the graph, behind a mask gate
+   on the KITTI drive (export/ingraph.py, which also wraps an INT8 model after calibration).
 Every file is written under a temporary name and renamed only after its gate passed.
 
 The graph ends at the logits (N x 2 x H x W), without an in-graph softmax/argmax: ONNX ArgMax yields int64,
@@ -28,7 +30,7 @@ import onnx
 
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from runtime.ioutil import atomic_write_text, fail, temporary_sibling
-from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
+from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 
 class ExportError(RuntimeError):
@@ -49,6 +51,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-fp16", action="store_true", help="write the FP32 model only")
     parser.add_argument("--no-accuracy", action="store_true", help="skip the KITTI val accuracy gate")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--in-graph", action="store_true",
+                        help="also write model.fp32.ingraph.onnx (+ fp16): uint8 BGR frames in, road mask out, "
+                        "preprocessing and argmax in the graph (export/ingraph.py; INT8: python -m export.ingraph)")
+    parser.add_argument("--video", default=DEFAULT_VIDEO, help="the KITTI drive for the --in-graph mask gate")
     return parser.parse_args(argv)
 
 
@@ -149,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     build = Path(args.build)
     from calibration.dataset import CalibrationError
+    from export.ingraph import InGraphError
     from export.parity import ParityError
     from train.checkpoint import CheckpointError
 
@@ -159,7 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             export_fp16(build)
             if not args.no_accuracy:
                 accuracy_gate(build, args.data, not args.no_progress)
-    except (ExportError, ParityError) as error:
+        if args.in_graph:
+            from export.ingraph import wrap_file
+
+            for precision in ("fp32",) if args.no_fp16 else ("fp32", "fp16"):
+                wrap_file(build / f"model.{precision}.onnx", Path(args.video))
+    except (ExportError, ParityError, InGraphError) as error:
         return fail(error, 1)
     except (CheckpointError, CalibrationError, ValueError, OSError) as error:
         return fail(error)

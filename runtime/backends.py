@@ -20,6 +20,7 @@ from runtime.contract import (
     PreprocessSpec,
     TensorInfo,
     check_graph_io,
+    parse_io_form,
     parse_precision,
     parse_preprocess,
 )
@@ -89,8 +90,9 @@ class OnnxRuntimeBackend:
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec = spec_from_metadata(self.metadata, path)
+        self.in_graph = parse_io_form(self.metadata, path)
         check_graph_io(self.spec, [ort_tensor_info(i) for i in self.session.get_inputs()],
-                       [ort_tensor_info(o) for o in self.session.get_outputs()], path)
+                       [ort_tensor_info(o) for o in self.session.get_outputs()], path, self.in_graph)
         self.precision = parse_precision(self.metadata, path)
         self.provider = self.session.get_providers()[0]
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()

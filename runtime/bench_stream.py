@@ -5,7 +5,9 @@
    cost: one copy a frame);
 2. live: a synthetic camera running twice as fast as inference reaches at least 95 % of the
    inference-bound frame rate (1 / the time of backend.infer alone in a tight loop);
-3. soak: looping the KITTI video for --frames frames (10,000 by default) through each loop keeps resident
+3. latency targets (runtime/bench_targets.py): end-to-end p50 <= 1.15 x inference p50 writing an mp4, <= 1.10 x
+   with no outputs, both loops printed side by side;
+4. soak: looping the KITTI video for --frames frames (10,000 by default) through each loop keeps resident
    memory flat: growth after warm-up under 5 %.
 
 Floors 1 and 2 run the serial and the pipelined loop side by side, in short blocks alternating with an
@@ -42,12 +44,12 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
+from runtime.bench_targets import measure_targets, print_targets  # noqa: E402
 from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402
 from runtime.paths import DEFAULT_VIDEO  # noqa: E402
-from runtime.pipeline import pipelining_pays, run_pipeline  # noqa: E402
-from runtime.preprocess import FramePreprocessor  # noqa: E402
+from runtime.pipeline import frame_preprocessor, pipelining_pays, run_pipeline  # noqa: E402
 from runtime.sources import (  # noqa: E402
     FrameSource,
     PrefetchSource,
@@ -74,7 +76,7 @@ def resident_bytes() -> int:
 def inference_only(backend: Backend, frame: np.ndarray, runs: int) -> tuple[np.ndarray, float]:
     """Wall milliseconds of each backend.infer alone (real preprocessed frame, after a warm-up), and the
     process CPU milliseconds per call (all threads): a figure that other load on the machine cannot inflate."""
-    batch = FramePreprocessor(backend.spec)(frame)
+    batch = frame_preprocessor(backend)(frame)
     for _ in range(5):
         backend.infer(batch)
     times = np.empty(runs)
@@ -287,6 +289,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--live-frames", type=int, default=480, help="frames per loop for the live floor")
     parser.add_argument("--blocks", type=int, default=8, help="alternating blocks the frames are split into")
     parser.add_argument("--frames", type=int, default=10_000, help="frames for the memory soak (0: skip it)")
+    parser.add_argument("--target-frames", type=int, default=480,
+                        help="frames per loop and case for the latency targets (0: skip them)")
     parser.add_argument("--json", help="also write the figures here")
     return parser.parse_args(argv)
 
@@ -325,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{'PASS' if over[case]['pass'] else 'FAIL'}] overhead ({label}): everything but inference = "
                   f"{over[case][loop]['non_inference_share'] * 100:.1f} % of frame time (limit 10 %)")
             print_loops(over[case])
+        if args.target_frames:
+            results["latency_targets"] = measure_targets(backend, video, args.target_frames, args.blocks, loop)
+            print_targets(results["latency_targets"])
         live = results["live"] = live_floor(backend, frame, args.live_frames, args.blocks)
         camera = live[loop]
         print(f"[{'PASS' if live['pass'] else 'FAIL'}] live: {camera['ratio'] * 100:.1f} % of the inference-bound "
@@ -350,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     if args.json:
         atomic_write_text(args.json, json.dumps(results, indent=2) + "\n")
-    floors = [results[k]["pass"] for k in ("overhead", "live", "soak") if k in results]
+    floors = [results[k]["pass"] for k in ("overhead", "latency_targets", "live", "soak") if k in results]
     return 0 if all(floors) else 1
 
 

@@ -29,6 +29,10 @@ TRAINING_KEY = "roadseg.training"
 COMMIT_KEY = "roadseg.source_commit"
 CALIBRATION_KEY = "roadseg.calibration"
 SOURCE_ONNX_SHA256_KEY = "roadseg.source_onnx_sha256"
+# Which form a model's inputs and outputs have. Absent: the float N x 3 x H x W tensor runtime/preprocess.py makes,
+# and logits out. IN_GRAPH_IO: the model does the contract's preprocessing and the argmax itself (export/ingraph.py).
+IO_KEY = "roadseg.io"
+IN_GRAPH_IO = "uint8_bgr_nhwc_to_road_mask"
 
 SIDECAR_FORMAT = "roadseg-engine-v1"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -169,6 +173,25 @@ def parse_precision(metadata: dict[str, str], source: str | Path) -> str:
     return precision
 
 
+def in_graph_prepost(metadata: dict[str, str]) -> bool:
+    """Whether a model's metadata declares in-graph pre/postprocessing (ValueError on an unknown form)."""
+    if IO_KEY not in metadata:
+        return False
+    io = json.loads(metadata[IO_KEY])
+    form = io.get("form") if isinstance(io, dict) else None
+    if form != IN_GRAPH_IO:
+        raise ValueError(f"unknown '{IO_KEY}' form {shorten(form)} (expected {IN_GRAPH_IO})")
+    return True
+
+
+def parse_io_form(metadata: dict[str, str], source: str | Path) -> bool:
+    """in_graph_prepost, with a ModelFileError naming the file; `check_graph_io` then holds the graph to the claim."""
+    try:
+        return in_graph_prepost(metadata)
+    except (ValueError, TypeError, RecursionError) as error:
+        raise ModelFileError(f"{source}: unreadable '{IO_KEY}' metadata ({shorten(str(error), 120)})") from error
+
+
 @dataclass(frozen=True)
 class TensorInfo:
     """One graph input or output as a backend reports it: dims are ints, or None/str where symbolic."""
@@ -179,18 +202,24 @@ class TensorInfo:
 
 
 def check_graph_io(spec: PreprocessSpec, inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
-                   source: str | Path) -> None:
-    """The graph must take N x 3 x H x W floats and give N x C x H x W scores, with H, W, C as the metadata says."""
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise ModelFileError(f"{source}: expected one input and one output, got {len(inputs)} and {len(outputs)}")
-    image, scores = inputs[0], outputs[0]
-    expected = {"input": (image, (None, 3, spec.input_height, spec.input_width)),
-                "output": (scores, (None, len(spec.class_names), spec.input_height, spec.input_width))}
-    for role, (tensor, want) in expected.items():
-        if tensor.dtype not in ("float32", "float16"):
-            raise ModelFileError(f"{source}: {role} '{tensor.name}' is {tensor.dtype}, expected float32 or float16")
-        if len(tensor.shape) != 4:
-            raise ModelFileError(f"{source}: {role} '{tensor.name}' has rank {len(tensor.shape)}, expected 4 (NCHW)")
+                   source: str | Path, in_graph: bool = False) -> None:
+    """The graph's I/O must be what the metadata says: N x 3 x H x W floats in and N x C x H x W scores out, or, for
+    an in-graph model, N x H x W x 3 uint8 frames in and an N x H x W uint8 road mask (+ road probability) out."""
+    if len(inputs) != 1 or not 1 <= len(outputs) <= (2 if in_graph else 1):
+        raise ModelFileError(f"{source}: unexpected graph I/O: {len(inputs)} inputs and {len(outputs)} outputs")
+    height, width = spec.size_hw
+    if in_graph:
+        expected = [("input", inputs[0], (None, height, width, 3), ("uint8",)),
+                    ("output", outputs[0], (None, height, width), ("uint8",))]
+        expected += [("output", extra, (None, height, width), ("float32",)) for extra in outputs[1:]]
+    else:
+        expected = [("input", inputs[0], (None, 3, height, width), ("float32", "float16")),
+                    ("output", outputs[0], (None, len(spec.class_names), height, width), ("float32", "float16"))]
+    for role, tensor, want, dtypes in expected:
+        if tensor.dtype not in dtypes:
+            raise ModelFileError(f"{source}: {role} '{tensor.name}' is {tensor.dtype}, expected {' or '.join(dtypes)}")
+        if len(tensor.shape) != len(want):
+            raise ModelFileError(f"{source}: {role} '{tensor.name}' has rank {len(tensor.shape)}, expected {len(want)}")
         for axis, (have, need) in enumerate(zip(tensor.shape, want, strict=True)):
             if need is not None and _is_int(have) and have >= 0 and have != need:
                 raise ModelFileError(f"{source}: {role} '{tensor.name}' shape {list(tensor.shape)} does not match "

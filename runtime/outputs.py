@@ -11,6 +11,8 @@ import os
 import re
 import socket
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -18,10 +20,12 @@ import numpy as np
 
 from runtime.ioutil import atomic_write_bytes, temporary_sibling
 from runtime.postprocess import ROAD_COLOR_BGR
+from runtime.writer import BackgroundWriter
 
 VIEWS = ("overlay", "mask", "side-by-side")
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 HUD_HEIGHT = 22
+PROBE_SIZE = (640, 480)  # (width, height) every codec we offer encodes
 # Fonts for OpenCV's bundled Qt, which ships none (it warns on every window otherwise).
 QT_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype", "/usr/share/fonts")
 
@@ -135,8 +139,22 @@ class VideoFileOutput:
         if not self._writer.isOpened():
             self._writer = None
             self.temp_path.unlink(missing_ok=True)
+            if self._codec_works():
+                raise OutputError(f"--output {self.path}: the {self.fourcc} codec cannot encode {size[0]}x{size[1]} "
+                                  f"frames (the frame size was refused; {self.fourcc} works at "
+                                  f"{PROBE_SIZE[0]}x{PROBE_SIZE[1]} here)")
             raise OutputError(f"--output {self.path}: OpenCV cannot write {self.fourcc} video here")
         self._size = size
+
+    def _codec_works(self) -> bool:
+        """Whether this codec opens at an ordinary size: tells a refused frame size from a missing codec."""
+        probe = temporary_sibling(self.path.with_name(f"probe-{self.path.name}"))
+        writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, PROBE_SIZE)
+        try:
+            return writer.isOpened()
+        finally:
+            writer.release()
+            probe.unlink(missing_ok=True)
 
     def write(self, image: np.ndarray) -> None:
         size = (image.shape[1], image.shape[0])
@@ -264,19 +282,57 @@ class WindowOutput:
             pass
 
 
+@dataclass
+class FileJob:
+    """One frame for the file outputs: the source's buffer (the writer's to draw on until released)."""
+
+    image: np.ndarray
+    mask: np.ndarray  # a copy: the postprocessor reuses its buffer for the next frame
+    name: str
+    hud_text: str | None
+    release: Callable[[], None] | None
+
+
 class Outputs:
-    """Every sink of one run behind one call per frame."""
+    """Every sink of one run behind one call per frame.
+
+    The window is drawn and shown on the calling thread (HighGUI needs the thread that created it); the files
+    (annotated video, PNG masks) are written on a writer thread (runtime/writer.py) unless `background=False`,
+    so encoding is off the loop's critical path. The overlay is drawn only for a sink that shows or writes it.
+    """
 
     def __init__(self, renderer: Renderer, window: WindowOutput | None = None,
                  video: VideoFileOutput | None = None, masks: MaskWriter | None = None,
-                 render_always: bool = False) -> None:
+                 render_always: bool = False, background: bool = True) -> None:
         self.renderer, self.window, self.video, self.masks = renderer, window, video, masks
         # With no window and no video there is nothing to draw for (benchmarks may ask anyway).
         self.needs_render = render_always or window is not None or video is not None
+        self._render_here = render_always or window is not None
+        self._writer: BackgroundWriter[FileJob] | None = None
+        if background and (video is not None or masks is not None):
+            self._file_renderer = Renderer(renderer.view, renderer.alpha, renderer.color_bgr)
+            self._writer = BackgroundWriter(self._write_files, _release_job)
 
     def write(self, image: np.ndarray, mask: np.ndarray, name: str, hud_text: str | None,
-              scratch: bool = False) -> bool:
-        """False when the user asked to stop (window closed, q or Esc). `scratch`: see Renderer.render."""
+              scratch: bool = False, release: Callable[[], None] | None = None) -> bool:
+        """False when the user asked to stop (window closed, q or Esc). `scratch`: see Renderer.render.
+        `release`: hands `image` back to its source; given, the files are written in the background and
+        `release` runs once they are, else everything is written before this returns."""
+        if self._writer is None or release is None:
+            keep_going = self._write_now(image, mask, name, hud_text, scratch)
+            if release is not None:
+                release()
+            return keep_going
+        keep_going = True
+        if self._render_here:  # drawn into the canvas (not on the frame), which the writer still needs
+            canvas = self.renderer.render(image, mask, hud_text)
+            if self.window is not None:
+                keep_going = self.window.show(canvas)
+        self._submit(FileJob(image, mask.copy(), name, hud_text, release))
+        return keep_going
+
+    def _write_now(self, image: np.ndarray, mask: np.ndarray, name: str, hud_text: str | None,
+                   scratch: bool) -> bool:
         if self.masks is not None:
             self.masks.write(name, mask)
         if not self.needs_render:
@@ -288,8 +344,41 @@ class Outputs:
             return self.window.show(canvas)
         return True
 
-    def close(self) -> None:
+    def _write_files(self, job: FileJob) -> None:
+        if self.masks is not None:
+            self.masks.write(job.name, job.mask)
         if self.video is not None:
-            self.video.close()
-        if self.window is not None:
-            self.window.close()
+            self.video.write(self._file_renderer.render(job.image, job.mask, job.hud_text, scratch=True))
+
+    def _submit(self, job: FileJob) -> None:
+        try:
+            self._writer.submit(job)
+        except Exception as error:  # noqa: BLE001 - one line for the user, whatever the writer hit
+            raise as_output_error(error) from None
+
+    def close(self) -> None:
+        """Write what is queued, finalise the video, close the window. Raises OutputError once if the writer
+        failed and the loop has not been told yet; the video is finalised either way."""
+        try:
+            if self._writer is not None:
+                writer, self._writer = self._writer, None
+                try:
+                    writer.close()
+                except Exception as error:  # noqa: BLE001
+                    raise as_output_error(error) from None
+        finally:
+            if self.video is not None:
+                self.video.close()
+            if self.window is not None:
+                self.window.close()
+
+
+def _release_job(job: FileJob) -> None:
+    if job.release is not None:
+        job.release()
+
+
+def as_output_error(error: Exception) -> OutputError:
+    if isinstance(error, OutputError):
+        return error
+    return OutputError(f"writing outputs failed ({type(error).__name__}: {error})")

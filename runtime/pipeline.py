@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -79,7 +80,9 @@ class HudLine:
 
     def text(self) -> str:
         now = time.perf_counter()
-        if now >= self._next and self._stats.frames_processed:
+        # FPS needs one interval between two results: refreshing at the first result would show "0.0 FPS"
+        # for the next HUD_REFRESH_S, which is many frames on a fast stream.
+        if now >= self._next and self._stats.frame_interval.count:
             self._next = now + HUD_REFRESH_S
             ms = {name: ring.recent_mean(30) for name, ring in self._stats.stages.items()}
             self._text = (f"{self._stats.recent_fps():5.1f} FPS | cap {ms['capture']:.1f} pre {ms['preprocess']:.1f} "
@@ -101,10 +104,23 @@ class StatusPrinter:
             print(f"[{self._stats.frames_processed} frames] {self._hud.text()}", file=sys.stderr, flush=True)
 
 
+def frame_preprocessor(backend: Backend) -> FramePreprocessor:
+    """The preprocessor for this backend's model: the full contract, or only the resize for a model that does
+    the rest in its graph (older backends without `in_graph` take the float tensor)."""
+    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False))
+
+
 def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
     """First-run allocations and kernel selection stay out of the statistics."""
     preprocess.input_tensor.fill(0)
     backend.infer(preprocess.input_tensor)
+
+
+def arrival(requested: float, frame: Frame) -> float:
+    """When a frame's latency starts: when the loop asked for it, or when it arrived if the loop had to wait
+    for the source. Time spent waiting for a frame is the source's pace, not latency (frame age, measured
+    from capture, tells how old a result is)."""
+    return max(requested, frame.timestamp)
 
 
 def pipelining_pays(backend: Backend, cores: int | None = None) -> bool:
@@ -129,11 +145,12 @@ def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats:
 
 def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
                hud: bool = True, status_every: float = 0.0) -> None:
-    preprocess = FramePreprocessor(backend.spec)
+    preprocess = frame_preprocessor(backend)
     postprocess = MaskPostprocessor(backend.spec.road_index)
     hud_line = HudLine(backend, stats) if hud else None
     status = StatusPrinter(backend, stats, status_every)
     warm_up(backend, preprocess)
+    source.hold_frames()  # a frame's buffer stays valid until the file writer is done with it
     while not stop.requested:
         t_start = time.perf_counter()
         stop.waiting = True
@@ -148,12 +165,13 @@ def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: S
         t_inferred = time.perf_counter()
         mask = postprocess(logits[0], frame.image.shape[:2])
         t_postprocessed = time.perf_counter()
-        # The source reuses the frame's buffer after this: the overlay may be drawn on it.
-        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None, scratch=True)
+        # The source reuses the frame's buffer once released: the overlay may be drawn on it.
+        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None, scratch=True,
+                                   release=partial(source.release, frame))
         t_rendered = time.perf_counter()
         times = (t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered)
         stage_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
-        stats.record(stage_ms, t_start, t_rendered, frame.timestamp)
+        stats.record(stage_ms, arrival(t_start, frame), t_rendered, frame.timestamp)
         if not keep_going:
             break
         status.tick(t_rendered)
@@ -218,7 +236,7 @@ def get(source: queue.Queue, halt: threading.Event):
 
 def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
                   hud: bool = True, status_every: float = 0.0) -> None:
-    preprocessors = [FramePreprocessor(backend.spec) for _ in range(2)]  # one filling while one is inferred
+    preprocessors = [frame_preprocessor(backend) for _ in range(2)]  # one filling while one is inferred
     postprocess = MaskPostprocessor(backend.spec.road_index)
     hud_line = HudLine(backend, stats) if hud else None
     status = StatusPrinter(backend, stats, status_every)
@@ -244,7 +262,7 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             t_captured = time.perf_counter()
             preprocessor(frame.image)
             t_preprocessed = time.perf_counter()
-            item = InFlight(frame, preprocessor, t_start, (t_captured - t_start) * 1000.0,
+            item = InFlight(frame, preprocessor, arrival(t_start, frame), (t_captured - t_start) * 1000.0,
                             (t_preprocessed - t_captured) * 1000.0)
             if not put(prepared, item, halt):
                 return
@@ -276,9 +294,8 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             mask = postprocess(item.logits[0], item.frame.image.shape[:2])
             t_postprocessed = time.perf_counter()
             keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None,
-                                       scratch=True)
+                                       scratch=True, release=partial(source.release, item.frame))
             t_rendered = time.perf_counter()
-            source.release(item.frame)
             stats.record((item.capture_ms, item.preprocess_ms, item.inference_ms,
                           (t_postprocessed - t_start) * 1000.0, (t_rendered - t_postprocessed) * 1000.0),
                          item.start, t_rendered, item.frame.timestamp)

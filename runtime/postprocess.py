@@ -22,7 +22,16 @@ class MaskPostprocessor:
         self._source_mask: np.ndarray | None = None
 
     def __call__(self, logits: np.ndarray, source_hw: tuple[int, int]) -> np.ndarray:
-        """C x H x W logits -> H_src x W_src uint8 mask (1 = road)."""
+        """C x H x W logits, or the H x W uint8 mask of a model with in-graph argmax, -> H_src x W_src uint8
+        mask (1 = road)."""
+        model_mask = logits if logits.ndim == 2 and logits.dtype == np.uint8 else self._argmax(logits)
+        height, width = source_hw
+        if self._source_mask is None or self._source_mask.shape != (height, width):
+            self._source_mask = np.empty((height, width), np.uint8)
+        cv2.resize(model_mask, (width, height), dst=self._source_mask, interpolation=cv2.INTER_NEAREST)
+        return self._source_mask
+
+    def _argmax(self, logits: np.ndarray) -> np.ndarray:
         other = 1 - self.road_index
         if self._model_mask is None or self._model_mask.shape != logits.shape[1:]:
             self._model_mask = np.empty(logits.shape[1:], np.uint8)
@@ -30,11 +39,7 @@ class MaskPostprocessor:
             np.greater(logits[self.road_index], logits[other], out=self._model_mask, casting="unsafe")
         else:
             np.equal(logits.argmax(axis=0), self.road_index, out=self._model_mask, casting="unsafe")
-        height, width = source_hw
-        if self._source_mask is None or self._source_mask.shape != (height, width):
-            self._source_mask = np.empty((height, width), np.uint8)
-        cv2.resize(self._model_mask, (width, height), dst=self._source_mask, interpolation=cv2.INTER_NEAREST)
-        return self._source_mask
+        return self._model_mask
 
 
 def road_mask(logits: np.ndarray, source_hw: tuple[int, int], road_index: int = 1) -> np.ndarray:

@@ -9,10 +9,20 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.contract import CLASS_NAMES, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, ROAD_CLASS, PreprocessSpec
+from runtime.contract import (
+    CLASS_NAMES,
+    IMAGENET_MEAN_RGB,
+    IMAGENET_STD_RGB,
+    IN_GRAPH_IO,
+    IO_KEY,
+    ROAD_CLASS,
+    PreprocessSpec,
+    in_graph_prepost,
+)
 from runtime.contract import PREPROCESS_KEY as METADATA_KEY
 
-__all__ = ["CLASS_NAMES", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB", "METADATA_KEY", "MODEL_STRIDE", "ROAD_CLASS",
+__all__ = ["CLASS_NAMES", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB", "IN_GRAPH_IO", "IO_KEY", "METADATA_KEY",
+           "MODEL_STRIDE", "ROAD_CLASS", "in_graph_prepost",
            "FramePreprocessor", "PreprocessSpec", "as_bgr8", "normalize_rgb", "road_probability"]
 
 # Every stride of FCN-8s divides 32, so inputs are padded to a multiple of it.
@@ -35,23 +45,28 @@ class FramePreprocessor:
     arithmetic in numpy, which makes two passes over float data per channel.
     """
 
-    def __init__(self, spec: PreprocessSpec, batch: int = 1) -> None:
+    def __init__(self, spec: PreprocessSpec, batch: int = 1, uint8_input: bool = False) -> None:
         self.spec = spec
+        self.uint8_input = uint8_input
         height, width = spec.size_hw
-        self.resized_bgr = np.empty((height, width, 3), np.uint8)
+        self._frames_bgr = np.empty((batch, height, width, 3), np.uint8)
         self._planes_bgr = [np.empty((height, width), np.uint8) for _ in range(3)]
-        self.input_tensor = np.empty((batch, 3, height, width), np.float32)
+        # A model with in-graph preprocessing (IN_GRAPH_IO) takes the resized uint8 frames themselves.
+        self.input_tensor = self._frames_bgr if uint8_input else np.empty((batch, 3, height, width), np.float32)
         scale, bias = spec.channel_scale_bias()
         self._scale, self._bias = [float(v) for v in scale], [float(v) for v in bias]
 
     def __call__(self, frame_bgr: np.ndarray, slot: int = 0) -> np.ndarray:
         height, width = self.spec.size_hw
         frame_bgr = as_bgr8(frame_bgr)
+        resized = self._frames_bgr[slot]
         if frame_bgr.shape[:2] == (height, width):
-            np.copyto(self.resized_bgr, frame_bgr)
+            np.copyto(resized, frame_bgr)
         else:
-            cv2.resize(frame_bgr, (width, height), dst=self.resized_bgr, interpolation=cv2.INTER_LINEAR)
-        cv2.split(self.resized_bgr, self._planes_bgr)
+            cv2.resize(frame_bgr, (width, height), dst=resized, interpolation=cv2.INTER_LINEAR)
+        if self.uint8_input:
+            return self.input_tensor
+        cv2.split(resized, self._planes_bgr)
         tensor = self.input_tensor[slot]
         for rgb_channel in range(3):
             plane = self._planes_bgr[2 - rgb_channel]

@@ -3,16 +3,19 @@
 Every source is read on its own thread, so decoding overlaps inference:
 - files and image folders (`PrefetchSource`) hand over every frame in order through a small pool of reused
   buffers: nothing is dropped, the reader just runs a few frames ahead;
-- live sources (`LiveSource`) keep only the newest frame: a frame the pipeline had no time for is dropped and
-  counted, so what is processed is never older than about one frame period. A live source that stalls or
-  disconnects is reopened with exponential backoff; when that fails, `read()` returns None and `error`
-  says why, so the caller can exit cleanly.
+- live sources (`LiveSource`) hand over their frames in order while they are fresh: a frame is dropped
+  (and counted, by cause) only when it is older than the freshness budget (`max_age`, one frame interval of
+  the source by default) while a newer one waits, or when the queue is full; so a loop with headroom gets
+  every frame, also from a source that delivers in bursts. A live source that stalls or disconnects is
+  reopened with exponential backoff; when that fails, `read()` returns None and `error` says why, so the
+  caller can exit cleanly.
 
 `open_source(spec)` turns what the user typed into one of them.
 """
 
 from __future__ import annotations
 
+import collections
 import glob
 import os
 import queue
@@ -33,8 +36,15 @@ from runtime.preprocess import as_bgr8
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt")
 # Decoded frames a file source may have out at once: the pipelined loop holds up to four (being prepared,
-# inferred, queued for drawing, drawn), and a couple more let decoding run ahead.
-PREFETCH_DEPTH = 6
+# inferred, queued for drawing, drawn), the file writer up to four (runtime/writer.py's queue of 3 and the one
+# being encoded), and a couple more let decoding run ahead.
+PREFETCH_DEPTH = 10
+# Frames a live source may hold waiting for the pipeline: enough for a network source's burst (an MPEG-TS
+# segment's worth at 10-30 FPS); beyond it the oldest is dropped ("queue_full").
+LIVE_QUEUE_DEPTH = 8
+DROP_CAUSES = ("stale", "queue_full")
+# The freshness budget when the source does not say its frame rate.
+DEFAULT_MAX_AGE_S = 1.0 / 30.0
 # How long a network stream may block in open()/read() before OpenCV's FFmpeg backend gives up.
 NETWORK_TIMEOUT_MS = 5000
 
@@ -62,6 +72,11 @@ class Reader(Protocol):
         ...
 
     def release(self) -> None: ...
+
+
+def default_max_age(fps: float) -> float:
+    """One frame interval of the source, in seconds (DEFAULT_MAX_AGE_S when its rate is unknown)."""
+    return 1.0 / fps if fps > 0 else DEFAULT_MAX_AGE_S
 
 
 def lower_thread_priority() -> None:
@@ -325,36 +340,45 @@ class PrefetchSource(FrameSource):
 
 
 class LiveSource(FrameSource):
-    """The newest frame only, from a capture thread; reconnects with backoff when the source fails.
+    """Frames from a capture thread, in order, as long as they are fresh; reconnects with backoff when the
+    source fails.
 
-    Three buffers rotate (being written, newest ready, being processed), so the capture thread never
-    writes into a frame the pipeline is still using and nothing is allocated per frame.
+    The live policy drops only what is stale: every frame waits in a queue until the pipeline takes it,
+    unless it is older than `max_age` (seconds since it arrived) while a newer one is waiting, or the queue
+    is full. A loop with headroom therefore gets every frame, also from a network source that delivers them
+    in bursts; a loop that falls behind skips to frames within the budget. Drops are counted by cause
+    (`drops`). Buffers are recycled through a free list, so nothing is allocated per frame once the queue has
+    reached its working depth.
     """
 
     live = True
 
     def __init__(self, open_reader: Callable[[], Reader], max_frames: int = 0, stall_timeout: float = 10.0,
                  reconnect_attempts: int = 5, backoff_start: float = 0.5, backoff_max: float = 8.0,
-                 reconnect: bool = True) -> None:
+                 reconnect: bool = True, max_age: float | None = None, depth: int = LIVE_QUEUE_DEPTH) -> None:
         self._open_reader = open_reader
         self._reconnect_enabled = reconnect  # False for a file played in real time: its end is the end
         self.reader = open_reader()  # the first open is synchronous: a camera that won't open fails here
         self.description = self.reader.description
         self.fps = self.reader.fps
+        # Default freshness budget: one frame interval of the source, so a burst's frames are kept while the
+        # loop keeps up, and a frame is never older than the one the source delivers next.
+        self.max_age = max_age if max_age is not None else default_max_age(self.fps)
         self.frames_read = 0  # frames the capture thread got from the device
-        self.frames_dropped = 0  # of those, frames replaced by a newer one before the pipeline took them
+        self.frames_dropped = 0  # of those, frames never handed to the pipeline
+        self.drops = {cause: 0 for cause in DROP_CAUSES}
         self.reconnects = 0
         self.error: str | None = None
         self._max_frames = max_frames
         self._stall_timeout = stall_timeout
         self._attempts, self._backoff_start, self._backoff_max = reconnect_attempts, backoff_start, backoff_max
         self._cond = threading.Condition()
-        self._ready: Frame | None = None
-        self._fresh = False
+        self._queue: collections.deque[Frame] = collections.deque()
+        self._depth = max(1, depth)
         self._ended = False
         self._delivered = 0
         self._front: np.ndarray | None = None
-        self._spare: list[np.ndarray] = []  # buffers released by a consumer that holds frames
+        self._spare: list[np.ndarray] = []  # free buffers: dropped frames', released ones
         self._stalled = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="live-capture", daemon=True)
@@ -362,31 +386,45 @@ class LiveSource(FrameSource):
 
     # capture thread
     def _run(self) -> None:
-        back: np.ndarray | None = None
         index = 0
         try:
             while not self._stop.is_set():
+                with self._cond:
+                    back = self._spare.pop() if self._spare else None
                 result = self.reader.read(back)
                 if result is None:
                     if self._stop.is_set() or not self._reconnect_enabled or not self._reconnect():
                         break
                     continue
                 image, name = result
+                if self.reconnects:  # a reopened reader counts from 0 again: keep per-frame outputs apart
+                    name = f"r{self.reconnects}_{name}"
                 frame = Frame(image, index, time.perf_counter(), name)
                 index += 1
                 with self._cond:
                     self.frames_read += 1
-                    if self._fresh:
-                        self.frames_dropped += 1
-                    old, self._ready, self._fresh = self._ready, frame, True
+                    self._queue.append(frame)
+                    self._drop_stale(frame.timestamp)
+                    if len(self._queue) > self._depth:
+                        self._drop_oldest("queue_full")
                     self._cond.notify()
-                back = old.image if old is not None else (self._spare.pop() if self._spare else None)
         except Exception as error:
             self.error = f"{self.description}: capture failed ({error})"
         finally:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _drop_oldest(self, cause: str) -> None:
+        """Under the lock: the oldest waiting frame is dropped, its buffer freed, its cause counted."""
+        self._spare.append(self._queue.popleft().image)
+        self.frames_dropped += 1
+        self.drops[cause] += 1
+
+    def _drop_stale(self, now: float) -> None:
+        """Under the lock: drop frames older than the budget, but never the newest (nothing fresher exists)."""
+        while len(self._queue) > 1 and now - self._queue[0].timestamp > self.max_age:
+            self._drop_oldest("stale")
 
     def _reconnect(self) -> bool:
         """Reopen with exponential backoff; False (and `error` set) once every attempt failed."""
@@ -412,7 +450,7 @@ class LiveSource(FrameSource):
             return None
         deadline = time.perf_counter() + self._stall_timeout
         with self._cond:
-            while not self._fresh and not self._ended:
+            while not self._queue and not self._ended:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     self.error = (f"{self.description}: stalled (no frame for {self._stall_timeout:g} s)")
@@ -420,12 +458,13 @@ class LiveSource(FrameSource):
                     self._stop.set()
                     return None
                 self._cond.wait(remaining)
-            if not self._fresh:
+            if not self._queue:
                 return None
-            frame = self._ready
-            # Hand our previous buffer to the capture thread in exchange for the newest frame.
-            self._ready = Frame(self._front, -1, 0.0, "") if self._front is not None else None
-            self._fresh = False
+            self._drop_stale(time.perf_counter())
+            frame = self._queue.popleft()
+            if self._front is not None:  # the previous frame's buffer is free again
+                self._spare.append(self._front)
+                self._front = None
         if not self._manual_release:
             self._front = frame.image
         self._delivered += 1
@@ -556,11 +595,12 @@ class SourceOptions:
     stall_timeout: float = 10.0
     reconnect_attempts: int = 5
     backoff_start: float = 0.5
+    max_age: float | None = None  # live sources' freshness budget in seconds (None: one frame interval)
 
 
 def _live(factory: Callable[[], Reader], options: SourceOptions, reconnect: bool = True) -> LiveSource:
     return LiveSource(factory, options.max_frames, options.stall_timeout, options.reconnect_attempts,
-                      options.backoff_start, reconnect=reconnect)
+                      options.backoff_start, reconnect=reconnect, max_age=options.max_age)
 
 
 def open_camera(index: int, options: SourceOptions) -> LiveSource:

@@ -71,8 +71,9 @@ class StreamStats:
         self._last: float | None = None
 
     def record(self, stage_ms: Sequence[float], start: float, end: float, frame_timestamp: float) -> None:
-        """One frame: milliseconds of each of STAGES[:-1], and perf_counter() when its capture began and its
-        result was written (end_to_end; in a pipelined loop more than the sum of the stages' own time)."""
+        """One frame: milliseconds of each of STAGES[:-1], and perf_counter() when its latency starts (the later
+        of the loop asking for it and its arrival: waiting for the source is not latency) and when its result
+        was handed to the outputs (end_to_end; in a pipelined loop more than the sum of the stages' own time)."""
         for name, ms in zip(STAGES[:-1], stage_ms, strict=True):
             self.stages[name].add(ms)
         self.stages["end_to_end"].add((end - start) * 1000.0)
@@ -115,8 +116,11 @@ class StreamStats:
 
 
 def format_summary(summary: dict) -> str:
+    causes = summary.get("dropped_by_cause")
+    by_cause = f" ({', '.join(f'{n} {cause}' for cause, n in causes.items() if n)})" if causes and \
+        summary["frames_dropped"] else ""
     lines = [f"frames: {summary['frames_read']} read, {summary['frames_processed']} processed, "
-             f"{summary['frames_dropped']} dropped  |  {summary['fps']:.1f} FPS  |  "
+             f"{summary['frames_dropped']} dropped{by_cause}  |  {summary['fps']:.1f} FPS  |  "
              f"{summary['backend']} {summary['precision']}"]
     lines.append(f"  {'stage':12s} {'p50 ms':>8s} {'p90 ms':>8s} {'p99 ms':>8s}")
     rows = list(summary["stages"].items())

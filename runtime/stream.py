@@ -9,7 +9,7 @@
 
 The loop (runtime/pipeline.py) is source -> preprocess -> backend.infer -> postprocess -> render/write, its
 stages overlapping on three threads where that pays (--pipeline). Preprocessing and class names come
-from the model file's metadata. Live sources keep only their newest frame; files are processed
+from the model file's metadata. Live sources drop only frames older than --max-age; files are processed
 frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
 Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
 OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="on: overlap read+preprocess, inference and drawing on three threads (more frames/s "
                      "when inference leaves cores idle); off: one frame at a time (freshest results). auto: "
                      "off for ONNX Runtime on a CPU with <= 2 cores, else on")
+    src.add_argument("--max-age", type=float, metavar="MS",
+                     help="live sources: drop a frame only when it is older than MS while a newer one waits "
+                     "(default: one frame interval of the source)")
     src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                      help="give up on a live source that delivers no frame for S seconds")
     src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
@@ -111,8 +114,11 @@ def open_source(args: argparse.Namespace) -> FrameSource:
                           f"or a positional one (got {len(given)})")
     if args.max_frames < 0:
         raise SourceError(f"--max-frames {args.max_frames}: expected 0 or more")
+    if args.max_age is not None and not args.max_age > 0:
+        raise SourceError(f"--max-age {args.max_age:g}: expected milliseconds above 0")
     options = SourceOptions(loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
-                            stall_timeout=args.stall_timeout, reconnect_attempts=args.reconnect_attempts)
+                            stall_timeout=args.stall_timeout, reconnect_attempts=args.reconnect_attempts,
+                            max_age=args.max_age / 1000.0 if args.max_age is not None else None)
     flag, value = given[0]
     opener = {"input": lambda: open_path(str(value), options), "--camera": lambda: open_camera(value, options),
               "--video": lambda: open_video(value, options), "--images": lambda: open_images(value, options),
@@ -141,6 +147,13 @@ def source_problem(source: FrameSource, processed: int) -> str | None:
     if processed == 0:
         return f"{source.description}: no frames could be read"
     return None
+
+
+def live_policy(source: FrameSource) -> dict:
+    """A live source's freshness budget and its drops by cause, for the summary."""
+    if not hasattr(source, "drops"):
+        return {}
+    return {"max_age_ms": round(source.max_age * 1000.0, 3), "dropped_by_cause": dict(source.drops)}
 
 
 def quiet_opencv() -> None:
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"input {backend.spec.input_height}x{backend.spec.input_width}, "
           f"{'pipelined' if pipelined else 'serial'} loop", flush=True)
     source = outputs = stats = None
+    failure: Exception | None = None
     started = time.perf_counter()
     try:
         source = open_source(args)
@@ -189,21 +203,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         stop.signal_name = stop.signal_name or "SIGINT"
     except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
-        return fail(error)
+        failure = error
     finally:
         stop.ignore()
-        if outputs is not None:
-            outputs.close()
-        if source is not None:
-            source.close()
-        stop.restore()
+        try:
+            if outputs is not None:
+                outputs.close()  # writes the queued frames and finalises the video, also after a failure
+        except (OutputError, OSError) as error:
+            failure = failure or error
+        finally:
+            if source is not None:
+                source.close()
+            stop.restore()
+    if failure is not None:
+        return fail(failure)
     if stats is None:  # stopped while the source was still opening
         print(f"stopped by {stop.signal_name}")
         return 0
     summary = stats.summary(source.frames_read, source.frames_dropped, backend.name, backend.precision,
                             device=backend.device, model=str(model_path), source=source.description,
                             input_size=list(backend.spec.size_hw), wall_s=round(time.perf_counter() - started, 3),
-                            reconnects=getattr(source, "reconnects", 0), stopped_by=stop.signal_name)
+                            reconnects=getattr(source, "reconnects", 0), stopped_by=stop.signal_name,
+                            **live_policy(source))
     print(format_summary(summary))
     if stop.signal_name:
         print(f"stopped by {stop.signal_name}")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import PRECISION_KEY, ModelFileError, spec_from_metadata
-from runtime.contract import SIDECAR_FORMAT, validate_sidecar
+from runtime.contract import SIDECAR_FORMAT, parse_io_form, validate_sidecar
 
 __all__ = ["SIDECAR_FORMAT", "TensorRTBackend", "probe_cuda", "read_sidecar", "sidecar_path"]
 
@@ -114,6 +114,7 @@ class TensorRTBackend:
         sidecar = read_sidecar(path)
         self.metadata = dict(sidecar.get("metadata", {}))
         self.spec = spec_from_metadata(self.metadata, path)
+        self.in_graph = parse_io_form(self.metadata, path)  # uint8 frames in, uint8 mask out (export/ingraph.py)
         self.precision = self.metadata.get(PRECISION_KEY, sidecar.get("cache_key", {}).get("precision", "fp32"))
         rebuild = sidecar.get("rebuild", "python -m export.engine")
         gpu, why = probe_cuda(device)
@@ -157,7 +158,7 @@ class TensorRTBackend:
 
         trt = self._trt
         height, width = self.spec.size_hw
-        input_shape = (batch, 3, height, width)
+        input_shape = (batch, height, width, 3) if self.in_graph else (batch, 3, height, width)
         if -1 in tuple(self.engine.get_tensor_shape(self.input_name)):
             self.context.set_input_shape(self.input_name, input_shape)
         output_shape = tuple(self.context.get_tensor_shape(self.output_name))
@@ -218,7 +219,7 @@ class TensorRTBackend:
                     cudart.cudaGetLastError()
         _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         _, host_out, _ = self._buffers[self.output_name]
-        return host_out.astype(np.float32, copy=True)
+        return host_out.copy() if self.in_graph else host_out.astype(np.float32, copy=True)
 
     def close(self) -> None:
         from cuda.bindings import runtime as cudart

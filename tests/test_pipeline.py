@@ -29,9 +29,9 @@ class RecordingOutputs(Outputs):
         super().__init__(Renderer("overlay", 0.5), masks=MaskWriter(masks_dir), render_always=True)
         self.masks_seen: list[tuple[str, np.ndarray]] = []
 
-    def write(self, image, mask, name, hud_text, scratch=False) -> bool:
+    def write(self, image, mask, name, hud_text, scratch=False, release=None) -> bool:
         self.masks_seen.append((name, mask.copy()))
-        return super().write(image, mask, name, hud_text, scratch)
+        return super().write(image, mask, name, hud_text, scratch, release)
 
 
 @needs_video
@@ -121,7 +121,8 @@ def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path)
     out = tmp_path / "bench_stream.json"
     result = subprocess.run([sys.executable, "runtime/bench_stream.py", "--model", str(model), "--video",
                              str(KITTI_VIDEO), "--overhead-frames", "24", "--live-frames", "24", "--blocks", "2",
-                             "--frames", "400", "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                             "--frames", "400", "--target-frames", "24", "--json", str(out)], cwd=REPO,
+                            capture_output=True, text=True,
                             timeout=600)
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
@@ -133,6 +134,13 @@ def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path)
             assert row["frames"] == 24 and row["fps"] > 0 and 0 < row["ratio"] < 5
             assert row["non_inference_share"] == pytest.approx(1 - row["ratio"], abs=1e-3)
     assert figures["live"]["pipelined"]["frames_dropped"] > 0  # the camera runs twice as fast as inference
+    targets = figures["latency_targets"]
+    for loop in ("serial", "pipelined"):
+        for case in ("mp4", "none"):
+            row = targets[loop][case]
+            assert row["frames"] == 24 and row["inference_p50_ms"] > 0
+            assert row["ratio"] == pytest.approx(row["end_to_end_p50_ms"] / row["inference_p50_ms"], rel=1e-3)
+    assert f"[{'PASS' if targets['mp4_pass'] else 'FAIL'}] target (writing an mp4" in result.stdout
     for loop in ("serial", "pipelined"):
         assert figures["soak"][loop]["frames"] == 400 and "growth" in figures["soak"][loop]
     assert f"[{'PASS' if figures['live']['pass'] else 'FAIL'}] live" in result.stdout

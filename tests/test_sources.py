@@ -11,6 +11,7 @@ import pytest
 from stream_helpers import KITTI_VIDEO, write_video
 
 from runtime.sources import (
+    LIVE_QUEUE_DEPTH,
     PREFETCH_DEPTH,
     LiveSource,
     PrefetchSource,
@@ -112,20 +113,67 @@ def test_image_folder_mixed_formats_and_unreadable_files(tmp_path: Path, capsys)
         open_images(str(tmp_path / "nothing_*.png"), SourceOptions())
 
 
-def test_fast_live_source_drops_old_frames_and_keeps_age_bounded():
-    """A 400 FPS camera into a pipeline that takes 20 ms a frame: most frames are dropped (and counted), and
-    what is handed over is always about the newest, never a backlog (a queue would reach ~0.5 s here)."""
+def test_fast_live_source_drops_stale_frames_and_keeps_age_bounded():
+    """A 400 FPS camera into a pipeline that takes 20 ms a frame: the loop falls behind, so frames older than
+    the budget (one camera interval, 2.5 ms, by default) are dropped and counted as stale; what is handed
+    over is never a backlog (a queue of every frame would reach ~0.5 s here)."""
     source = open_uri("synthetic://320x96@400", SourceOptions(max_frames=25))
-    assert isinstance(source, LiveSource) and source.live
+    assert isinstance(source, LiveSource) and source.live and source.max_age == pytest.approx(0.0025)
     seen = drain(source, per_frame_s=0.020)
     assert len(seen) == 25
     assert source.frames_dropped > 25, (source.frames_read, source.frames_dropped)
+    assert source.frames_dropped == sum(source.drops.values()) and source.drops["stale"] > 25, source.drops
     assert source.frames_read >= len(seen) + source.frames_dropped
     ages_ms = np.array([s[4] for s in seen[1:]]) * 1000
     assert np.median(ages_ms) < 10 and ages_ms.max() < 80, ages_ms
     indices = [s[0] for s in seen]
     assert indices == sorted(indices) and indices[-1] - indices[0] > 2 * len(seen)
-    assert len({s[3] for s in seen}) <= 3  # three buffers rotate between the two threads
+    assert len({s[3] for s in seen}) <= LIVE_QUEUE_DEPTH + 2  # buffers are recycled, not allocated per frame
+
+
+class BurstReader:
+    """A network camera's delivery pattern (a stand-in; the real one is in test_network_stream.py): bursts of
+    4 frames at once every 200 ms, 20 FPS on average, frames numbered in their names."""
+
+    def __init__(self, fps: float = 20.0, burst: int = 4, frames: int = 40) -> None:
+        self.description, self.fps = "burst", fps
+        self._burst, self._frames, self._count = burst, frames, 0
+        self._next = time.perf_counter()
+
+    def read(self, buffer):
+        if self._count == self._frames:
+            return None
+        if self._count % self._burst == 0:
+            self._next += self._burst / self.fps
+            time.sleep(max(0.0, self._next - time.perf_counter()))
+        image = buffer if buffer is not None else np.empty((32, 64, 3), np.uint8)
+        image.fill(self._count % 256)
+        self._count += 1
+        return image, f"{self._count - 1:06d}"
+
+    def release(self) -> None:
+        pass
+
+
+def test_bursty_live_source_keeps_every_frame_the_loop_can_process_in_time():
+    """A loop taking 10 ms a frame has headroom over a 20 FPS source, but the source delivers 4 frames at once:
+    'keep only the newest' would drop 3 of every 4. Within the default budget (one interval, 50 ms) the
+    burst's frames wait 0-30 ms, so every frame is processed, in order."""
+    source = LiveSource(BurstReader, reconnect=False)
+    assert source.max_age == pytest.approx(0.05)
+    seen = drain(source, per_frame_s=0.010)
+    names = [int(s[1]) for s in seen]
+    assert source.frames_dropped == 0 and names == list(range(40)), (source.drops, names)
+
+
+def test_a_tight_budget_drops_stale_frames_but_never_the_newest():
+    """With a 15 ms budget the same loop falls behind each burst: the frames that would wait longer are dropped
+    as stale, while each burst's last frame (the freshest there is) is always processed."""
+    source = LiveSource(BurstReader, reconnect=False, max_age=0.015)
+    names = {int(s[1]) for s in drain(source, per_frame_s=0.010)}
+    assert source.frames_dropped == source.drops["stale"] > 0 and source.drops["queue_full"] == 0, source.drops
+    assert {4 * burst + 3 for burst in range(10)} <= names
+    assert source.frames_read == len(names) + source.frames_dropped == 40
 
 
 def test_live_source_that_stalls_ends_cleanly():
