@@ -45,21 +45,21 @@ class FramePreprocessor:
     arithmetic in numpy, which makes two passes over float data per channel.
     """
 
-    def __init__(self, spec: PreprocessSpec, batch: int = 1, uint8_input: bool = False) -> None:
+    def __init__(self, spec: PreprocessSpec, uint8_input: bool = False) -> None:
         self.spec = spec
         self.uint8_input = uint8_input
         height, width = spec.size_hw
-        self._frames_bgr = np.empty((batch, height, width, 3), np.uint8)
+        self._frames_bgr = np.empty((1, height, width, 3), np.uint8)
         self._planes_bgr = [np.empty((height, width), np.uint8) for _ in range(3)]
         # A model with in-graph preprocessing (IN_GRAPH_IO) takes the resized uint8 frames themselves.
-        self.input_tensor = self._frames_bgr if uint8_input else np.empty((batch, 3, height, width), np.float32)
+        self.input_tensor = self._frames_bgr if uint8_input else np.empty((1, 3, height, width), np.float32)
         scale, bias = spec.channel_scale_bias()
         self._scale, self._bias = [float(v) for v in scale], [float(v) for v in bias]
 
-    def __call__(self, frame_bgr: np.ndarray, slot: int = 0) -> np.ndarray:
+    def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
         height, width = self.spec.size_hw
         frame_bgr = as_bgr8(frame_bgr)
-        resized = self._frames_bgr[slot]
+        resized = self._frames_bgr[0]
         if frame_bgr.shape[:2] == (height, width):
             np.copyto(resized, frame_bgr)
         else:
@@ -67,7 +67,7 @@ class FramePreprocessor:
         if self.uint8_input:
             return self.input_tensor
         cv2.split(resized, self._planes_bgr)
-        tensor = self.input_tensor[slot]
+        tensor = self.input_tensor[0]
         for rgb_channel in range(3):
             plane = self._planes_bgr[2 - rgb_channel]
             cv2.addWeighted(plane, self._scale[rgb_channel], plane, 0.0, self._bias[rgb_channel],

@@ -10,7 +10,7 @@ Every source is read on its own thread, so decoding overlaps inference:
   reopened with exponential backoff; when that fails, `read()` returns None and `error` says why, so the
   caller can exit cleanly.
 
-`open_source(spec)` turns what the user typed into one of them.
+`open_path(text, options)` turns what the user typed (index, file, folder, glob, URI) into one of them.
 """
 
 from __future__ import annotations
