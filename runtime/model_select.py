@@ -33,7 +33,8 @@ def cuda_device_present() -> bool:
 
 
 def tensorrt_usable() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None and cuda_device_present()
+    installed = any(importlib.util.find_spec(name) is not None for name in ("tensorrt", "tensorrt_rtx"))
+    return installed and cuda_device_present()
 
 
 def _rank_engines(build: Path) -> list[Path]:
