@@ -10,7 +10,7 @@ BUILD ?= build
 CONFIG ?= cpu
 STAMP := $(VENV)/.roadseg-installed
 
-.PHONY: setup setup-runtime test lint train eval export calibrate engine stream demo bench pipeline clean
+.PHONY: setup setup-runtime setup-rtx test lint train eval export calibrate engine stream demo bench pipeline clean
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
@@ -25,6 +25,17 @@ $(STAMP): requirements/train.txt requirements/runtime.txt requirements/runtime-c
 setup-runtime:
 	test -x .venv-runtime/bin/python || python3 -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt
+
+## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) (pinned; builds real engines without a GPU, ~100 MB, ~10 s)
+RTX_STAMP := $(VENV)/.roadseg-rtx-installed
+setup-rtx: $(RTX_STAMP)
+$(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/tensorrt-rtx.txt
+	# The module is an sdist whose declared dependencies live on NVIDIA's index: the wheels above are them.
+	$(PY) -m pip install -q --no-deps --no-build-isolation -r requirements/tensorrt-rtx-module.txt
+	$(PY) -c "import tensorrt_rtx; print('TensorRT-RTX', tensorrt_rtx.__version__)"
+	touch $@
 
 ## test: the whole test suite (sets up first)
 test: setup
@@ -82,7 +93,8 @@ calibrate: $(BUILD)/model.int8.onnx
 $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 	$(PY) -m calibration --build $(BUILD) --source $(DATA) --data $(DATA)
 
-## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (needs TensorRT and a CUDA GPU)
+## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (TensorRT + a CUDA GPU, or
+## TensorRT-RTX with or without a GPU: `make setup-rtx`)
 engine: calibrate
 	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
 

@@ -150,6 +150,8 @@ def int8_is_current(build: Path) -> bool:
     int8 = build / "model.int8.onnx"
     if not int8.is_file() or not (build / "calibration" / "manifest.json").is_file():
         return False
+    if not (build / "model.int8_fp16.onnx").is_file():
+        return False  # a build/ from before the strongly typed INT8 file existed
     metadata = {p.key: p.value for p in onnx.load(str(int8), load_external_data=False).metadata_props}
     return metadata.get("roadseg.source_onnx_sha256") == sha256_file(build / "model.fp32.onnx")
 

@@ -298,3 +298,184 @@ def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, t
     assert "model.fp32.onnx" in lines[0] and "model.fp16.onnx" in lines[0] and "Traceback" not in result.stderr
     assert "ONNX up to date" in result.stdout  # the checkpoint did not change: nothing was re-exported
     assert not list(build.glob("*.engine"))
+
+
+# ---- TensorRT-RTX and the defects a read against the real sources found (stand-ins) -------------------------
+
+RTX_GPU = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", "13.0", "13.0")
+
+
+def test_standin_rtx_builds_for_target_compute_capabilities_without_timing_cache(build):
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build, compute_capability="8.6,8.9"), build, trt, None, trt.__version__)
+    assert ("Builder.create_network", 0) in trt.calls and flags_set(trt) == []
+    assert ("BuilderConfig.num_compute_capabilities=", 2) in trt.calls
+    assert [c[1:] for c in calls_named(trt, "BuilderConfig.set_compute_capability")] == [("SM86", 0), ("SM89", 1)]
+    assert not calls_named(trt, "BuilderConfig.create_timing_cache")  # a deprecated no-op on RTX
+    sidecar = read_sidecar(engine)
+    assert sidecar["flavour"] == "tensorrt_rtx" and sidecar["cache_key"]["compute_capabilities"] == ["8.6", "8.9"]
+    assert "--flavour tensorrt_rtx" in sidecar["rebuild"]
+    assert not list(build.glob("*.timing.cache"))
+
+
+def test_standin_rtx_dla_is_refused(build):
+    trt = make_tensorrt(VERSIONS["rtx"])
+    with pytest.raises(EngineBuildError, match="--dla-core 0: no such DLA core; this device has none"):
+        build_serialized(trt, build / "model.fp16.onnx", BuildOptions(precision="fp16", dla_core=0), None)
+
+
+def test_standin_dla_core_checked_and_fp32_refused(build):
+    trt = make_tensorrt(VERSIONS["10"], dla_cores=2)
+    with pytest.raises(EngineBuildError, match="--dla-core 2: no such DLA core; this device has 2"):
+        build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", dla_core=2), None)
+    with pytest.raises(EngineBuildError, match="DLA runs FP16 and INT8 only"):
+        BuildOptions(precision="fp32", dla_core=0)
+
+
+def test_standin_trt85_has_no_optimization_level_and_is_not_asked_for_one(build, capsys):
+    trt = make_tensorrt(VERSIONS["8.5"])
+    warnings = []
+    build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", optimization_level=5), None,
+                     warn=warnings.append)
+    assert not calls_named(trt, "BuilderConfig.builder_optimization_level=")
+    assert any("no builder optimisation level" in w for w in warnings)
+    assert ("Builder.create_network", 1) in trt.calls  # EXPLICIT_BATCH on 8.x
+
+
+def test_standin_timing_cache_from_another_gpu_is_replaced_not_fatal(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    timing = build / "timing.cache"
+    timing.write_bytes(b"FOREIGN cache of another GPU")
+    warnings = []
+    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), timing,
+                             warn=warnings.append)
+    assert built.engine.startswith(b"STANDIN-ENGINE")
+    assert any("refused this timing cache" in w for w in warnings)
+    assert timing.read_bytes().startswith(b"TIMING:")  # a fresh cache from this build replaced it
+
+
+def test_standin_engine_survives_a_missing_timing_cache_after_the_build(build, monkeypatch):
+    trt = make_tensorrt(VERSIONS["10"])
+    monkeypatch.setattr(trt.IBuilderConfig, "get_timing_cache", lambda self: None)
+    warnings = []
+    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), build / "t.cache",
+                             warn=warnings.append)
+    assert built.engine and any("no timing cache" in w for w in warnings) and not (build / "t.cache").exists()
+
+
+def test_standin_timing_cache_file_is_keyed_by_release_and_gpu(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    build_engine(engine_args(build), build, trt, ORIN, "10.3.0.26")
+    assert (build / "tensorrt-10.3.0-sm87.timing.cache").is_file()
+
+
+def test_standin_calibrator_mode_key_includes_the_calibration_ranges(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    args = engine_args(build, "int8", int8_mode="calibrator")
+    first = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
+    (build / "calibration" / "trt" / "ranges.json").write_text(json.dumps({"amax": {"image": 2.0, "logits": 9.0}}))
+    second = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
+    assert first != second  # another calibration method: same set, other ranges -> rebuilt
+
+
+def test_standin_versions_compare_as_release_tuples(build):
+    """trtexec reports 3 parts, the Python wheels 4: the same release must not be refused."""
+    from runtime.trt_flavour import same_release, version_tuple
+
+    assert version_tuple("11.1.0.106") == (11, 1, 0, 106) and same_release("11.1.0", "11.1.0.106")
+    assert not same_release("10.3.0", "10.13.0") and version_tuple("10.13.0") > version_tuple("10.3.0")
+    trt = make_tensorrt(VERSIONS["10"])
+    key = read_sidecar(build_engine(engine_args(build), build, trt, ORIN, "10.3.0"))["cache_key"]
+    assert key_mismatch(key, ORIN, "10.3.0.26") == ""
+
+
+class FakeCudart:
+    """Just enough of cuda.bindings.runtime for the backend's setup path: no GPU here to run it."""
+
+    class cudaError_t:  # noqa: N801 - cuda-python's name
+        cudaSuccess = 0
+
+    def cudaSetDevice(self, device):  # noqa: N802
+        return (0,)
+
+
+@pytest.fixture()
+def rtx_backend(build, monkeypatch):
+    """The runtime backend's load path on a stand-in TensorRT-RTX and a stand-in RTX 4090 (SM 8.9)."""
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build), build, trt, None, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (RTX_GPU, ""))
+    monkeypatch.setattr(tensorrt_backend, "import_engine_flavour", lambda path, flavour, rebuild: trt)
+    monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: FakeCudart())
+    monkeypatch.setattr(tensorrt_backend.TensorRTBackend, "_allocate", lambda self, batch=1: None)
+    return trt, engine
+
+
+def test_standin_rtx_backend_checks_validity_then_loads_with_a_persisted_runtime_cache(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+    from runtime.trt_flavour import runtime_cache_path
+
+    trt, engine = rtx_backend
+    backend = TensorRTBackend(engine)
+    names = [c[0] for c in trt.calls]
+    assert names.index("Runtime.get_engine_validity") < names.index("Runtime.deserialize_cuda_engine")
+    assert ("ICudaEngine.create_execution_context", True) in trt.calls  # with the runtime config
+    assert backend.input_name == "image" and backend.output_name == "logits" and not backend._use_cuda_graph
+    assert backend._runtime_cache.config.cuda_graph_strategy is trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+    backend.close()
+    cache = runtime_cache_path(engine, "8.9")
+    assert cache.read_bytes().startswith(b"RTXCACHE:NVIDIA GeForce RTX 4090:")
+    trt.calls.clear()
+    TensorRTBackend(engine).close()
+    assert ("IRuntimeCache.deserialize", cache.stat().st_size) in trt.calls
+
+
+def test_standin_rtx_backend_refuses_an_engine_for_other_gpus_with_the_rebuild_command(rtx_backend, monkeypatch):
+    from runtime import tensorrt_backend
+
+    trt, engine = rtx_backend
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda",
+                        lambda device=0: (GpuInfo("NVIDIA GeForce RTX 2080", "7.5", "13.0", "13.0"), ""))
+    with pytest.raises(ModelFileError, match=r"built for compute capabilities 8\.0.*is 7\.5\); rebuild: "
+                                             r"python -m export\.engine --precision fp16 .*--flavour tensorrt_rtx"):
+        tensorrt_backend.TensorRTBackend(engine)
+
+
+def test_standin_rtx_backend_refuses_an_engine_its_runtime_calls_invalid(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    trt, engine = rtx_backend
+    trt.standin_target = "SM75"  # the runtime finds the engine has no kernels for this GPU
+    with pytest.raises(ModelFileError, match=r"cannot run here \(UNSUPPORTED_CC\); rebuild: python -m export"):
+        TensorRTBackend(engine)
+    assert "Runtime.deserialize_cuda_engine" not in [c[0] for c in trt.calls]
+
+
+def test_standin_backend_refuses_an_engine_of_another_flavour_in_one_line(build, monkeypatch):
+    """A TensorRT-RTX engine on a machine with only TensorRT (the real import check, stand-in engine)."""
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build), build, trt, None, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (RTX_GPU, ""))
+    monkeypatch.setattr(tensorrt_backend, "installed_flavours", lambda: ["tensorrt"])
+    with pytest.raises(ModelFileError) as error:
+        tensorrt_backend.TensorRTBackend(engine)
+    message = str(error.value)
+    assert "\n" not in message and "built by TensorRT-RTX, which is not installed (this machine has TensorRT)" in message
+    assert "make setup-rtx" in message and "python -m export.engine --precision fp16" in message
+
+
+def test_standin_dla_engine_sets_the_runtime_dla_core_before_deserializing(build, monkeypatch):
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["10"], dla_cores=2)
+    engine = build_engine(engine_args(build, dla_core=1), build, trt, ORIN, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (ORIN, ""))
+    monkeypatch.setattr(tensorrt_backend, "import_engine_flavour", lambda path, flavour, rebuild: trt)
+    monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: FakeCudart())
+    monkeypatch.setattr(tensorrt_backend.TensorRTBackend, "_allocate", lambda self, batch=1: None)
+    tensorrt_backend.TensorRTBackend(engine)
+    assert ("Runtime.deserialize_cuda_engine", 1) in trt.calls

@@ -44,6 +44,20 @@ def enum(name: str, members: list[str] | dict[str, int]) -> type:
     return type(name, (), {**flags, "__members__": dict(flags)})
 
 
+class Dims(tuple):
+    """trt.Dims: a sequence of ints, not a tuple, in the bindings."""
+
+
+class ParserError:
+    """nvonnxparser::IParserError: code reads it through str()."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class Strict:
     """Setting an attribute the real binding class lacks raises AttributeError (pybind11 behaviour)."""
 
@@ -212,7 +226,7 @@ def make_tensorrt(version: str, dla_cores: int = 0) -> types.ModuleType:
             self._targets[index] = compute_capability
             return True
 
-        def get_compute_capability(self, index: int):
+        def get_compute_capability(self, index: int) -> object:
             return self._targets.get(index, trt.ComputeCapability.NONE)
 
         IBuilderConfig.set_compute_capability = set_compute_capability
@@ -276,8 +290,8 @@ def make_tensorrt(version: str, dla_cores: int = 0) -> types.ModuleType:
         def num_errors(self) -> int:
             return len(self.errors)
 
-        def get_error(self, index: int) -> str:
-            return self.errors[index]
+        def get_error(self, index: int) -> ParserError:
+            return ParserError(self.errors[index])
 
     class IRuntimeCache:
         """Its serialized form names the GPU it was made on; deserialize refuses another GPU's."""
@@ -330,14 +344,14 @@ def make_tensorrt(version: str, dla_cores: int = 0) -> types.ModuleType:
         def get_tensor_name(self, index: int) -> str:
             return self.io[index][0]
 
-        def get_tensor_mode(self, name: str):
+        def get_tensor_mode(self, name: str) -> object:
             position = [row[0] for row in self.io].index(name)
             return trt.TensorIOMode.INPUT if position == 0 else trt.TensorIOMode.OUTPUT
 
-        def get_tensor_shape(self, name: str) -> tuple:
-            return tuple(next(row[1] for row in self.io if row[0] == name))
+        def get_tensor_shape(self, name: str) -> Dims:
+            return Dims(next(row[1] for row in self.io if row[0] == name))
 
-        def get_tensor_dtype(self, name: str):
+        def get_tensor_dtype(self, name: str) -> object:
             return getattr(trt.DataType, next(row[2] for row in self.io if row[0] == name))
 
         def create_execution_context(self, runtime_config=None) -> IExecutionContext:
@@ -356,7 +370,7 @@ def make_tensorrt(version: str, dla_cores: int = 0) -> types.ModuleType:
         def __init__(self, logger: Logger) -> None:
             record("Runtime")
 
-        def deserialize_cuda_engine(self, serialized_engine: bytes):
+        def deserialize_cuda_engine(self, serialized_engine: bytes) -> object:
             record("Runtime.deserialize_cuda_engine", getattr(self, "DLA_core", None))
             data = bytes(serialized_engine)
             if not data.startswith(STANDIN_ENGINE):
