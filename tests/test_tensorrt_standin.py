@@ -464,7 +464,8 @@ def test_standin_backend_refuses_an_engine_of_another_flavour_in_one_line(build,
     with pytest.raises(ModelFileError) as error:
         tensorrt_backend.TensorRTBackend(engine)
     message = str(error.value)
-    assert "\n" not in message and "built by TensorRT-RTX, which is not installed (this machine has TensorRT)" in message
+    assert "\n" not in message
+    assert "built by TensorRT-RTX, which is not installed (this machine has TensorRT)" in message
     assert "make setup-rtx" in message and "python -m export.engine --precision fp16" in message
 
 
