@@ -14,7 +14,7 @@ STAMP := $(VENV)/.roadseg-installed
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
-$(STAMP): requirements/train.txt requirements/runtime.txt requirements/runtime-cpu.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/train.txt requirements/onnx.txt requirements/runtime.txt requirements/runtime-cpu.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/train.txt -r requirements/runtime.txt \
 		-r requirements/runtime-cpu.txt -r requirements/dev.txt
@@ -26,10 +26,12 @@ setup-runtime:
 	test -x .venv-runtime/bin/python || python3 -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt
 
-## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) (pinned; builds real engines without a GPU, ~100 MB, ~10 s)
+## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) with numpy, OpenCV and onnx (no torch): builds real engines
+## without a GPU, from models/ when there is no torch (pinned; ~100 MB)
 RTX_STAMP := $(VENV)/.roadseg-rtx-installed
 setup-rtx: $(RTX_STAMP)
-$(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt
+$(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt requirements/runtime.txt \
+		requirements/onnx.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/tensorrt-rtx.txt
 	# The module is an sdist whose declared dependencies live on NVIDIA's index: the wheels above are them.
@@ -95,12 +97,16 @@ $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 
 ## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (TensorRT + a CUDA GPU, or
 ## TensorRT-RTX with or without a GPU: `make setup-rtx`)
-engine: calibrate
+# With torch in $(VENV): the full chain from the checkpoint. Without (make setup-rtx alone, or a device): the
+# checkpoint's shipped ONNX files in models/ (export/shipped.py checks they belong to it).
+HAVE_TORCH := $(shell test -x $(PY) && $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" 2>/dev/null && echo yes)
+engine: $(if $(HAVE_TORCH),calibrate)
 	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
 
-## demo: export + INT8 (once), then stream SOURCE headless through the best model -> runs/demo/
-demo: calibrate
-	$(PY) -m runtime.demo --source $(SOURCE) --out runs/demo
+## demo: stream SOURCE headless through the best model (build/, else the INT8 shipped in models/) -> runs/demo/;
+## needs only the slim runtime (.venv-runtime: numpy, OpenCV, onnxruntime; no torch)
+demo: setup-runtime
+	.venv-runtime/bin/python -m runtime.demo --source $(SOURCE) --out runs/demo
 
 # pipeline: every stage handing the next exactly what it needs, in a reduced CPU configuration.
 PIPELINE ?= runs/pipeline

@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from export.onnx_export import set_metadata
-from runtime.backends import PRECISION_KEY
+from runtime.backends import CALIBRATION_KEY, PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
 METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
@@ -43,7 +43,6 @@ METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod
 FLAVOURS = ("tensorrt", "cpu")
 DEFAULT_PERCENTILE = 99.99
 QUANTIZED_OPS = ["Conv"]
-CALIBRATION_KEY = "roadseg.calibration"
 ENTROPY_BINS = 2048
 COLLECT_CHUNK = 8
 

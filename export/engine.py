@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shlex
 import shutil
@@ -44,6 +45,7 @@ from export.trt_builder import (
     rtx_targets,
     trtexec_command,
 )
+from runtime.backends import CALIBRATION_KEY
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import SIDECAR_FORMAT, GpuInfo, probe_cuda, sidecar_path
@@ -156,8 +158,25 @@ def int8_is_current(build: Path) -> bool:
     return metadata.get("roadseg.source_onnx_sha256") == sha256_file(build / "model.fp32.onnx")
 
 
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def ensure_onnx(args: argparse.Namespace, build: Path) -> None:
-    """Run the export and calibration stages that are out of date (each is gated and atomic)."""
+    """Run the export and calibration stages that are out of date (each is gated and atomic); without PyTorch
+    (a device's runtime-only install), take the checkpoint's shipped ONNX files from models/ instead."""
+    if not torch_available():
+        from export.shipped import ShippedError, ensure_from_models
+
+        if args.precision == "fp32" or args.int8_mode == "calibrator":
+            raise EngineBuildError(f"--precision {args.precision} --int8-mode {args.int8_mode}: needs the FP32 ONNX "
+                                   "and the calibration set, made by `make export calibrate` (PyTorch); models/ "
+                                   "ships FP16 and Q/DQ INT8 only")
+        try:
+            ensure_from_models(build, Path(args.checkpoint))
+        except ShippedError as error:
+            raise EngineBuildError(f"no PyTorch here to export {args.checkpoint}, and {error}") from error
+        return
     from calibration.__main__ import main as calibrate_main
     from export.__main__ import main as export_main
 
@@ -186,9 +205,14 @@ def calibration_identity(build: Path, options: BuildOptions) -> str | None:
     if options.precision != "int8":
         return None
     manifest = build / "calibration" / "manifest.json"
-    if not manifest.is_file():
-        raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
-    identity = sha256_file(manifest)
+    if manifest.is_file():
+        identity = sha256_file(manifest)
+    else:  # the shipped INT8 files (models/) carry their calibration set's manifest sha256 in their metadata
+        recorded = onnx_metadata(build / "model.int8.onnx").get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
+            (build / "model.int8.onnx").is_file() else None
+        identity = json.loads(recorded).get("manifest_sha256") if recorded else None
+        if not identity:
+            raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
     if options.int8_mode == "calibrator":
         ranges = build / "calibration" / "trt" / "ranges.json"
         if not ranges.is_file():

@@ -17,6 +17,7 @@ from runtime.preprocess import METADATA_KEY, PreprocessSpec
 
 MODEL_KEY = "roadseg.model"
 PRECISION_KEY = "roadseg.precision"
+CALIBRATION_KEY = "roadseg.calibration"  # method, flavour and calibration-set identity of an INT8 ONNX
 ENGINE_SUFFIXES = (".engine", ".plan")
 
 
