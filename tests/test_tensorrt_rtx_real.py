@@ -14,10 +14,9 @@ import struct
 from argparse import Namespace
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import run_cli
-from rtx_helpers import real_tensorrt_rtx
+from rtx_helpers import make_tiny_artifacts, real_tensorrt_rtx
 
 from export.engine import build_engine, onnx_io
 from export.engine_check import EngineCheckError, check_engine
@@ -35,30 +34,7 @@ def trt():
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> Path:
-    """Every ONNX artifact, made by the project's own export and quantization code from a small FCN-8s."""
-    import torch
-
-    from calibration.cpu_tuned import quantize_cpu_tuned
-    from calibration.quantize import preprocess_for_quantization, quantize_int8
-    from calibration.strongly_typed import write_int8_fp16
-    from export.fp16 import write_fp16
-    from export.onnx_export import export_onnx
-    from runtime.preprocess import PreprocessSpec
-    from train.model import FCN8s
-
-    build = tmp_path_factory.mktemp("rtx_build")
-    torch.manual_seed(0)
-    model = FCN8s(num_classes=2, width=0.125).eval()
-    fp32 = build / "model.fp32.onnx"
-    export_onnx(model, PreprocessSpec(64, 192), model.arch(), {"config": "test"}, fp32)
-    write_fp16(fp32, build / "model.fp16.onnx")
-    tensors = np.random.default_rng(0).standard_normal((4, 3, 64, 192)).astype(np.float32)
-    prepared = preprocess_for_quantization(fp32, build / "prep.onnx")
-    quantize_int8(prepared, build / "model.int8.onnx", tensors, "minmax")
-    write_int8_fp16(build / "model.int8.onnx", build / "model.int8_fp16.onnx")
-    quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", tensors, "minmax", {}, "")
-    (build / "calibration").mkdir()
-    (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
+    build = make_tiny_artifacts(tmp_path_factory.mktemp("rtx_build"))
     (build / "parity.json").write_text("{}\n")  # no checkpoint here: export.engine trusts what was built
     return build
 
@@ -194,3 +170,16 @@ def test_real_rtx_engine_cli_builds_without_gpu(trt, artifacts):
     assert read_sidecar(artifacts / "model.int8.engine")["flavour"] == "tensorrt_rtx"
     check = run_cli("-m", "export.engine_check", str(artifacts / "model.int8.engine"))
     assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stderr
+
+
+SHIPPED = Path(__file__).resolve().parent.parent / "models"
+
+
+@pytest.mark.parametrize("variant,accepted", [("fp16", True), ("int8", True), ("int8_fp16", True),
+                                              ("int8_cpu", False)])
+def test_real_rtx_parser_on_the_shipped_models(trt, variant, accepted):
+    """The files a device builds its engine from (models/): the TensorRT ones parse, the CPU one is refused."""
+    ok, errors = parse(trt, SHIPPED / f"fcn8s_vgg16_w0.25_cpu.{variant}.onnx")
+    assert ok == accepted, errors
+    if not accepted:
+        assert "bias_DequantizeLinear" in " ".join(errors) and "Int32" in " ".join(errors)
