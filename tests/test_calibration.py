@@ -159,8 +159,10 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     assert best["method"] == table["best_method"]
     assert (build / "calibration_methods.md").read_text().count("| INT8") == 3
     accuracy = json.loads((build / "accuracy.json").read_text())
-    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8"]
-    for name in ("model.int8.onnx", "model.int8_cpu.onnx"):
+    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8", "int8"]
+    strongly_typed = next(r for r in accuracy["rows"] if r["file"].endswith("model.int8_fp16.onnx"))
+    assert strongly_typed["runs_as"].endswith("FP16 emulation") and strongly_typed["passed"]
+    for name in ("model.int8.onnx", "model.int8_cpu.onnx", "model.int8_fp16.onnx"):
         props = {p.key: p.value for p in onnx.load(str(build / name)).metadata_props}
         assert props[PRECISION_KEY] == "int8"
     ranges = json.loads((build / "calibration" / "trt" / "ranges.json").read_text())
@@ -174,3 +176,4 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "ACCURACY GATE FAILED" in lines[0]
     assert not (build / "model.int8.onnx").exists() and not (build / "model.int8_cpu.onnx").exists()
+    assert not (build / "model.int8_fp16.onnx").exists()

@@ -12,7 +12,6 @@ import numpy as np
 import onnx
 import pytest
 from onnx import numpy_helper
-from rtx_helpers import make_tiny_artifacts
 
 from export import shipped
 from export.shipped import MAX_SHIPPED_BYTES, ShippedError, check, verify, write
@@ -20,16 +19,11 @@ from export.shipped import MAX_SHIPPED_BYTES, ShippedError, check, verify, write
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory) -> Path:
-    return make_tiny_artifacts(tmp_path_factory.mktemp("shipped_build"))
-
-
 @pytest.fixture()
-def release(tmp_path, made) -> tuple[Path, Path]:
+def release(tmp_path, tiny_artifacts) -> tuple[Path, Path]:
     """A build/ and a models/ holding a checkpoint and the files `write` ships beside it."""
     build = tmp_path / "build"
-    shutil.copytree(made, build)
+    shutil.copytree(tiny_artifacts, build)
     models = tmp_path / "models"
     models.mkdir()
     checkpoint = models / "tiny.pt"

@@ -10,13 +10,14 @@ Skipped where tensorrt_rtx is missing, failed instead where ROADSEG_REQUIRE_TENS
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from argparse import Namespace
 from pathlib import Path
 
 import pytest
 from conftest import run_cli
-from rtx_helpers import make_tiny_artifacts, real_tensorrt_rtx
+from rtx_helpers import real_tensorrt_rtx
 
 from export.engine import build_engine, onnx_io
 from export.engine_check import EngineCheckError, check_engine
@@ -33,8 +34,9 @@ def trt():
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
-    build = make_tiny_artifacts(tmp_path_factory.mktemp("rtx_build"))
+def artifacts(tmp_path_factory, tiny_artifacts) -> Path:
+    build = tmp_path_factory.mktemp("rtx") / "build"
+    shutil.copytree(tiny_artifacts, build)
     (build / "parity.json").write_text("{}\n")  # no checkpoint here: export.engine trusts what was built
     return build
 

@@ -480,3 +480,16 @@ def test_standin_dla_engine_sets_the_runtime_dla_core_before_deserializing(build
     monkeypatch.setattr(tensorrt_backend.TensorRTBackend, "_allocate", lambda self, batch=1: None)
     tensorrt_backend.TensorRTBackend(engine)
     assert ("Runtime.deserialize_cuda_engine", 1) in trt.calls
+
+
+def test_flavour_choice_without_gpu_needs_tensorrt_rtx_else_refuses_cleanly(monkeypatch):
+    from export import engine
+
+    monkeypatch.setattr(engine, "installed_flavours", lambda: [])
+    with pytest.raises(engine.MissingToolchain, match="no CUDA GPU .* and no TensorRT-RTX"):
+        engine.choose_flavour("auto", None, "no driver")
+    monkeypatch.setattr(engine, "installed_flavours", lambda: ["tensorrt", "tensorrt_rtx"])
+    assert engine.choose_flavour("auto", None, "no driver") == "tensorrt_rtx"  # AOT without a GPU
+    assert engine.choose_flavour("auto", ORIN, "") == "tensorrt"  # a GPU and TensorRT: TensorRT first
+    with pytest.raises(engine.MissingToolchain, match="TensorRT needs one"):
+        engine.choose_flavour("tensorrt", None, "no driver")
