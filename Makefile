@@ -10,11 +10,11 @@ BUILD ?= build
 CONFIG ?= cpu
 STAMP := $(VENV)/.roadseg-installed
 
-.PHONY: setup setup-runtime test lint train eval export calibrate engine stream demo bench pipeline clean
+.PHONY: setup setup-runtime setup-rtx test lint train eval export calibrate engine stream demo bench pipeline clean
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
-$(STAMP): requirements/train.txt requirements/runtime.txt requirements/runtime-cpu.txt requirements/dev.txt pyproject.toml
+$(STAMP): requirements/train.txt requirements/onnx.txt requirements/runtime.txt requirements/runtime-cpu.txt requirements/dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements/train.txt -r requirements/runtime.txt \
 		-r requirements/runtime-cpu.txt -r requirements/dev.txt
@@ -25,6 +25,19 @@ $(STAMP): requirements/train.txt requirements/runtime.txt requirements/runtime-c
 setup-runtime:
 	test -x .venv-runtime/bin/python || python3 -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt
+
+## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) with numpy, OpenCV and onnx (no torch): builds real engines
+## without a GPU, from models/ when there is no torch (pinned; ~100 MB)
+RTX_STAMP := $(VENV)/.roadseg-rtx-installed
+setup-rtx: $(RTX_STAMP)
+$(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt requirements/runtime.txt \
+		requirements/onnx.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements/tensorrt-rtx.txt
+	# The module is an sdist whose declared dependencies live on NVIDIA's index: the wheels above are them.
+	$(PY) -m pip install -q --no-deps --no-build-isolation -r requirements/tensorrt-rtx-module.txt
+	$(PY) -c "import tensorrt_rtx; print('TensorRT-RTX', tensorrt_rtx.__version__)"
+	touch $@
 
 ## test: the whole test suite (sets up first)
 test: setup
@@ -82,13 +95,18 @@ calibrate: $(BUILD)/model.int8.onnx
 $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 	$(PY) -m calibration --build $(BUILD) --source $(DATA) --data $(DATA)
 
-## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (needs TensorRT and a CUDA GPU)
-engine: calibrate
+## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (TensorRT + a CUDA GPU, or
+## TensorRT-RTX with or without a GPU: `make setup-rtx`)
+# With torch in $(VENV): the full chain from the checkpoint. Without (make setup-rtx alone, or a device): the
+# checkpoint's shipped ONNX files in models/ (export/shipped.py checks they belong to it).
+HAVE_TORCH := $(shell test -x $(PY) && $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" 2>/dev/null && echo yes)
+engine: $(if $(HAVE_TORCH),calibrate)
 	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
 
-## demo: export + INT8 (once), then stream SOURCE headless through the best model -> runs/demo/
-demo: calibrate
-	$(PY) -m runtime.demo --source $(SOURCE) --out runs/demo
+## demo: stream SOURCE headless through the best model (build/, else the INT8 shipped in models/) -> runs/demo/;
+## needs only the slim runtime (.venv-runtime: numpy, OpenCV, onnxruntime; no torch)
+demo: setup-runtime
+	.venv-runtime/bin/python -m runtime.demo --source $(SOURCE) --out runs/demo
 
 # pipeline: every stage handing the next exactly what it needs, in a reduced CPU configuration.
 PIPELINE ?= runs/pipeline

@@ -7,7 +7,9 @@
    um/umm/uu, or from a video; its manifest sha256 is the calibration identity.
 2. One TensorRT-style Q/DQ model per method, each scored on KITTI val; the best becomes model.int8.onnx,
    and the comparison goes to build/calibration_methods.{json,md}.
-3. The CPU flavour (calibration/cpu_tuned.py) with the winning method: build/model.int8_cpu.onnx.
+3. The same Q/DQ model with its float rest in FP16 for strongly typed TensorRT (11.x, TensorRT-RTX):
+   build/model.int8_fp16.onnx (calibration/strongly_typed.py); the CPU flavour (calibration/cpu_tuned.py)
+   with the winning method: build/model.int8_cpu.onnx.
 4. Calibration tables for TensorRT <= 10 implicit INT8 (build/calibration/trt/), same set and method.
 5. The accuracy gate over every artifact (build/accuracy.{json,md}); a broken floor fails (exit 1) and
    removes the INT8 file that broke it.
@@ -40,7 +42,8 @@ from calibration.quantize import (
     quantize_int8,
     write_calibration_tables,
 )
-from runtime.backends import ModelFileError, spec_from_metadata
+from calibration.strongly_typed import INT8_FP16_NAME, write_int8_fp16
+from runtime.contract import ModelFileError, parse_preprocess
 from runtime.ioutil import fail
 from runtime.paths import DEFAULT_KITTI_DIR
 
@@ -73,7 +76,7 @@ def read_fp32(build: Path) -> tuple[Path, dict[str, str]]:
     except Exception as error:  # protobuf's DecodeError and friends
         raise ModelFileError(f"{path}: not a readable ONNX file ({type(error).__name__})") from error
     metadata = {p.key: p.value for p in model.metadata_props}
-    spec_from_metadata(metadata, path)
+    parse_preprocess(metadata, path)
     return path, metadata
 
 
@@ -127,7 +130,7 @@ def promote(source: Path, final: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     build = Path(args.build)
     fp32, metadata = read_fp32(build)
-    spec = spec_from_metadata(metadata, fp32)
+    spec = parse_preprocess(metadata, fp32)
     calib = build_calibration_set(args.source, spec, build / "calibration", args.size,
                                   progress=not args.no_progress)
     print(f"calibration set: {calib.count} frames, manifest sha256 {calib.identity[:16]}… "
@@ -136,11 +139,12 @@ def run(args: argparse.Namespace) -> int:
         prepared = preprocess_for_quantization(fp32, Path(scratch) / "model.prep.onnx")
         best, _ = compare_methods(args, build, fp32, metadata, calib, prepared)
         promote(build / "calibration" / "candidates" / f"model.int8.{best}.onnx", build / "model.int8.onnx")
+        write_int8_fp16(build / "model.int8.onnx", build / INT8_FP16_NAME)
         stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
         quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", calib.tensors(), best, stamp, calib.identity,
                            args.percentile, args.histogram_bins)
-    print(f"wrote {build / 'model.int8.onnx'} (TensorRT Q/DQ, {best}) and "
-          f"{build / 'model.int8_cpu.onnx'} (CPU-tuned u8 Q/DQ)")
+    print(f"wrote {build / 'model.int8.onnx'} (TensorRT Q/DQ, {best}), {build / INT8_FP16_NAME} (the same "
+          f"with an FP16 rest, for strongly typed TensorRT) and {build / 'model.int8_cpu.onnx'} (CPU-tuned u8 Q/DQ)")
     ranges = activation_ranges(fp32, calib.tensors(), best, args.percentile, args.histogram_bins)
     table = write_calibration_tables(ranges, build / "calibration" / "trt", best, calib.identity)
     print(f"wrote TensorRT calibration tables for {len(absolute_max(ranges))} tensors: {table.parent}")

@@ -27,7 +27,7 @@ from calibration.quantize import (
     quantization_options,
 )
 from export.onnx_export import set_metadata
-from runtime.backends import PRECISION_KEY
+from runtime.contract import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
 CPU_TUNED_OPS = ["Conv", "Relu", "MaxPool"]

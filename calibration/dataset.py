@@ -19,8 +19,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_bytes, sha256_file
-from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.preprocess import FramePreprocessor
 from runtime.sources import read_video_frames
 
 FORMAT = "roadseg-calibration-v1"
@@ -59,15 +60,14 @@ def evenly_spaced(items: list, count: int) -> list:
 
 def stratified_quota(available: dict[str, int], size: int) -> dict[str, int]:
     """Split `size` as evenly as availability allows (water-filling: a category that runs out passes its share on);
-    the units an even split cannot place go one each to the categories with the most images left, ties in order."""
+    the units an even split cannot place go one each to the open categories in their given order (um, umm, uu)."""
     quota = dict.fromkeys(available, 0)
     remaining = min(size, sum(max(0, count) for count in available.values()))
     while remaining > 0:
         open_categories = [c for c in available if quota[c] < available[c]]
         share = remaining // len(open_categories)
         if share == 0:
-            by_room = sorted(open_categories, key=lambda c: available[c] - quota[c], reverse=True)
-            for category in by_room[:remaining]:
+            for category in open_categories[:remaining]:
                 quota[category] += 1
             break
         for category in open_categories:

@@ -35,7 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from export.onnx_export import set_metadata
-from runtime.backends import PRECISION_KEY
+from runtime.contract import CALIBRATION_KEY, PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
 METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
@@ -43,7 +43,6 @@ METHODS = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod
 FLAVOURS = ("tensorrt", "cpu")
 DEFAULT_PERCENTILE = 99.99
 QUANTIZED_OPS = ["Conv"]
-CALIBRATION_KEY = "roadseg.calibration"
 ENTROPY_BINS = 2048
 COLLECT_CHUNK = 8
 
@@ -93,6 +92,11 @@ def quantization_options(flavour: str, method: str, percentile: float) -> dict:
         "CalibTensorRangeSymmetric": symmetric,
         "CalibPercentile": percentile,
     }
+    if symmetric:
+        # ORT quantizes biases to int32 by default; TensorRT's DequantizeLinear takes only 8-bit (and FP8/INT4)
+        # inputs, so its parser rejects such a file (seen with TensorRT-RTX: "fc6.bias_DequantizeLinear:
+        # input has type Int32"). TensorRT folds a float bias into the INT8 convolution itself.
+        extra["QuantizeBias"] = False
     return {
         "quant_format": QuantFormat.QDQ,
         "per_channel": True,

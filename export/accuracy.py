@@ -20,7 +20,6 @@ from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR
 
 FLOORS_PT = {"fp32": None, "fp16": 0.1, "int8": 0.5}
-FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
 
 
 class AccuracyError(RuntimeError):
@@ -103,6 +102,7 @@ def write_table(rows: list[dict], json_path: Path, title: str, extra: dict | Non
 
 def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -> list[Artifact]:
     """The shipped ONNX files present in `build`, FP32 first (it is every row's baseline)."""
+    from calibration.strongly_typed import INT8_FP16_NAME
     from export.fp16 import write_emulation
 
     candidates = [
@@ -110,14 +110,16 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
         ("FP16 ONNX", build / "model.fp16.onnx", "fp16", "ONNX Runtime CPU, FP16 emulation"),
         ("INT8 Q/DQ ONNX (TensorRT)", build / "model.int8.onnx", "int8", "ONNX Runtime CPU (s8s8 Q/DQ)"),
         ("INT8 Q/DQ ONNX (CPU)", build / "model.int8_cpu.onnx", "int8", "ONNX Runtime CPU (u8s8 Q/DQ)"),
+        ("INT8 Q/DQ + FP16 rest (TensorRT 11/RTX)", build / INT8_FP16_NAME, "int8",
+         "ONNX Runtime CPU, FP16 emulation"),
     ]
     artifacts = []
     for label, path, precision, runs_as in candidates:
         if not path.is_file() or (precisions is not None and precision not in precisions):
             continue
         scored = path
-        if precision == "fp16":
-            scored = write_emulation(path, build / FP16_EMULATION)
+        if runs_as.endswith("FP16 emulation"):
+            scored = write_emulation(path, build / "scoring" / f"{path.stem}.cpu-emulation.onnx")
         artifacts.append(Artifact(label, path, precision, scored, runs_as))
     if not artifacts or artifacts[0].precision != "fp32":
         raise AccuracyError(f"{build / 'model.fp32.onnx'}: not found; run `make export` first")

@@ -1,16 +1,20 @@
-"""Checkpoint -> ONNX -> calibration -> TensorRT engine, rebuilding only what changed.
+"""Checkpoint -> ONNX -> calibration -> TensorRT or TensorRT-RTX engine, rebuilding only what changed.
 
     python -m export.engine [--precision fp16|int8|fp32] [--int8-mode qdq|calibrator] [--build build]
                             [--checkpoint models/...pt] [--data KITTI] [--workspace-mib 1024] [--opt-level 3]
+                            [--flavour auto|tensorrt|tensorrt_rtx] [--compute-capability 8.6,8.9]
                             [--dla-core N] [--profile MIN:OPT:MAX] [--trtexec PATH] [--force]
 
 Stages and what decides whether each runs:
 - FP32/FP16 ONNX: the checkpoint's sha256 differs from the one build/parity.json recorded -> `python -m export`.
 - INT8 ONNX + calibration: model.int8.onnx's recorded source sha256 differs from model.fp32.onnx's ->
   `python -m calibration` (only for --precision int8).
-- Engine: its JSON sidecar's cache key (ONNX sha256, precision, calibration manifest sha256, TensorRT and
-  CUDA versions, GPU name and compute capability, build options) differs from this build's -> rebuild.
-Without a CUDA GPU or TensorRT the ONNX stages still run, then one line says what is missing (exit 3).
+- Engine: its JSON sidecar's cache key (ONNX sha256, precision, calibration identity, flavour and its version,
+  build options; TensorRT: CUDA versions, GPU name and compute capability; TensorRT-RTX: the targeted compute
+  capabilities) differs from this build's -> rebuild.
+Flavour (runtime/trt_flavour.py): with a CUDA GPU, TensorRT when installed, else TensorRT-RTX; without a GPU,
+TensorRT-RTX (it builds ahead of time on a CPU; the engine is specialised on the RTX GPU at load).
+Without either the ONNX stages still run, then one line says what is missing (exit 3).
 TensorRT is imported only after CUDA answered: its runtime can crash the process without a device.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shlex
 import shutil
@@ -31,18 +36,31 @@ from export.trt_builder import (
     INT8_MODES,
     PRECISIONS,
     BuildOptions,
+    BuiltEngine,
     EngineBuildError,
     build_serialized,
     calibration_cache_header,
     make_calibrator,
     onnx_for,
-    parse_version,
-    trt_major,
+    rtx_targets,
     trtexec_command,
 )
+from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
-from runtime.tensorrt_backend import SIDECAR_FORMAT, GpuInfo, probe_cuda, sidecar_path
+from runtime.tensorrt_backend import GpuInfo, probe_cuda, sidecar_path
+from runtime.trt_flavour import (
+    FLAVOURS,
+    TENSORRT,
+    TENSORRT_RTX,
+    builds_without_gpu,
+    display_name,
+    flavour_of,
+    import_flavour,
+    installed_flavours,
+    strongly_typed,
+    version_tuple,
+)
 
 MISSING_EXIT = 3
 
@@ -75,23 +93,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", default=DEFAULT_KITTI_DIR, help="KITTI Road folder (gates and calibration)")
     parser.add_argument("--workspace-mib", type=int, default=1024)
     parser.add_argument("--opt-level", type=int, default=3, help="builder optimisation level 0..5")
+    parser.add_argument("--flavour", default="auto", choices=("auto", *FLAVOURS),
+                        help="auto: TensorRT with a GPU when installed, else TensorRT-RTX (builds without a GPU)")
+    parser.add_argument("--compute-capability", default=None,
+                        help="TensorRT-RTX target GPUs, e.g. 8.6,8.9 (default: every RTX architecture from "
+                             "Ampere on; 7.5 = Turing only when asked)")
     parser.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core (GPU fallback on)")
     parser.add_argument("--profile", default=None, help="MIN:OPT:MAX input shapes for a dynamic-batch ONNX")
-    parser.add_argument("--timing-cache", default=None, help="default: BUILD/tensorrt.timing.cache")
+    parser.add_argument("--timing-cache", default=None,
+                        help="default: BUILD/tensorrt-VERSION-smCC.timing.cache (TensorRT only; RTX has none)")
     parser.add_argument("--trtexec", default=None, help="build with this trtexec instead of the Python API")
     parser.add_argument("--force", action="store_true", help="rebuild the engine even if its key matches")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
 
+def compute_capabilities(args: argparse.Namespace) -> tuple[str, ...]:
+    text = getattr(args, "compute_capability", None)
+    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else ()
+
+
 def build_options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(precision=args.precision, int8_mode=args.int8_mode, workspace_mib=args.workspace_mib,
                         optimization_level=args.opt_level, dla_core=args.dla_core,
-                        profile=parse_profile(args.profile), builder="trtexec" if args.trtexec else "python")
+                        profile=parse_profile(args.profile), builder="trtexec" if args.trtexec else "python",
+                        compute_capabilities=compute_capabilities(args))
 
 
-def rebuild_command(args: argparse.Namespace) -> str:
+def rebuild_command(args: argparse.Namespace, flavour: str | None = None) -> str:
     parts = ["python -m export.engine", f"--precision {args.precision}", f"--build {args.build}"]
+    if flavour is not None and flavour != TENSORRT:
+        parts.append(f"--flavour {flavour}")
+    if getattr(args, "compute_capability", None):
+        parts.append(f"--compute-capability {args.compute_capability}")
     if args.precision == "int8":
         parts.append(f"--int8-mode {args.int8_mode}")
     if args.dla_core is not None:
@@ -118,12 +152,31 @@ def int8_is_current(build: Path) -> bool:
     int8 = build / "model.int8.onnx"
     if not int8.is_file() or not (build / "calibration" / "manifest.json").is_file():
         return False
+    if not (build / "model.int8_fp16.onnx").is_file():
+        return False  # a build/ from before the strongly typed INT8 file existed
     metadata = {p.key: p.value for p in onnx.load(str(int8), load_external_data=False).metadata_props}
     return metadata.get("roadseg.source_onnx_sha256") == sha256_file(build / "model.fp32.onnx")
 
 
+def torch_available() -> bool:
+    return importlib.util.find_spec("torch") is not None
+
+
 def ensure_onnx(args: argparse.Namespace, build: Path) -> None:
-    """Run the export and calibration stages that are out of date (each is gated and atomic)."""
+    """Run the export and calibration stages that are out of date (each is gated and atomic); without PyTorch
+    (a device's runtime-only install), take the checkpoint's shipped ONNX files from models/ instead."""
+    if not torch_available():
+        from export.shipped import ShippedError, ensure_from_models
+
+        if args.precision == "fp32" or args.int8_mode == "calibrator":
+            raise EngineBuildError(f"--precision {args.precision} --int8-mode {args.int8_mode}: needs the FP32 ONNX "
+                                   "and the calibration set, made by `make export calibrate` (PyTorch); models/ "
+                                   "ships FP16 and Q/DQ INT8 only")
+        try:
+            ensure_from_models(build, Path(args.checkpoint))
+        except ShippedError as error:
+            raise EngineBuildError(f"no PyTorch here to export {args.checkpoint}, and {error}") from error
+        return
     from calibration.__main__ import main as calibrate_main
     from export.__main__ import main as export_main
 
@@ -147,24 +200,44 @@ def ensure_onnx(args: argparse.Namespace, build: Path) -> None:
 
 
 def calibration_identity(build: Path, options: BuildOptions) -> str | None:
+    """The calibration set's manifest sha256; in calibrator mode also the ranges the cache is written from
+    (another calibration method changes them, not the set), as "MANIFEST+ranges:RANGES"."""
     if options.precision != "int8":
         return None
     manifest = build / "calibration" / "manifest.json"
-    if not manifest.is_file():
-        raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
-    return sha256_file(manifest)
+    if manifest.is_file():
+        identity = sha256_file(manifest)
+    else:  # the shipped INT8 files (models/) carry their calibration set's manifest sha256 in their metadata
+        recorded = onnx_metadata(build / "model.int8.onnx").get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
+            (build / "model.int8.onnx").is_file() else None
+        identity = json.loads(recorded).get("manifest_sha256") if recorded else None
+        if not identity:
+            raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
+    if options.int8_mode == "calibrator":
+        ranges = build / "calibration" / "trt" / "ranges.json"
+        if not ranges.is_file():
+            raise EngineBuildError(f"{ranges}: no calibration ranges; run `make calibrate`")
+        identity += f"+ranges:{sha256_file(ranges)}"
+    return identity
 
 
 def cache_key(onnx_path: Path, options: BuildOptions, calibration: str | None, trt_version: str,
-              gpu: GpuInfo) -> dict:
+              gpu: GpuInfo | None, flavour: str = TENSORRT, targets: list[str] | None = None) -> dict:
+    """TensorRT engines are tied to the build GPU; TensorRT-RTX engines to their target compute capabilities
+    only (built ahead of time, maybe on a machine without a GPU), so the build machine is not in their key."""
+    tied_to_gpu = flavour == TENSORRT
+    if tied_to_gpu and gpu is None:
+        raise EngineBuildError("TensorRT builds on, and for, a CUDA GPU: none found")
     return {
         "onnx": onnx_path.name,
         "onnx_sha256": sha256_file(onnx_path),
         "precision": options.precision,
         "calibration_manifest_sha256": calibration,
+        "flavour": flavour,
         "tensorrt": trt_version,
-        "cuda": {"runtime": gpu.cuda_runtime, "driver": gpu.cuda_driver},
-        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "compute_capabilities": list(targets or []),
+        "cuda": {"runtime": gpu.cuda_runtime, "driver": gpu.cuda_driver} if tied_to_gpu else None,
+        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability} if tied_to_gpu else None,
         "build_options": options.to_dict(),
     }
 
@@ -190,13 +263,14 @@ def onnx_metadata(onnx_path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
 
 
-def write_engine(engine_path: Path, engine: bytes, key: dict, metadata: dict[str, str], rebuild: str) -> None:
+def write_engine(engine_path: Path, built: BuiltEngine, key: dict, metadata: dict[str, str], rebuild: str) -> None:
     """Engine first, sidecar last: a sidecar only ever describes a complete engine."""
-    from runtime.backends import PRECISION_KEY
+    from runtime.contract import PRECISION_KEY
 
-    atomic_write_bytes(engine_path, engine)
-    sidecar = {"format": SIDECAR_FORMAT, "cache_key": key, "cache_key_sha256": key_digest(key),
-               "engine_sha256": hashlib.sha256(engine).hexdigest(),
+    atomic_write_bytes(engine_path, built.engine)
+    sidecar = {"format": SIDECAR_FORMAT, "flavour": key["flavour"], "cache_key": key,
+               "cache_key_sha256": key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
+               "engine_bytes": len(built.engine), "io": built.io,
                "metadata": {**metadata, PRECISION_KEY: key["precision"]}, "rebuild": rebuild}
     atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
 
@@ -204,16 +278,31 @@ def write_engine(engine_path: Path, engine: bytes, key: dict, metadata: dict[str
 # ---- toolchain ----------------------------------------------------------------------------------------
 
 
-def load_tensorrt():
-    """Import TensorRT only after CUDA answered (see the module doc)."""
-    gpu, why = probe_cuda()
+def choose_flavour(requested: str, gpu: GpuInfo | None, why: str) -> str:
+    """Which flavour builds here (see the module doc); MissingToolchain when none can."""
+    installed = installed_flavours()
+    candidates = list(FLAVOURS) if requested == "auto" else [requested]
+    for flavour in candidates:
+        if flavour in installed and (gpu is not None or builds_without_gpu(flavour)):
+            return flavour
+    if gpu is None and TENSORRT_RTX not in installed:
+        raise MissingToolchain(f"no CUDA GPU ({why}) and no TensorRT-RTX (`make setup-rtx` builds without a GPU)")
     if gpu is None:
-        raise MissingToolchain(f"no CUDA GPU: {why}")
+        raise MissingToolchain(f"no CUDA GPU ({why}); TensorRT needs one (--flavour tensorrt_rtx builds without)")
+    names = " or ".join(display_name(f) for f in candidates)
+    raise MissingToolchain(f"{names} is not installed (GPU {gpu.name} found)")
+
+
+def load_tensorrt(requested: str = "auto"):
+    """(module or None, flavour, GPU or None). TensorRT is imported only after CUDA answered (see the module
+    doc); TensorRT-RTX builds without a GPU, so it may be imported without one."""
+    gpu, why = probe_cuda()
+    flavour = choose_flavour(requested, gpu, why)
     try:
-        import tensorrt as trt
-    except ImportError:
-        trt = None
-    return trt, gpu
+        trt = import_flavour(flavour)
+    except ImportError as error:
+        raise MissingToolchain(f"{display_name(flavour)} does not import ({error})") from error
+    return trt, flavour, gpu
 
 
 def trtexec_version(trtexec: str) -> str:
@@ -239,72 +328,114 @@ def calibration_cache_bytes(build: Path, trt_version: str) -> bytes:
     return trt_cache_text(amax, calibration_cache_header(trt_version)).encode()
 
 
-def build_engine(args: argparse.Namespace, build: Path, trt, gpu: GpuInfo, trt_version: str) -> Path:
+def default_timing_cache(build: Path, trt_version: str, gpu: GpuInfo | None) -> Path:
+    """One timing cache per TensorRT release and GPU architecture: TensorRT refuses another's."""
+    release = ".".join(str(p) for p in version_tuple(trt_version)[:3])
+    sm = gpu.compute_capability.replace(".", "") if gpu is not None else "none"
+    return build / f"tensorrt-{release}-sm{sm}.timing.cache"
+
+
+def build_engine(args: argparse.Namespace, build: Path, trt, gpu: GpuInfo | None, trt_version: str) -> Path:
     options = build_options(args)
-    major = parse_version(trt_version)[0]
-    onnx_path = onnx_for(options.precision, options.int8_mode, major, build)
+    flavour = flavour_of(trt) if trt is not None else TENSORRT
+    typed = strongly_typed(trt) if trt is not None and not args.trtexec else version_tuple(trt_version)[0] >= 11
+    onnx_path = onnx_for(options.precision, options.int8_mode, typed, build)
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path}: not found; run `make export calibrate`")
-    key = cache_key(onnx_path, options, calibration_identity(build, options), trt_version, gpu)
+    targets = rtx_targets(trt, options) if flavour == TENSORRT_RTX else []
+    key = cache_key(onnx_path, options, calibration_identity(build, options), trt_version, gpu, flavour, targets)
     engine_path = build / f"model.{options.precision}.engine"
     if reusable(engine_path, key) and not args.force:
         print(f"engine up to date: {engine_path} (cache key {key_digest(key)[:12]} matches)")
         return engine_path
-    timing_cache = Path(args.timing_cache) if args.timing_cache else build / "tensorrt.timing.cache"
+    timing_cache = None
+    if flavour == TENSORRT:
+        timing_cache = Path(args.timing_cache) if args.timing_cache else default_timing_cache(build, trt_version, gpu)
     calibrating = options.precision == "int8" and options.int8_mode == "calibrator"
-    print(f"building {engine_path} from {onnx_path.name} with TensorRT {trt_version} on {gpu.name} ...")
+    where = f"on {gpu.name}" if gpu is not None else "ahead of time (no GPU here)"
+    targets_text = f" for compute capabilities {', '.join(targets)}" if targets else ""
+    print(f"building {engine_path} from {onnx_path.name} with {display_name(flavour)} {trt_version} "
+          f"{where}{targets_text} ...")
     if args.trtexec:
-        engine = build_with_trtexec(args.trtexec, onnx_path, engine_path, options, major, timing_cache,
-                                    build if calibrating else None, trt_version)
+        built = build_with_trtexec(args.trtexec, onnx_path, engine_path, options, typed, timing_cache,
+                                   build if calibrating else None, trt_version)
     else:
-        calibrator = None
-        if calibrating:
-            import numpy as np
-
-            tensors = np.load(build / "calibration" / "tensors.npy", mmap_mode="r")
-            calibrator = make_calibrator(trt, tensors, "image", calibration_cache_bytes(build, trt_version),
-                                         build / "calibration" / "trt" / f"tensorrt-{trt_version}.cache")
-        engine = build_serialized(trt, onnx_path, options, timing_cache, calibrator,
-                                  warn=lambda m: print(f"warning: {m}", file=sys.stderr))
-    write_engine(engine_path, engine, key, onnx_metadata(onnx_path), rebuild_command(args))
-    print(f"wrote {engine_path} and {sidecar_path(engine_path).name}")
+        built = build_with_bindings(trt, build, onnx_path, options, timing_cache, calibrating, trt_version)
+    write_engine(engine_path, built, key, onnx_metadata(onnx_path), rebuild_command(args, flavour))
+    print(f"wrote {engine_path} ({len(built.engine) / 1e6:.1f} MB) and {sidecar_path(engine_path).name}")
     return engine_path
 
 
-def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, major: int,
-                       timing_cache: Path, calibration_build: Path | None, trt_version: str) -> bytes:
+def build_with_bindings(trt, build: Path, onnx_path: Path, options: BuildOptions, timing_cache: Path | None,
+                        calibrating: bool, trt_version: str) -> BuiltEngine:
+    calibrator = None
+    if calibrating:
+        import numpy as np
+
+        tensors = np.load(build / "calibration" / "tensors.npy", mmap_mode="r")
+        calibrator = make_calibrator(trt, tensors, "image", calibration_cache_bytes(build, trt_version),
+                                     build / "calibration" / "trt" / f"tensorrt-{trt_version}.cache")
+    try:
+        return build_serialized(trt, onnx_path, options, timing_cache, calibrator,
+                                warn=lambda m: print(f"warning: {m}", file=sys.stderr))
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+
+
+def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, typed: bool,
+                       timing_cache: Path | None, calibration_build: Path | None, trt_version: str) -> BuiltEngine:
     temp = engine_path.with_name(f".{engine_path.name}.partial")
     cache = None
     if calibration_build is not None:
         cache = calibration_build / "calibration" / "trt" / f"tensorrt-{trt_version}.cache"
         atomic_write_bytes(cache, calibration_cache_bytes(calibration_build, trt_version))
-    command = trtexec_command(trtexec, onnx_path, temp, options, major, timing_cache, cache)
+    command = trtexec_command(trtexec, onnx_path, temp, options, typed, timing_cache, cache)
     print("  " + shlex.join(command))
     try:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0 or not temp.is_file():
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
             raise EngineBuildError(f"trtexec failed (exit {result.returncode}): {tail[0][:200]}")
-        return temp.read_bytes()
+        return BuiltEngine(temp.read_bytes(), onnx_io(onnx_path), [])
     finally:
         temp.unlink(missing_ok=True)
+
+
+def onnx_io(onnx_path: Path) -> list[dict]:
+    """The ONNX graph's I/O in the sidecar's form (trtexec does not report the network it built)."""
+    from onnx import TensorProto
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    dtypes = {TensorProto.FLOAT: "FLOAT", TensorProto.FLOAT16: "HALF", TensorProto.INT8: "INT8"}
+    rows = []
+    for mode, values in (("input", [v for v in graph.input if v.name not in initializers]),
+                         ("output", list(graph.output))):
+        for value in values:
+            tensor = value.type.tensor_type
+            rows.append({"name": value.name, "mode": mode,
+                         "shape": [d.dim_value if d.HasField("dim_value") else -1 for d in tensor.shape.dim],
+                         "dtype": dtypes.get(tensor.elem_type, str(tensor.elem_type))})
+    return rows
 
 
 def run(args: argparse.Namespace) -> int:
     build = Path(args.build)
     build_options(args)  # bad options fail before any long stage runs
     ensure_onnx(args, build)
-    trt, gpu = load_tensorrt()
     if args.trtexec:
+        if args.flavour == TENSORRT_RTX:
+            raise EngineBuildError("--trtexec: TensorRT-RTX has no trtexec; drop --trtexec")
+        gpu, why = probe_cuda()
+        if gpu is None:
+            raise MissingToolchain(f"no CUDA GPU: {why}")
         if shutil.which(args.trtexec) is None:
             raise MissingToolchain(f"--trtexec {args.trtexec}: not found")
-        trt_version = trtexec_version(args.trtexec)
-    elif trt is None:
-        raise MissingToolchain(f"TensorRT is not installed (GPU {gpu.name} found)")
-    else:
-        trt_version = trt.__version__
-        trt_major(trt)
-    build_engine(args, build, trt, gpu, trt_version)
+        build_engine(args, build, None, gpu, trtexec_version(args.trtexec))
+        return 0
+    trt, _flavour, gpu = load_tensorrt(args.flavour)
+    build_engine(args, build, trt, gpu, trt.__version__)
     return 0
 
 

@@ -23,8 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.backends import PRECISION_KEY
+from runtime.contract import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
+
+# Ops whose outputs are integers (a Q/DQ model's QuantizeLinear): nothing to round through FP16.
+INTEGER_OUTPUT_OPS = frozenset({"QuantizeLinear"})
 
 
 def convert_fp16(fp32: onnx.ModelProto) -> onnx.ModelProto:
@@ -85,7 +88,7 @@ def emulation_graph(fp16: onnx.ModelProto) -> onnx.ModelProto:
             copy.CopyFrom(node)
         rounding = []
         for position, output in enumerate(copy.output):
-            if not output or output in outputs:
+            if not output or output in outputs or node.op_type in INTEGER_OUTPUT_OPS:
                 continue
             raw, half = f"{output}__fp32", f"{output}__fp16"
             copy.output[position] = raw
@@ -95,9 +98,6 @@ def emulation_graph(fp16: onnx.ModelProto) -> onnx.ModelProto:
     del graph.node[:]
     graph.node.extend(new_nodes)
     del graph.value_info[:]
-    for entry in model.metadata_props:
-        if entry.key == PRECISION_KEY:
-            entry.value = "fp16"
     onnx.checker.check_model(model)
     return model
 

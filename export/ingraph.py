@@ -27,10 +27,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.backends import open_backend
+from runtime.contract import IN_GRAPH_IO, IO_KEY, PREPROCESS_KEY, PreprocessSpec
 from runtime.ioutil import atomic_write_bytes, fail, temporary_sibling
 from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
-from runtime.preprocess import IN_GRAPH_IO, IO_KEY, METADATA_KEY, FramePreprocessor, PreprocessSpec
+from runtime.preprocess import FramePreprocessor
 from runtime.sources import read_video_frames
 
 FRAME_INPUT = "frame"
@@ -50,11 +51,11 @@ def _const(name: str, array: np.ndarray) -> onnx.NodeProto:
 def wrap(core: onnx.ModelProto, probability: bool = False) -> onnx.ModelProto:
     """The core graph between in-graph pre- and postprocessing (a new model; `core` is not changed)."""
     metadata = {entry.key: entry.value for entry in core.metadata_props}
-    if METADATA_KEY not in metadata:
-        raise InGraphError(f"not a roadseg model (no '{METADATA_KEY}' metadata)")
+    if PREPROCESS_KEY not in metadata:
+        raise InGraphError(f"not a roadseg model (no '{PREPROCESS_KEY}' metadata)")
     if IO_KEY in metadata:
         raise InGraphError("already has in-graph pre/postprocessing")
-    spec = PreprocessSpec.from_json(metadata[METADATA_KEY])
+    spec = PreprocessSpec.from_json(metadata[PREPROCESS_KEY])
     model = onnx.ModelProto()
     model.CopyFrom(core)
     graph = model.graph

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from runtime.backends import MODEL_KEY, PRECISION_KEY
+from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, PreprocessSpec
 from runtime.ioutil import atomic_write_bytes
-from runtime.preprocess import METADATA_KEY, PreprocessSpec
 
 if TYPE_CHECKING:  # torch is needed to export, not to stamp metadata (calibration imports set_metadata)
     import torch
@@ -35,7 +34,7 @@ def source_commit() -> str:
 def roadseg_metadata(spec: PreprocessSpec, arch: dict, summary: dict, precision: str) -> dict[str, str]:
     """The metadata_props every roadseg ONNX carries; the runtime reads the contract from here only."""
     return {
-        METADATA_KEY: spec.to_json(),
+        PREPROCESS_KEY: spec.to_json(),
         MODEL_KEY: json.dumps({**arch, "class_names": list(spec.class_names)}, sort_keys=True),
         PRECISION_KEY: precision,
         TRAINING_KEY: json.dumps(summary, sort_keys=True, default=str),

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.contract import PreprocessSpec
+from runtime.preprocess import FramePreprocessor
 
 MIN_AGREEMENT = 0.9999
 MAX_RELATIVE_DIFF = 1e-3

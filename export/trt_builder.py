@@ -1,17 +1,21 @@
-"""TensorRT engine building for 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2, desktop) and 11.x (desktop).
+"""TensorRT engine building for 8.6 (JetPack 6.0), 10.x (JetPack 6.1/6.2, desktop), 11.x (desktop) and
+TensorRT-RTX 1.x (RTX desktops; builds ahead of time without a GPU).
 
 The `trt` module is passed in, never imported here, so the same code runs against the real bindings and
-against the recording stand-ins of tests/standins/. Which names each version has decides the calls:
+against the recording stand-ins of tests/standins/. Which names the module has decides the calls
+(runtime/trt_flavour.py), never a version number compared across flavours:
 
-| precision | 8.6 / 10.x (weakly typed)                             | 11.x (always strongly typed)     |
-| --------- | ----------------------------------------------------- | -------------------------------- |
-| fp32      | model.fp32.onnx                                       | model.fp32.onnx                  |
-| fp16      | model.fp32.onnx + BuilderFlag.FP16                    | model.fp16.onnx, no flag exists  |
-| int8 qdq  | model.int8.onnx + BuilderFlag.INT8 (+FP16 for the rest)| model.int8.onnx, no flag exists |
-| int8 cal. | model.fp32.onnx + INT8 + IInt8EntropyCalibrator2      | removed in 11: refused           |
+| precision | 8.6 / 10.x (weakly typed)                             | 11.x and TensorRT-RTX (strongly typed) |
+| --------- | ----------------------------------------------------- | -------------------------------------- |
+| fp32      | model.fp32.onnx                                       | model.fp32.onnx                        |
+| fp16      | model.fp32.onnx + BuilderFlag.FP16                    | model.fp16.onnx, no flag exists        |
+| int8 qdq  | model.int8.onnx + BuilderFlag.INT8 (+FP16 for the rest)| model.int8_fp16.onnx (FP16 rest)      |
+| int8 cal. | model.fp32.onnx + INT8 + IInt8EntropyCalibrator2      | removed: refused                       |
 
-8.6 also needs the EXPLICIT_BATCH network flag (10 ignores it, 11 removed it); `platform_has_fast_fp16`
-is only consulted on 8.6 (deprecated in 10, removed in 11).
+8.6 also needs the EXPLICIT_BATCH network flag (10 ignores it, 11 and RTX removed it); `platform_has_fast_fp16`
+is only consulted on 8.6 (deprecated in 10, removed in 11). `builder_optimization_level` exists from 8.6.
+TensorRT-RTX: no timing cache (a deprecated no-op that queries a GPU), target compute capabilities instead
+(`num_compute_capabilities`, then `set_compute_capability` per index), no DLA.
 """
 
 from __future__ import annotations
@@ -20,6 +24,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from runtime.trt_flavour import (
+    TENSORRT,
+    TENSORRT_RTX,
+    capability_of_member,
+    compute_capability_member,
+    flavour_of,
+    release,
+    strongly_typed,
+)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("qdq", "calibrator")
@@ -39,6 +53,8 @@ class BuildOptions:
     # min/opt/max input shapes for a dynamic-batch ONNX, e.g. ((1,3,192,640), (2,3,192,640), (4,3,192,640))
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
     builder: str = "python"  # "python" (the bindings) or "trtexec"
+    # TensorRT-RTX target GPUs as "8.6", "12.0", ...; empty = every RTX architecture from Ampere on
+    compute_capabilities: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -50,6 +66,14 @@ class BuildOptions:
             raise EngineBuildError(f"--workspace-mib {self.workspace_mib}: must be positive")
         if not 0 <= self.optimization_level <= 5:
             raise EngineBuildError(f"--opt-level {self.optimization_level}: TensorRT takes 0..5")
+        if self.dla_core is not None and self.precision == "fp32":
+            # DLA runs FP16 and INT8 only (trtexec forces FP16 there): an "fp32" DLA engine would not be FP32.
+            raise EngineBuildError("--dla-core: DLA runs FP16 and INT8 only; use --precision fp16 or int8")
+        for capability in self.compute_capabilities:
+            try:
+                compute_capability_member(capability)
+            except ValueError as error:
+                raise EngineBuildError(f"--compute-capability: {error}") from error
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -59,36 +83,47 @@ class BuildOptions:
         return data
 
 
-def parse_version(version: str) -> tuple[int, int, int]:
-    parts = [int("".join(ch for ch in p if ch.isdigit()) or 0) for p in version.split(".")[:3]]
-    return tuple((parts + [0, 0, 0])[:3])  # type: ignore[return-value]
+@dataclass(frozen=True)
+class BuiltEngine:
+    """A serialized engine and what the builder knows about it without a GPU to load it on."""
+
+    engine: bytes
+    io: list[dict]  # [{"name", "mode", "shape", "dtype"}] of the network that was built
+    compute_capabilities: list[str]  # TensorRT-RTX targets ("8.6", ...); [] for TensorRT
 
 
-def trt_major(trt) -> int:
-    return parse_version(trt.__version__)[0]
-
-
-def strongly_typed(major: int) -> bool:
-    return major >= 11
-
-
-def onnx_for(precision: str, int8_mode: str, major: int, build: Path) -> Path:
-    """The ONNX file the builder parses for this precision on this TensorRT major version."""
+def onnx_for(precision: str, int8_mode: str, typed: bool, build: Path) -> Path:
+    """The ONNX file the builder parses for this precision; `typed`: a strongly typed TensorRT."""
     if precision == "int8" and int8_mode == "calibrator":
-        if strongly_typed(major):
-            raise EngineBuildError("--int8-mode calibrator: TensorRT 11 removed implicit INT8 calibration; "
-                                   "use --int8-mode qdq (the Q/DQ model)")
+        if typed:
+            raise EngineBuildError("--int8-mode calibrator: strongly typed TensorRT (11.x, TensorRT-RTX) has no "
+                                   "implicit INT8 calibration; use --int8-mode qdq (the Q/DQ model)")
         return build / "model.fp32.onnx"
     if precision == "int8":
-        return build / "model.int8.onnx"
-    if precision == "fp16" and strongly_typed(major):
+        # Strongly typed: the Q/DQ model whose float rest is FP16 (calibration/strongly_typed.py says why).
+        return build / ("model.int8_fp16.onnx" if typed else "model.int8.onnx")
+    if precision == "fp16" and typed:
         return build / "model.fp16.onnx"
     return build / "model.fp32.onnx"
 
 
+def rtx_targets(trt, options: BuildOptions) -> list[str]:
+    """The compute capabilities a TensorRT-RTX engine is built for: the ones asked for, else every RTX
+    architecture this release knows from Ampere on (its own default; Turing only when asked)."""
+    if options.compute_capabilities:
+        known = set(trt.ComputeCapability.__members__)
+        for capability in options.compute_capabilities:
+            if compute_capability_member(capability) not in known:
+                raise EngineBuildError(f"--compute-capability {capability}: not a target of this TensorRT-RTX "
+                                       f"(it knows {', '.join(sorted(k for k in known if k.startswith('SM')))})")
+        return list(dict.fromkeys(options.compute_capabilities))
+    members = [name for name in trt.ComputeCapability.__members__ if name.startswith("SM")]
+    return [capability_of_member(name) for name in members if int(name[2:]) >= 80]
+
+
 def calibration_cache_header(version: str) -> str:
     """TensorRT writes its version into the cache header: 8.6.1 -> 8601, 10.3.0 -> 100300."""
-    major, minor, patch = parse_version(version)
+    major, minor, patch = release(version)
     number = major * 1000 + minor * 100 + patch if major < 10 else major * 10000 + minor * 100 + patch
     return f"TRT-{number}-EntropyCalibration2"
 
@@ -97,7 +132,8 @@ def make_calibrator(trt, tensors: np.ndarray, input_name: str, cache: bytes | No
     """An IInt8EntropyCalibrator2 (TensorRT <= 10) over the stored calibration tensors.
 
     With a cache (written from the same calibration set) TensorRT reads the scales and never asks for a
-    batch; without one it pulls the frames through get_batch, one device buffer reused.
+    batch; without one it pulls the frames through get_batch, one device buffer reused and freed by free()
+    (the engine builder calls it once the build is done, whatever happened).
     """
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
@@ -112,15 +148,23 @@ def make_calibrator(trt, tensors: np.ndarray, input_name: str, cache: bytes | No
         def get_batch(self, names: list[str]):
             if self.position >= len(tensors):
                 return None
-            from cuda.bindings import runtime as cudart
+            from runtime.tensorrt_backend import cuda_check, import_cudart
 
+            cudart = import_cudart()
             frame = np.ascontiguousarray(tensors[self.position : self.position + 1], np.float32)
             if self.device_ptr is None:
-                _, self.device_ptr = cudart.cudaMalloc(frame.nbytes)
-            cudart.cudaMemcpy(self.device_ptr, frame.ctypes.data, frame.nbytes,
-                              cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+                self.device_ptr = cuda_check(cudart.cudaMalloc(frame.nbytes), "cudaMalloc (calibration batch)")
+            cuda_check(cudart.cudaMemcpy(self.device_ptr, frame.ctypes.data, frame.nbytes,
+                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice), "cudaMemcpy (calibration)")
             self.position += 1
             return [int(self.device_ptr)]
+
+        def free(self) -> None:
+            if self.device_ptr is not None:
+                from runtime.tensorrt_backend import cuda_check, import_cudart
+
+                pointer, self.device_ptr = self.device_ptr, None
+                cuda_check(import_cudart().cudaFree(pointer), "cudaFree (calibration batch)")
 
         def read_calibration_cache(self):
             return cache
@@ -134,23 +178,32 @@ def make_calibrator(trt, tensors: np.ndarray, input_name: str, cache: bytes | No
     return EntropyCalibrator()
 
 
-def _parse(trt, builder, logger, onnx_path: Path, major: int):
-    flags = 0
-    if major < 10:
-        flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    network = builder.create_network(flags)
+def _network_flags(trt) -> int:
+    # EXPLICIT_BATCH: required by 8.x, ignored (deprecated) by 10, gone from 11 and TensorRT-RTX.
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+    if flag is None or flavour_of(trt) != TENSORRT or release(trt.__version__) >= (10, 0, 0):
+        return 0
+    return 1 << int(flag)
+
+
+def _parse(trt, builder, logger, onnx_path: Path):
+    network = builder.create_network(_network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors)) or "unknown error"
-        raise EngineBuildError(f"{onnx_path}: TensorRT's ONNX parser failed: {errors}")
+        raise EngineBuildError(f"{onnx_path}: {flavour_label(trt)}'s ONNX parser failed: {errors}")
     return network, parser
 
 
-def _set_precision(trt, builder, config, options: BuildOptions, major: int, calibrator, warn) -> None:
-    if strongly_typed(major) or options.precision == "fp32":
-        return  # 11.x: the ONNX's own types decide; these flags do not exist there
+def flavour_label(trt) -> str:
+    return "TensorRT-RTX" if flavour_of(trt) == TENSORRT_RTX else "TensorRT"
+
+
+def _set_precision(trt, builder, config, options: BuildOptions, calibrator, warn) -> None:
+    if strongly_typed(trt) or options.precision == "fp32":
+        return  # 11.x / RTX: the ONNX's own types decide; these flags do not exist there
     if options.precision == "fp16":
-        if major < 10 and not builder.platform_has_fast_fp16:
+        if release(trt.__version__) < (10, 0, 0) and not getattr(builder, "platform_has_fast_fp16", True):
             warn("this GPU has no fast FP16; the FP16 engine may be slower than FP32")
         config.set_flag(trt.BuilderFlag.FP16)
         return
@@ -178,48 +231,120 @@ def _set_profile(trt, builder, config, network, options: BuildOptions, calibrati
         config.set_calibration_profile(profile)
 
 
+def _set_timing_cache(config, timing_cache: Path | None, warn):
+    """Attach the timing cache; one from another TensorRT or GPU is refused by set_timing_cache (False):
+    then build without it rather than fail. Returns the cache object the build will extend, or None."""
+    if timing_cache is None:
+        return None
+    data = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    if data:
+        warn(f"{timing_cache}: TensorRT refused this timing cache (another version or GPU); starting a new one")
+        cache = config.create_timing_cache(b"")
+        if cache is not None and config.set_timing_cache(cache, False):
+            return cache
+    warn(f"{timing_cache}: cannot use a timing cache; building without one")
+    return None
+
+
+def _save_timing_cache(config, timing_cache: Path, warn) -> None:
+    """Best effort: a built engine is never lost over its timing cache."""
+    from runtime.ioutil import atomic_write_bytes
+
+    try:
+        cache = config.get_timing_cache()
+        if cache is None:
+            warn(f"{timing_cache}: TensorRT returned no timing cache after the build; not saved")
+            return
+        atomic_write_bytes(timing_cache, bytes(cache.serialize()))
+    except (OSError, RuntimeError, TypeError) as error:
+        warn(f"{timing_cache}: timing cache not saved ({type(error).__name__}: {error})")
+
+
+def _set_compute_capabilities(trt, config, options: BuildOptions) -> list[str]:
+    if not hasattr(config, "num_compute_capabilities"):
+        if options.compute_capabilities:
+            raise EngineBuildError("--compute-capability: only TensorRT-RTX builds for chosen GPUs; TensorRT "
+                                   "builds for the GPU it runs on")
+        return []
+    targets = rtx_targets(trt, options)
+    config.num_compute_capabilities = len(targets)
+    for index, capability in enumerate(targets):
+        member = getattr(trt.ComputeCapability, compute_capability_member(capability))
+        if not config.set_compute_capability(member, index):
+            raise EngineBuildError(f"--compute-capability {capability}: TensorRT-RTX refused this target")
+    return targets
+
+
+def _set_dla(trt, builder, config, options: BuildOptions) -> None:
+    if options.dla_core is None:
+        return
+    cores = getattr(builder, "num_DLA_cores", 0)
+    if options.dla_core < 0 or options.dla_core >= cores:
+        where = "this device has none" if cores == 0 else f"this device has {cores} (0..{cores - 1})"
+        raise EngineBuildError(f"--dla-core {options.dla_core}: no such DLA core; {where}")
+    config.default_device_type = trt.DeviceType.DLA
+    config.DLA_core = options.dla_core
+    config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+
+
+def network_io(network) -> list[dict]:
+    """Names, directions, shapes and types of the built network's inputs and outputs (for the sidecar)."""
+    rows = []
+    for mode, count, get in (("input", network.num_inputs, network.get_input),
+                             ("output", network.num_outputs, network.get_output)):
+        for index in range(count):
+            tensor = get(index)
+            dtype = getattr(tensor.dtype, "name", str(tensor.dtype))
+            rows.append({"name": tensor.name, "mode": mode, "shape": [int(d) for d in tuple(tensor.shape)],
+                         "dtype": dtype.rsplit(".", 1)[-1]})
+    return rows
+
+
 def build_serialized(trt, onnx_path: Path, options: BuildOptions, timing_cache: Path | None,
-                     calibrator=None, warn=print) -> bytes:
-    """Parse the ONNX and build a serialized engine with the API of `trt`'s version."""
-    major = trt_major(trt)
+                     calibrator=None, warn=print) -> BuiltEngine:
+    """Parse the ONNX and build a serialized engine with the API `trt` has."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network, _parser = _parse(trt, builder, logger, onnx_path, major)
+    network, _parser = _parse(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mib << 20)
-    config.builder_optimization_level = options.optimization_level
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, False)
-    _set_precision(trt, builder, config, options, major, calibrator, warn)
-    calibrating = options.precision == "int8" and options.int8_mode == "calibrator" and not strongly_typed(major)
+    if hasattr(config, "builder_optimization_level"):
+        config.builder_optimization_level = options.optimization_level
+    elif options.optimization_level != 3:
+        warn(f"--opt-level {options.optimization_level}: this TensorRT has no builder optimisation level "
+             "(added in 8.6); ignored")
+    if flavour_of(trt) == TENSORRT_RTX:
+        timing_cache = None  # a deprecated no-op there that also forces a GPU query
+    cache = _set_timing_cache(config, timing_cache, warn)
+    targets = _set_compute_capabilities(trt, config, options)
+    _set_precision(trt, builder, config, options, calibrator, warn)
+    calibrating = options.precision == "int8" and options.int8_mode == "calibrator" and not strongly_typed(trt)
     _set_profile(trt, builder, config, network, options, calibrating)
-    if options.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = options.dla_core
-        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    _set_dla(trt, builder, config, options)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineBuildError(f"{onnx_path}: TensorRT could not build the engine (see its log above)")
-    if timing_cache is not None:
-        from runtime.ioutil import atomic_write_bytes
+        raise EngineBuildError(f"{onnx_path}: {flavour_label(trt)} could not build the engine (see its log above)")
+    engine = bytes(serialized)
+    if cache is not None and timing_cache is not None:
+        _save_timing_cache(config, timing_cache, warn)
+    return BuiltEngine(engine, network_io(network), targets)
 
-        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized)
 
-
-def trtexec_command(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, major: int,
+def trtexec_command(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, typed: bool,
                     timing_cache: Path | None, calibration_cache: Path | None, input_name: str = "image"
                     ) -> list[str]:
-    """The equivalent trtexec command line (the same version rules as build_serialized)."""
+    """The equivalent trtexec command line (TensorRT only; `typed`: 11.x, strongly typed)."""
     command = [trtexec, f"--onnx={onnx_path}", f"--saveEngine={engine_path}",
                f"--memPoolSize=workspace:{options.workspace_mib}M",
                f"--builderOptimizationLevel={options.optimization_level}"]
     if timing_cache is not None:
         command.append(f"--timingCacheFile={timing_cache}")
-    if not strongly_typed(major) and options.precision == "fp16":
+    if not typed and options.precision == "fp16":
         command.append("--fp16")
-    if not strongly_typed(major) and options.precision == "int8":
+    if not typed and options.precision == "int8":
         command += ["--int8", "--fp16"]
         if options.int8_mode == "calibrator":
             if calibration_cache is None:

@@ -15,7 +15,6 @@ import numpy as np
 
 from runtime.contract import (
     MODEL_KEY,
-    PRECISION_KEY,
     ModelFileError,
     PreprocessSpec,
     TensorInfo,
@@ -24,9 +23,6 @@ from runtime.contract import (
     parse_precision,
     parse_preprocess,
 )
-
-__all__ = ["MODEL_KEY", "PRECISION_KEY", "Backend", "ModelFileError", "OnnxRuntimeBackend", "open_backend",
-           "spec_from_metadata"]
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 # ONNX Runtime's type strings for the element types a roadseg graph may carry.
@@ -42,10 +38,6 @@ class Backend(Protocol):
     metadata: dict[str, str]
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-def spec_from_metadata(metadata: dict[str, str], source: str | Path) -> PreprocessSpec:
-    return parse_preprocess(metadata, source)
 
 
 def ort_tensor_info(node) -> TensorInfo:
@@ -89,7 +81,7 @@ class OnnxRuntimeBackend:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.spec = spec_from_metadata(self.metadata, path)
+        self.spec = parse_preprocess(self.metadata, path)
         self.in_graph = parse_io_form(self.metadata, path)
         check_graph_io(self.spec, [ort_tensor_info(i) for i in self.session.get_inputs()],
                        [ort_tensor_info(o) for o in self.session.get_outputs()], path, self.in_graph)

@@ -43,8 +43,9 @@ if __package__ in (None, ""):  # run as `python runtime/bench_stream.py`
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime.backends import Backend, ModelFileError, open_backend  # noqa: E402
+from runtime.backends import Backend, open_backend  # noqa: E402
 from runtime.bench_targets import measure_targets, print_targets  # noqa: E402
+from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail  # noqa: E402
 from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
 from runtime.outputs import Outputs, Renderer  # noqa: E402

@@ -28,10 +28,11 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import cv2
 import numpy as np
 
+from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
-from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.preprocess import FramePreprocessor
 from runtime.sources import read_video_frames
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -242,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.backends import ModelFileError
+    from runtime.contract import ModelFileError
 
     try:
         row = run(args)

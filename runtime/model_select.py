@@ -12,7 +12,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from runtime.backends import ENGINE_SUFFIXES, ModelFileError, available_providers
+from runtime.backends import ENGINE_SUFFIXES, available_providers
+from runtime.contract import ModelFileError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_ORDER = ("model.int8_cpu.onnx", "model.int8.onnx", "model.fp32.onnx")
@@ -33,7 +34,8 @@ def cuda_device_present() -> bool:
 
 
 def tensorrt_usable() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None and cuda_device_present()
+    installed = any(importlib.util.find_spec(name) is not None for name in ("tensorrt", "tensorrt_rtx"))
+    return installed and cuda_device_present()
 
 
 def _rank_engines(build: Path) -> list[Path]:
@@ -52,14 +54,26 @@ def candidate_models(build_dir: str | Path | None = None, models_dir: str | Path
     build = Path(build_dir) if build_dir is not None else REPO_ROOT / "build"
     models = Path(models_dir) if models_dir is not None else REPO_ROOT / "models"
     found: list[Path] = []
+    order = CUDA_ORDER if "CUDAExecutionProvider" in available_providers() else CPU_ORDER
     if build.is_dir():
         if tensorrt_usable():
             found += _rank_engines(build)
-        order = CUDA_ORDER if "CUDAExecutionProvider" in available_providers() else CPU_ORDER
         found += [build / name for name in order if (build / name).is_file()]
     if models.is_dir():
-        found += sorted(p for p in models.glob("*.onnx") if p.is_file())
+        found += _rank_shipped(models, order)
     return found
+
+
+def _rank_shipped(models: Path, order: tuple[str, ...]) -> list[Path]:
+    """models/STEM.VARIANT.onnx in this machine's order (model.VARIANT.onnx names), then any other ONNX."""
+    variants = [name.removeprefix("model.").removesuffix(".onnx") for name in order]
+    shipped = sorted(p for p in models.glob("*.onnx") if p.is_file())
+
+    def rank(path: Path) -> tuple[int, str]:
+        variant = path.name.removesuffix(".onnx").rsplit(".", 1)[-1]
+        return (variants.index(variant) if variant in variants else len(variants)), path.name
+
+    return sorted(shipped, key=rank)
 
 
 def default_model(build_dir: str | Path | None = None, models_dir: str | Path | None = None) -> Path:

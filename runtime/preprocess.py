@@ -9,21 +9,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.contract import (
-    CLASS_NAMES,
-    IMAGENET_MEAN_RGB,
-    IMAGENET_STD_RGB,
-    IN_GRAPH_IO,
-    IO_KEY,
-    ROAD_CLASS,
-    PreprocessSpec,
-    in_graph_prepost,
-)
-from runtime.contract import PREPROCESS_KEY as METADATA_KEY
-
-__all__ = ["CLASS_NAMES", "IMAGENET_MEAN_RGB", "IMAGENET_STD_RGB", "IN_GRAPH_IO", "IO_KEY", "METADATA_KEY",
-           "MODEL_STRIDE", "ROAD_CLASS", "in_graph_prepost",
-           "FramePreprocessor", "PreprocessSpec", "as_bgr8", "normalize_rgb", "road_probability"]
+from runtime.contract import ROAD_CLASS, PreprocessSpec
 
 # Every stride of FCN-8s divides 32, so inputs are padded to a multiple of it.
 MODEL_STRIDE = 32

@@ -30,7 +30,8 @@ if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the p
     else:
         sys.path.insert(0, _ROOT)
 
-from runtime.backends import ModelFileError, open_backend  # noqa: E402
+from runtime.backends import open_backend  # noqa: E402
+from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
 from runtime.outputs import (  # noqa: E402

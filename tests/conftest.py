@@ -58,6 +58,14 @@ def tiny_checkpoint(tmp_path_factory, synthetic_kitti) -> Path:
     return out / "best.pt"
 
 
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory) -> Path:
+    """Every ONNX artifact of a small FCN-8s (tests/rtx_helpers.py), made once; copy it before writing into it."""
+    from rtx_helpers import make_tiny_artifacts
+
+    return make_tiny_artifacts(tmp_path_factory.mktemp("tiny_artifacts"))
+
+
 _skipped: list[str] = []
 
 

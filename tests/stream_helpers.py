@@ -26,7 +26,7 @@ def tiny_onnx_model(base: Path) -> Path:
     from conftest import random_fcn8s
 
     from export.onnx_export import export_onnx
-    from runtime.preprocess import PreprocessSpec
+    from runtime.contract import PreprocessSpec
 
     model = random_fcn8s()
     export_onnx(model, PreprocessSpec(*TINY_SIZE_HW), {"arch": "fcn8s_vgg16", "width": 0.125},

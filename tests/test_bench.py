@@ -117,7 +117,7 @@ def test_flop_formula_matches_the_exported_graph(tmp_path, width, size):
     import dataclasses
 
     from export.onnx_export import export_onnx
-    from runtime.preprocess import PreprocessSpec
+    from runtime.contract import PreprocessSpec
     from train.model import FCN8s
 
     model = FCN8s(num_classes=2, width=width)

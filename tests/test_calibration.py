@@ -22,8 +22,8 @@ from calibration.dataset import (
 )
 from calibration.quantize import preprocess_for_quantization, quantize_int8, trt_cache_text
 from export.onnx_export import export_onnx, roadseg_metadata
-from runtime.backends import PRECISION_KEY, open_backend
-from runtime.preprocess import PreprocessSpec
+from runtime.backends import open_backend
+from runtime.contract import PRECISION_KEY, PreprocessSpec
 from train.data import write_synthetic_kitti
 
 SPEC = PreprocessSpec(64, 192)
@@ -80,7 +80,7 @@ def test_calibration_from_a_video(tmp_path):
 
 
 def test_stratified_quota_spreads_and_respects_availability():
-    assert stratified_quota({"um": 76, "umm": 76, "uu": 78}, 64) == {"um": 21, "umm": 21, "uu": 22}
+    assert stratified_quota({"um": 76, "umm": 76, "uu": 78}, 64) == {"um": 22, "umm": 21, "uu": 21}
     assert stratified_quota({"um": 2, "umm": 10, "uu": 10}, 12) == {"um": 2, "umm": 5, "uu": 5}
     assert stratified_quota({"um": 2, "umm": 10, "uu": 10}, 13) == {"um": 2, "umm": 6, "uu": 5}
     assert stratified_quota({"um": 3, "umm": 0, "uu": 1}, 64) == {"um": 3, "umm": 0, "uu": 1}
@@ -160,8 +160,10 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     assert best["method"] == table["best_method"]
     assert (build / "calibration_methods.md").read_text().count("| INT8") == 3
     accuracy = json.loads((build / "accuracy.json").read_text())
-    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8"]
-    for name in ("model.int8.onnx", "model.int8_cpu.onnx"):
+    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8", "int8"]
+    strongly_typed = next(r for r in accuracy["rows"] if r["file"].endswith("model.int8_fp16.onnx"))
+    assert strongly_typed["runs_as"].endswith("FP16 emulation") and strongly_typed["passed"]
+    for name in ("model.int8.onnx", "model.int8_cpu.onnx", "model.int8_fp16.onnx"):
         props = {p.key: p.value for p in onnx.load(str(build / name)).metadata_props}
         assert props[PRECISION_KEY] == "int8"
     ranges = json.loads((build / "calibration" / "trt" / "ranges.json").read_text())
@@ -175,6 +177,7 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "ACCURACY GATE FAILED" in lines[0]
     assert not (build / "model.int8.onnx").exists() and not (build / "model.int8_cpu.onnx").exists()
+    assert not (build / "model.int8_fp16.onnx").exists()
 
 
 def test_subpixel_rewrite_of_the_upsamplers_is_float_equivalent(tiny_fp32, tmp_path):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from conftest import KITTI_DIR, needs_kitti
 
-from runtime.preprocess import PreprocessSpec
+from runtime.contract import PreprocessSpec
 from train.data import (
     IGNORE_INDEX,
     Augment,

@@ -26,7 +26,7 @@ NEEDS_HARDWARE = {
     "nvpmodel": "Jetson only",
     "jetson_clocks": "Jetson only",
     "apt-get install python3-opencv": "Jetson system packages",
-    "pip3 install cuda-python": "Jetson setup",
+    "pip3 install -r requirements/tensorrt-cuda12.txt": "Jetson setup",
     "import tensorrt": "needs TensorRT",
     "getBuildInformation": "checks a Jetson's system OpenCV",
     "--config full": "needs a GPU and ImageNet weights",

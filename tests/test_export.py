@@ -14,8 +14,8 @@ from export.__main__ import main as export_main
 from export.fp16 import emulation_graph
 from export.onnx_export import export_onnx
 from export.parity import check_parity, val_frames
-from runtime.backends import MODEL_KEY, PRECISION_KEY, open_backend
-from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from runtime.backends import open_backend
+from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, PreprocessSpec
 
 
 def only_error_line(stderr: str) -> str:
@@ -41,7 +41,7 @@ def test_export_writes_fp32_onnx_with_contract_and_passes_checker(exported, tiny
     assert model.opset_import[0].version == 17
     metadata = {p.key: p.value for p in model.metadata_props}
     _, spec, _ = load_model(tiny_checkpoint)
-    assert PreprocessSpec.from_json(metadata[METADATA_KEY]) == spec
+    assert PreprocessSpec.from_json(metadata[PREPROCESS_KEY]) == spec
     assert metadata[PRECISION_KEY] == "fp32" and "class_names" in metadata[MODEL_KEY]
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]

@@ -13,9 +13,10 @@ import pytest
 from stream_helpers import KITTI_VIDEO, run_stream, tiny_onnx_model
 
 from export.ingraph import FRAME_INPUT, MASK_OUTPUT, PROBABILITY_OUTPUT, mask_agreement, wrap, wrap_file
-from runtime.backends import ModelFileError, open_backend
+from runtime.backends import open_backend
+from runtime.contract import IO_KEY, ModelFileError
 from runtime.ioutil import atomic_write_bytes
-from runtime.preprocess import IO_KEY, FramePreprocessor
+from runtime.preprocess import FramePreprocessor
 from runtime.sources import read_video_frames
 
 pytestmark = pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")

@@ -21,7 +21,7 @@ from stream_helpers import (
 )
 
 from runtime import model_select
-from runtime.backends import ModelFileError
+from runtime.contract import ModelFileError
 from runtime.stream import main
 
 needs_video = pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")

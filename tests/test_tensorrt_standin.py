@@ -29,8 +29,7 @@ from export.trt_builder import (
     onnx_for,
     trtexec_command,
 )
-from runtime.backends import ModelFileError
-from runtime.preprocess import METADATA_KEY, PreprocessSpec
+from runtime.contract import PREPROCESS_KEY, ModelFileError, PreprocessSpec
 from runtime.tensorrt_backend import GpuInfo, key_mismatch, read_sidecar, sidecar_path
 
 ORIN = GpuInfo("Orin", "8.7", "12.6", "12.6")
@@ -46,7 +45,7 @@ def tiny_onnx(path: Path, dynamic: bool = False, precision: str = "fp32") -> Pat
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 2, 32, 64])],
                               [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    for key, value in {METADATA_KEY: PreprocessSpec(32, 64).to_json(), "roadseg.precision": precision}.items():
+    for key, value in {PREPROCESS_KEY: PreprocessSpec(32, 64).to_json(), "roadseg.precision": precision}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(model, str(path))
@@ -58,6 +57,7 @@ def build(tmp_path: Path) -> Path:
     tiny_onnx(tmp_path / "model.fp32.onnx")
     tiny_onnx(tmp_path / "model.fp16.onnx", precision="fp16")
     tiny_onnx(tmp_path / "model.int8.onnx", precision="int8")
+    tiny_onnx(tmp_path / "model.int8_fp16.onnx", precision="int8")
     calib = tmp_path / "calibration"
     (calib / "trt").mkdir(parents=True)
     (calib / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
@@ -76,7 +76,7 @@ def flags_set(trt) -> list[str]:
 
 def test_standin_trt86_fp16_uses_builder_flag(build):
     trt = make_tensorrt(VERSIONS["8.6"])
-    onnx_path = onnx_for("fp16", "qdq", 8, build)
+    onnx_path = onnx_for("fp16", "qdq", False, build)
     assert onnx_path.name == "model.fp32.onnx"
     build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), build / "timing.cache")
     assert flags_set(trt) == ["FP16"]
@@ -86,7 +86,7 @@ def test_standin_trt86_fp16_uses_builder_flag(build):
 
 def test_standin_trt10_fp16_uses_builder_flag_without_explicit_batch(build):
     trt = make_tensorrt(VERSIONS["10"])
-    build_serialized(trt, onnx_for("fp16", "qdq", 10, build), BuildOptions(precision="fp16"), None)
+    build_serialized(trt, onnx_for("fp16", "qdq", False, build), BuildOptions(precision="fp16"), None)
     assert flags_set(trt) == ["FP16"]
     assert ("Builder.create_network", 0) in trt.calls
     assert not calls_named(trt, "Builder.platform_has_fast_fp16")  # deprecated in 10: not consulted
@@ -94,12 +94,12 @@ def test_standin_trt10_fp16_uses_builder_flag_without_explicit_batch(build):
 
 def test_standin_trt11_fp16_builds_from_fp16_onnx_without_flags(build):
     trt = make_tensorrt(VERSIONS["11"])
-    onnx_path = onnx_for("fp16", "qdq", 11, build)
+    onnx_path = onnx_for("fp16", "qdq", True, build)
     assert onnx_path.name == "model.fp16.onnx"
     engine = build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), None)
     assert flags_set(trt) == []
     assert ("OnnxParser.parse_from_file", "model.fp16.onnx") in trt.calls
-    assert json.loads(engine.split(b"\n", 1)[1])["onnx_sha256"]
+    assert json.loads(engine.engine.split(b"\n", 1)[1])["onnx_sha256"]
 
 
 def test_standin_trt11_lacks_the_removed_names():
@@ -118,8 +118,7 @@ def test_standin_trt11_lacks_the_removed_names():
 @pytest.mark.parametrize("family", ["8.6", "10"])
 def test_standin_int8_qdq_sets_int8_and_fp16_flags_on_weakly_typed_versions(build, family):
     trt = make_tensorrt(VERSIONS[family])
-    major = int(family.split(".")[0])
-    onnx_path = onnx_for("int8", "qdq", major, build)
+    onnx_path = onnx_for("int8", "qdq", False, build)
     assert onnx_path.name == "model.int8.onnx"
     build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
     assert flags_set(trt) == ["INT8", "FP16"]
@@ -128,15 +127,15 @@ def test_standin_int8_qdq_sets_int8_and_fp16_flags_on_weakly_typed_versions(buil
 
 def test_standin_trt11_int8_builds_from_qdq_onnx_without_flags(build):
     trt = make_tensorrt(VERSIONS["11"])
-    onnx_path = onnx_for("int8", "qdq", 11, build)
-    assert onnx_path.name == "model.int8.onnx"
+    onnx_path = onnx_for("int8", "qdq", True, build)
+    assert onnx_path.name == "model.int8_fp16.onnx"  # strongly typed: the Q/DQ model with its rest in FP16
     build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
     assert flags_set(trt) == []
 
 
 def test_standin_trt11_refuses_implicit_int8_calibration(build):
-    with pytest.raises(EngineBuildError, match="TensorRT 11 removed implicit INT8"):
-        onnx_for("int8", "calibrator", 11, build)
+    with pytest.raises(EngineBuildError, match="no implicit INT8 calibration"):
+        onnx_for("int8", "calibrator", True, build)
 
 
 @pytest.mark.parametrize("family", ["8.6", "10"])
@@ -144,12 +143,12 @@ def test_standin_int8_calibrator_uses_the_calibration_cache(build, family):
     trt = make_tensorrt(VERSIONS[family])
     cache = f"{calibration_cache_header(trt.__version__)}\nimage: 3ca14285\n".encode()
     calibrator = make_calibrator(trt, np.zeros((2, 3, 32, 64), np.float32), "image", cache, None)
-    onnx_path = onnx_for("int8", "calibrator", int(family.split(".")[0]), build)
+    onnx_path = onnx_for("int8", "calibrator", False, build)
     assert onnx_path.name == "model.fp32.onnx"
     engine = build_serialized(trt, onnx_path, BuildOptions(precision="int8", int8_mode="calibrator"), None,
                               calibrator)
     assert ("BuilderConfig.int8_calibrator=", "EntropyCalibrator") in trt.calls
-    assert json.loads(engine.split(b"\n", 1)[1])["calibration_cache"] == cache.decode()
+    assert json.loads(engine.engine.split(b"\n", 1)[1])["calibration_cache"] == cache.decode()
     assert calibrator.get_batch_size() == 1
 
 
@@ -160,10 +159,10 @@ def test_standin_calibration_cache_header_follows_the_version():
 
 @pytest.mark.parametrize("family", ["8.6", "10", "11"])
 def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, family):
-    trt = make_tensorrt(VERSIONS[family])
+    trt = make_tensorrt(VERSIONS[family], dla_cores=2)
     onnx_path = tiny_onnx(tmp_path / "model.fp32.onnx", dynamic=True)
     profile = ((1, 3, 32, 64), (2, 3, 32, 64), (4, 3, 32, 64))
-    options = BuildOptions(precision="fp32", workspace_mib=256, optimization_level=5, dla_core=1, profile=profile)
+    options = BuildOptions(precision="fp16", workspace_mib=256, optimization_level=5, dla_core=1, profile=profile)
     timing = tmp_path / "timing.cache"
     build_serialized(trt, onnx_path, options, timing)
     assert ("BuilderConfig.set_memory_pool_limit", "WORKSPACE", 256 << 20) in trt.calls
@@ -171,7 +170,7 @@ def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, fami
     assert ("OptimizationProfile.set_shape", "image", *profile) in trt.calls
     assert ("BuilderConfig.default_device_type=", "DLA") in trt.calls
     assert ("BuilderConfig.DLA_core=", 1) in trt.calls
-    assert flags_set(trt) == ["GPU_FALLBACK"]
+    assert flags_set(trt)[-1] == "GPU_FALLBACK"
     assert ("BuilderConfig.create_timing_cache", b"") in trt.calls
     # The second build starts from the timing cache the first one saved.
     saved = timing.read_bytes()
@@ -189,20 +188,20 @@ def test_standin_dynamic_input_without_profile_is_one_clear_error(tmp_path):
 def test_standin_trtexec_command_per_version(tmp_path):
     onnx_path, engine = tmp_path / "model.fp32.onnx", tmp_path / "model.fp16.engine"
     fp16 = BuildOptions(precision="fp16", workspace_mib=512, optimization_level=4)
-    old = trtexec_command("trtexec", onnx_path, engine, fp16, 8, tmp_path / "t.cache", None)
+    old = trtexec_command("trtexec", onnx_path, engine, fp16, False, tmp_path / "t.cache", None)
     assert "--fp16" in old and "--memPoolSize=workspace:512M" in old and "--builderOptimizationLevel=4" in old
     assert f"--timingCacheFile={tmp_path / 't.cache'}" in old
-    new = trtexec_command("trtexec", tmp_path / "model.fp16.onnx", engine, fp16, 11, None, None)
+    new = trtexec_command("trtexec", tmp_path / "model.fp16.onnx", engine, fp16, True, None, None)
     assert "--fp16" not in new and "--int8" not in new
     calib = trtexec_command("trtexec", onnx_path, engine, BuildOptions(precision="int8", int8_mode="calibrator"),
-                            10, None, tmp_path / "c.cache")
+                            False, None, tmp_path / "c.cache")
     assert {"--int8", "--fp16", f"--calib={tmp_path / 'c.cache'}"} <= set(calib)
 
 
 def engine_args(build: Path, precision: str = "fp16", **overrides) -> Namespace:
     values = {"precision": precision, "int8_mode": "qdq", "build": str(build), "workspace_mib": 1024,
               "opt_level": 3, "dla_core": None, "profile": None, "timing_cache": None, "trtexec": None,
-              "force": False}
+              "force": False, "flavour": "auto", "compute_capability": None}
     values.update(overrides)
     return Namespace(**values)
 
@@ -213,7 +212,7 @@ def test_standin_engine_is_reused_while_its_key_matches_and_rebuilt_when_it_chan
     sidecar = read_sidecar(engine)
     assert sidecar["cache_key"]["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
     assert sidecar["cache_key"]["precision"] == "fp16" and sidecar["cache_key"]["tensorrt"] == "10.3.0"
-    assert sidecar["metadata"][METADATA_KEY]  # the runtime reads the contract from here
+    assert sidecar["metadata"][PREPROCESS_KEY]  # the runtime reads the contract from here
     assert sidecar["rebuild"].startswith("python -m export.engine --precision fp16")
     builds = len(calls_named(trt, "Builder.build_serialized_network"))
     build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
@@ -239,7 +238,7 @@ def test_standin_int8_engine_key_carries_the_calibration_identity(build):
     trt = make_tensorrt(VERSIONS["11"])
     engine = build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
     key = read_sidecar(engine)["cache_key"]
-    assert key["onnx"] == "model.int8.onnx" and len(key["calibration_manifest_sha256"]) == 64
+    assert key["onnx"] == "model.int8_fp16.onnx" and len(key["calibration_manifest_sha256"]) == 64
     (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1", "n": 2}\n')
     before = len(calls_named(trt, "Builder.build_serialized_network"))
     build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
@@ -288,11 +287,208 @@ def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, t
     build = tmp_path / "build"
     assert export_main(["--checkpoint", str(tiny_checkpoint), "--build", str(build), "--data", str(synthetic_kitti),
                         "--parity-frames", "3", "--no-accuracy", "--no-progress"]) == 0
+    # --flavour tensorrt: TensorRT-RTX (which builds without a GPU) may be installed here; TensorRT never builds
+    # without one, which is the path a machine with no TensorRT-RTX takes by default.
     result = run_cli("-m", "export.engine", "--checkpoint", str(tiny_checkpoint), "--build", str(build),
-                     "--data", str(synthetic_kitti), "--no-progress")
+                     "--data", str(synthetic_kitti), "--no-progress", "--flavour", "tensorrt")
     assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot build a TensorRT engine here: no CUDA GPU")
     assert "model.fp32.onnx" in lines[0] and "model.fp16.onnx" in lines[0] and "Traceback" not in result.stderr
     assert "ONNX up to date" in result.stdout  # the checkpoint did not change: nothing was re-exported
     assert not list(build.glob("*.engine"))
+
+
+# ---- TensorRT-RTX and the defects a read against the real sources found (stand-ins) -------------------------
+
+RTX_GPU = GpuInfo("NVIDIA GeForce RTX 4090", "8.9", "13.0", "13.0")
+
+
+def test_standin_rtx_builds_for_target_compute_capabilities_without_timing_cache(build):
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build, compute_capability="8.6,8.9"), build, trt, None, trt.__version__)
+    assert ("Builder.create_network", 0) in trt.calls and flags_set(trt) == []
+    assert ("BuilderConfig.num_compute_capabilities=", 2) in trt.calls
+    assert [c[1:] for c in calls_named(trt, "BuilderConfig.set_compute_capability")] == [("SM86", 0), ("SM89", 1)]
+    assert not calls_named(trt, "BuilderConfig.create_timing_cache")  # a deprecated no-op on RTX
+    sidecar = read_sidecar(engine)
+    assert sidecar["flavour"] == "tensorrt_rtx" and sidecar["cache_key"]["compute_capabilities"] == ["8.6", "8.9"]
+    assert "--flavour tensorrt_rtx" in sidecar["rebuild"]
+    assert not list(build.glob("*.timing.cache"))
+
+
+def test_standin_rtx_dla_is_refused(build):
+    trt = make_tensorrt(VERSIONS["rtx"])
+    with pytest.raises(EngineBuildError, match="--dla-core 0: no such DLA core; this device has none"):
+        build_serialized(trt, build / "model.fp16.onnx", BuildOptions(precision="fp16", dla_core=0), None)
+
+
+def test_standin_dla_core_checked_and_fp32_refused(build):
+    trt = make_tensorrt(VERSIONS["10"], dla_cores=2)
+    with pytest.raises(EngineBuildError, match="--dla-core 2: no such DLA core; this device has 2"):
+        build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", dla_core=2), None)
+    with pytest.raises(EngineBuildError, match="DLA runs FP16 and INT8 only"):
+        BuildOptions(precision="fp32", dla_core=0)
+
+
+def test_standin_trt85_has_no_optimization_level_and_is_not_asked_for_one(build, capsys):
+    trt = make_tensorrt(VERSIONS["8.5"])
+    warnings = []
+    build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", optimization_level=5), None,
+                     warn=warnings.append)
+    assert not calls_named(trt, "BuilderConfig.builder_optimization_level=")
+    assert any("no builder optimisation level" in w for w in warnings)
+    assert ("Builder.create_network", 1) in trt.calls  # EXPLICIT_BATCH on 8.x
+
+
+def test_standin_timing_cache_from_another_gpu_is_replaced_not_fatal(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    timing = build / "timing.cache"
+    timing.write_bytes(b"FOREIGN cache of another GPU")
+    warnings = []
+    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), timing,
+                             warn=warnings.append)
+    assert built.engine.startswith(b"STANDIN-ENGINE")
+    assert any("refused this timing cache" in w for w in warnings)
+    assert timing.read_bytes().startswith(b"TIMING:")  # a fresh cache from this build replaced it
+
+
+def test_standin_engine_survives_a_missing_timing_cache_after_the_build(build, monkeypatch):
+    trt = make_tensorrt(VERSIONS["10"])
+    monkeypatch.setattr(trt.IBuilderConfig, "get_timing_cache", lambda self: None)
+    warnings = []
+    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), build / "t.cache",
+                             warn=warnings.append)
+    assert built.engine and any("no timing cache" in w for w in warnings) and not (build / "t.cache").exists()
+
+
+def test_standin_timing_cache_file_is_keyed_by_release_and_gpu(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    build_engine(engine_args(build), build, trt, ORIN, "10.3.0.26")
+    assert (build / "tensorrt-10.3.0-sm87.timing.cache").is_file()
+
+
+def test_standin_calibrator_mode_key_includes_the_calibration_ranges(build):
+    trt = make_tensorrt(VERSIONS["10"])
+    args = engine_args(build, "int8", int8_mode="calibrator")
+    first = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
+    (build / "calibration" / "trt" / "ranges.json").write_text(json.dumps({"amax": {"image": 2.0, "logits": 9.0}}))
+    second = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
+    assert first != second  # another calibration method: same set, other ranges -> rebuilt
+
+
+def test_standin_versions_compare_as_release_tuples(build):
+    """trtexec reports 3 parts, the Python wheels 4: the same release must not be refused."""
+    from runtime.trt_flavour import same_release, version_tuple
+
+    assert version_tuple("11.1.0.106") == (11, 1, 0, 106) and same_release("11.1.0", "11.1.0.106")
+    assert not same_release("10.3.0", "10.13.0") and version_tuple("10.13.0") > version_tuple("10.3.0")
+    trt = make_tensorrt(VERSIONS["10"])
+    key = read_sidecar(build_engine(engine_args(build), build, trt, ORIN, "10.3.0"))["cache_key"]
+    assert key_mismatch(key, ORIN, "10.3.0.26") == ""
+
+
+class FakeCudart:
+    """Just enough of cuda.bindings.runtime for the backend's setup path: no GPU here to run it."""
+
+    class cudaError_t:  # noqa: N801 - cuda-python's name
+        cudaSuccess = 0
+
+    def cudaSetDevice(self, device):  # noqa: N802
+        return (0,)
+
+
+@pytest.fixture()
+def rtx_backend(build, monkeypatch):
+    """The runtime backend's load path on a stand-in TensorRT-RTX and a stand-in RTX 4090 (SM 8.9)."""
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build), build, trt, None, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (RTX_GPU, ""))
+    monkeypatch.setattr(tensorrt_backend, "import_engine_flavour", lambda path, flavour, rebuild: trt)
+    monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: FakeCudart())
+    monkeypatch.setattr(tensorrt_backend.TensorRTBackend, "_allocate", lambda self, batch=1: None)
+    return trt, engine
+
+
+def test_standin_rtx_backend_checks_validity_then_loads_with_a_persisted_runtime_cache(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+    from runtime.trt_flavour import runtime_cache_path
+
+    trt, engine = rtx_backend
+    backend = TensorRTBackend(engine)
+    names = [c[0] for c in trt.calls]
+    assert names.index("Runtime.get_engine_validity") < names.index("Runtime.deserialize_cuda_engine")
+    assert ("ICudaEngine.create_execution_context", True) in trt.calls  # with the runtime config
+    assert backend.input_name == "image" and backend.output_name == "logits" and not backend._use_cuda_graph
+    assert backend._runtime_cache.config.cuda_graph_strategy is trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+    backend.close()
+    cache = runtime_cache_path(engine, "8.9")
+    assert cache.read_bytes().startswith(b"RTXCACHE:NVIDIA GeForce RTX 4090:")
+    trt.calls.clear()
+    TensorRTBackend(engine).close()
+    assert ("IRuntimeCache.deserialize", cache.stat().st_size) in trt.calls
+
+
+def test_standin_rtx_backend_refuses_an_engine_for_other_gpus_with_the_rebuild_command(rtx_backend, monkeypatch):
+    from runtime import tensorrt_backend
+
+    trt, engine = rtx_backend
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda",
+                        lambda device=0: (GpuInfo("NVIDIA GeForce RTX 2080", "7.5", "13.0", "13.0"), ""))
+    with pytest.raises(ModelFileError, match=r"built for compute capabilities 8\.0.*is 7\.5\); rebuild: "
+                                             r"python -m export\.engine --precision fp16 .*--flavour tensorrt_rtx"):
+        tensorrt_backend.TensorRTBackend(engine)
+
+
+def test_standin_rtx_backend_refuses_an_engine_its_runtime_calls_invalid(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    trt, engine = rtx_backend
+    trt.standin_target = "SM75"  # the runtime finds the engine has no kernels for this GPU
+    with pytest.raises(ModelFileError, match=r"cannot run here \(UNSUPPORTED_CC\); rebuild: python -m export"):
+        TensorRTBackend(engine)
+    assert "Runtime.deserialize_cuda_engine" not in [c[0] for c in trt.calls]
+
+
+def test_standin_backend_refuses_an_engine_of_another_flavour_in_one_line(build, monkeypatch):
+    """A TensorRT-RTX engine on a machine with only TensorRT (the real import check, stand-in engine)."""
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["rtx"])
+    engine = build_engine(engine_args(build), build, trt, None, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (RTX_GPU, ""))
+    monkeypatch.setattr(tensorrt_backend, "installed_flavours", lambda: ["tensorrt"])
+    with pytest.raises(ModelFileError) as error:
+        tensorrt_backend.TensorRTBackend(engine)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "built by TensorRT-RTX, which is not installed (this machine has TensorRT)" in message
+    assert "make setup-rtx" in message and "python -m export.engine --precision fp16" in message
+
+
+def test_standin_dla_engine_sets_the_runtime_dla_core_before_deserializing(build, monkeypatch):
+    from runtime import tensorrt_backend
+
+    trt = make_tensorrt(VERSIONS["10"], dla_cores=2)
+    engine = build_engine(engine_args(build, dla_core=1), build, trt, ORIN, trt.__version__)
+    monkeypatch.setattr(tensorrt_backend, "probe_cuda", lambda device=0: (ORIN, ""))
+    monkeypatch.setattr(tensorrt_backend, "import_engine_flavour", lambda path, flavour, rebuild: trt)
+    monkeypatch.setattr(tensorrt_backend, "import_cudart", lambda: FakeCudart())
+    monkeypatch.setattr(tensorrt_backend.TensorRTBackend, "_allocate", lambda self, batch=1: None)
+    tensorrt_backend.TensorRTBackend(engine)
+    assert ("Runtime.deserialize_cuda_engine", 1) in trt.calls
+
+
+def test_flavour_choice_without_gpu_needs_tensorrt_rtx_else_refuses_cleanly(monkeypatch):
+    from export import engine
+
+    monkeypatch.setattr(engine, "installed_flavours", lambda: [])
+    with pytest.raises(engine.MissingToolchain, match="no CUDA GPU .* and no TensorRT-RTX"):
+        engine.choose_flavour("auto", None, "no driver")
+    monkeypatch.setattr(engine, "installed_flavours", lambda: ["tensorrt", "tensorrt_rtx"])
+    assert engine.choose_flavour("auto", None, "no driver") == "tensorrt_rtx"  # AOT without a GPU
+    assert engine.choose_flavour("auto", ORIN, "") == "tensorrt"  # a GPU and TensorRT: TensorRT first
+    with pytest.raises(engine.MissingToolchain, match="TensorRT needs one"):
+        engine.choose_flavour("tensorrt", None, "no driver")

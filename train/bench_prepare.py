@@ -45,7 +45,7 @@ def build_model(checkpoint: str | None, random_width: float | None, size: tuple[
     """(model, spec at `size`, arch, summary): a checkpoint's weights, or a seeded untrained model."""
     import torch
 
-    from runtime.preprocess import PreprocessSpec
+    from runtime.contract import PreprocessSpec
     from train.model import FCN8s
 
     if checkpoint:

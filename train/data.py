@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from runtime.preprocess import PreprocessSpec, normalize_rgb
+from runtime.contract import PreprocessSpec
+from runtime.preprocess import normalize_rgb
 
 CATEGORIES = ("um", "umm", "uu")
 IGNORE_INDEX = 255

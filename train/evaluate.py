@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_text, fail, save_figure
 from runtime.metrics import RoadMetricAccumulator
 from runtime.postprocess import road_confidence, road_mask
-from runtime.preprocess import FramePreprocessor, PreprocessSpec
+from runtime.preprocess import FramePreprocessor
 from train.data import (
     CATEGORIES,
     DataError,

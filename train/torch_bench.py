@@ -100,7 +100,7 @@ def probe(args: argparse.Namespace) -> dict:
               "torch_cuda_version": torch.version.cuda,
               "torch_matmul_gflops": torch_matmul_gflops(args.threads, args.matmul_size)}
     if args.checkpoint:
-        from runtime.preprocess import PreprocessSpec
+        from runtime.contract import PreprocessSpec
         from train.checkpoint import read_checkpoint
 
         payload = read_checkpoint(args.checkpoint)

@@ -26,9 +26,9 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.paths import DEFAULT_KITTI_DIR
-from runtime.preprocess import PreprocessSpec
 from train.checkpoint import (
     CheckpointError,
     atomic_torch_save,
