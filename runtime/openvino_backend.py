@@ -24,7 +24,10 @@ INSTALL_HINT = "pip install -r requirements/runtime-openvino.txt (or make setup-
 
 
 def openvino_installed() -> bool:
-    return importlib.util.find_spec("openvino") is not None
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that hides it
+        return False
 
 
 def _core():
