@@ -179,7 +179,7 @@ def run_gate(build: Path, kitti_dir: str | Path, progress: bool = True,
     for row in rows:
         drop = "" if row["drop_pt"] is None else f"  drop {row['drop_pt']:+.3f} pt"
         verdict = "ok" if row["passed"] else "BELOW FLOOR"
-        print(f"  {row['artifact']:28s} MaxF {row['maxf']:.2f}{drop}  {verdict}")
+        print(f"  {row['artifact']:38s} MaxF {row['maxf']:.2f}{drop}  {verdict}")
     return rows
 
 
