@@ -159,7 +159,14 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     assert best["method"] == table["best_method"]
     assert (build / "calibration_methods.md").read_text().count("| INT8") == 3
     accuracy = json.loads((build / "accuracy.json").read_text())
-    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8"]
+    files = [r for r in accuracy["rows"] if r["backend"] == "onnxruntime"]
+    assert [r["precision"] for r in files] == ["fp32", "int8", "int8"]
+    from runtime.openvino_backend import cpu_precisions, openvino_installed
+
+    # Where OpenVINO is installed, the same files are gated as it runs them: every precision it offers.
+    expected = (cpu_precisions("fp32") + ["int8", "int8"]) if openvino_installed() else []
+    assert [r["precision"] for r in accuracy["rows"] if r["backend"] == "openvino"] == expected
+    assert all(r["passed"] and r["images"] == files[0]["images"] for r in accuracy["rows"])
     for name in ("model.int8.onnx", "model.int8_cpu.onnx"):
         props = {p.key: p.value for p in onnx.load(str(build / name)).metadata_props}
         assert props[PRECISION_KEY] == "int8"

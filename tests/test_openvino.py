@@ -153,3 +153,16 @@ def test_stream_cli_runs_on_openvino_and_says_why_auto_chose(tiny_onnx: Path, tm
     auto = run_stream(*common, env=env)
     assert auto.returncode == 0, auto.stderr
     assert "auto picked" in auto.stdout and "onnxruntime fp32" in auto.stdout and "openvino fp32" in auto.stdout
+
+
+def test_an_openvino_row_below_its_floor_fails_no_file_gate_but_is_reported(capsys):
+    from export.accuracy import broken_floors, report_openvino_floors
+
+    rows = [{"artifact": "FP32 ONNX", "backend": "onnxruntime", "passed": True, "maxf": 95.0, "drop_pt": 0.0,
+             "floor_pt": None},
+            {"artifact": "FP32 on OpenVINO bf16", "backend": "openvino", "passed": False, "maxf": 94.7,
+             "drop_pt": 0.3, "floor_pt": 0.1}]
+    assert broken_floors(rows) == []
+    assert broken_floors(rows, "openvino") == ["FP32 on OpenVINO bf16 MaxF 94.70 is 0.30 pt below FP32 (floor 0.1 pt)"]
+    report_openvino_floors(rows)
+    assert "--backend auto will not use it" in capsys.readouterr().out
