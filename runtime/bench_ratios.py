@@ -54,7 +54,8 @@ def summarize(result: dict) -> dict[str, dict]:
     for label, entry in result.get("candidates", {}).items():
         if entry.get("ratios"):
             out[label] = {**spread(entry["ratios"]), "ms_median": round(statistics.median(entry["ms"]), 3),
-                          "torch_ms_median": round(statistics.median(entry["torch_ms"]), 3)}
+                          "torch_ms_median": round(statistics.median(entry["torch_ms"]), 3),
+                          "ratios": entry["ratios"]}
     return out
 
 

@@ -86,9 +86,11 @@ def test_floors_are_ratios_of_this_run(bench_report):
     (ratios,) = bench_report["interleaved"].values()
     blocks = ratios[f"onnxruntime int8 {int8['variant']}"]
     assert check["int8_speedup"] == blocks["median"] and check["int8_spread"] == blocks
-    assert blocks["min"] <= blocks["median"] <= blocks["max"] and blocks["blocks"] >= 3
-    assert blocks["torch_ms_median"] / blocks["ms_median"] == pytest.approx(blocks["median"], rel=0.5)
-    assert torch_row["p50_ms"] / int8["p50_ms"] == pytest.approx(blocks["median"], rel=1.0)
+    ratios_seen = blocks["ratios"]
+    assert len(ratios_seen) == blocks["blocks"] >= 3 and all(r > 0 for r in ratios_seen)
+    assert (blocks["min"], blocks["median"], blocks["max"]) == (
+        round(min(ratios_seen), 2), round(float(np.median(ratios_seen)), 2), round(max(ratios_seen), 2))
+    assert torch_row["p50_ms"] > 0  # the rows stay in the table; the floors no longer divide their p50s
     assert check["passed"] == (check["int8_speedup"] >= FLOOR_INT8_SPEEDUP and check["fp32_speedup"] >= 1.5
                                and check["int8_maxf_drop_pt"] <= 0.5)
     assert ("PASS" if check["passed"] else "FAIL") in bench_report["_stdout"]
