@@ -5,8 +5,10 @@
                             [--no-full] [--quick] [--threads 2] [--out runs/bench] [--check-floors]
 
 Rows: PyTorch eager (CPU FP32; CUDA FP32/FP16/FP16 + CUDA graph on a GPU), ONNX Runtime CPU FP32 and
-INT8 (TensorRT-style s8 Q/DQ and the CPU's u8-activation Q/DQ), ONNX Runtime CUDA / TensorRT providers and
-TensorRT engines; what this machine cannot run is listed as skipped, with why. Configurations: the
+INT8 (TensorRT-style s8 Q/DQ and the CPU's u8-activation Q/DQ), OpenVINO CPU at every precision it offers
+(runtime/bench_openvino.py), ONNX Runtime CUDA / TensorRT providers and TensorRT engines; what this machine
+cannot run is listed as skipped, with why. Floors are judged on speed-ups measured interleaved with torch eager
+FP32 (runtime/bench_ratios.py: median of per-block ratios, spread printed). Configurations: the
 shipped model at its working size, the full-width VGG16 FCN-8s at 160x576 (untrained unless
 --full-checkpoint: its speed does not depend on training), and the shipped model at each --sizes size.
 
