@@ -28,6 +28,7 @@ from runtime.preprocess import FramePreprocessor
 from train.bench_prepare import build_model, parse_size
 from train.torch_bench import EagerPredictor
 
+WARMUP_RUNS = 3
 SETTLE_S = 0.05  # between blocks: lets one library's idle worker threads stop spinning before the next runs
 
 
@@ -62,6 +63,11 @@ def run(args: argparse.Namespace) -> dict:
         if opened[label].spec.size_hw != spec.size_hw:
             raise BenchError(f"{path}: input {opened[label].spec.size_hw} is not --size {args.size}")
     batch = FramePreprocessor(spec)(load_frames(args.video, 1)[0]).copy()
+    # torch's first runs in a process are several times slower (oneDNN primitives, allocations): warm every
+    # contender up before the first timed block, or the first rounds' ratios flatter the candidates.
+    for infer in (baseline.infer, *(backend.infer for backend in opened.values())):
+        for _ in range(WARMUP_RUNS):
+            infer(batch)
     results = {label: {"torch_ms": [], "ms": [], "ratios": []} for label in opened}
     for _ in range(args.rounds):
         for label, candidate in opened.items():
