@@ -10,7 +10,7 @@ BUILD ?= build
 CONFIG ?= cpu
 STAMP := $(VENV)/.roadseg-installed
 
-.PHONY: setup setup-runtime setup-rtx test lint train eval export calibrate engine stream demo bench pipeline clean
+.PHONY: setup setup-runtime setup-rtx setup-openvino test lint train eval export calibrate engine stream demo bench pipeline clean
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
@@ -22,9 +22,18 @@ $(STAMP): requirements/train.txt requirements/onnx.txt requirements/runtime.txt 
 	touch $@
 
 ## setup-runtime: a slim runtime-only environment (numpy, OpenCV, onnxruntime; no torch) in .venv-runtime
+## (OPENVINO=1 adds the optional OpenVINO CPU backend)
 setup-runtime:
 	test -x .venv-runtime/bin/python || python3 -m venv .venv-runtime
-	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt
+	.venv-runtime/bin/python -m pip install -q -r requirements/runtime.txt -r requirements/runtime-cpu.txt \
+		$(if $(OPENVINO),-r requirements/runtime-openvino.txt)
+
+## setup-openvino: add the optional OpenVINO CPU backend to $(VENV); `--backend auto` then measures it
+OPENVINO_STAMP := $(VENV)/.roadseg-openvino-installed
+setup-openvino: $(OPENVINO_STAMP)
+$(OPENVINO_STAMP): requirements/runtime-openvino.txt | setup
+	$(PY) -m pip install -q -r requirements/runtime-openvino.txt
+	touch $@
 
 ## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) with numpy, OpenCV and onnx (no torch): builds real engines
 ## without a GPU, from models/ when there is no torch (pinned; ~100 MB)

@@ -142,9 +142,10 @@ def export_fp16(build: Path) -> Path:
 
 
 def accuracy_gate(build: Path, data: str, progress: bool) -> None:
-    from export.accuracy import broken_floors, run_gate
+    from export.accuracy import broken_floors, report_openvino_floors, run_gate
 
-    rows = run_gate(build, data, progress, precisions=("fp32", "fp16"))
+    rows = run_gate(build, data, progress, precisions=("fp32", "fp16", "bf16"))
+    report_openvino_floors(rows)
     broken = broken_floors(rows)
     if broken:
         (build / "model.fp16.onnx").unlink(missing_ok=True)

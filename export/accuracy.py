@@ -5,6 +5,11 @@
 FP16 must stay within 0.1 pt MaxF of FP32, INT8 within 0.5 pt. Scores are cached per file sha256 under
 build/scores/, so re-running the gate after one artifact changed scores only that one. FP16 is scored
 through its CPU emulation graph (export/fp16.py says why ONNX Runtime's CPU FP16 would not be faithful).
+
+Where OpenVINO is installed, the same files are also scored as OpenVINO runs them on this CPU: FP32 (f32
+hint), bf16 (where the CPU has native bf16; within 0.1 pt) and each INT8 file (within 0.5 pt). A file can
+pass on ONNX Runtime and a precision fail on OpenVINO, so those rows remove no file: a failed OpenVINO row
+is recorded in accuracy.json, and the runtime's `--backend auto` never picks that combination.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from calibration.dataset import sha256_file
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR
 
-FLOORS_PT = {"fp32": None, "fp16": 0.1, "int8": 0.5}
+FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5}
+FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
 
 
 class AccuracyError(RuntimeError):
@@ -33,21 +39,28 @@ class Artifact:
     precision: str  # fp32 | fp16 | int8
     scored_path: Path  # the file actually run (the FP16 emulation for fp16)
     runs_as: str
+    backend: str = "onnxruntime"  # or "openvino", run at `precision` (its CPU inference precision hint)
 
 
-def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progress: bool = True) -> dict:
-    """Val metrics of one ONNX on ONNX Runtime CPU, reusing a cached score of the same bytes."""
-    from runtime.backends import OnnxRuntimeBackend
+def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progress: bool = True,
+                backend_name: str = "onnxruntime", precision: str = "auto") -> dict:
+    """Val metrics of one ONNX on ONNX Runtime CPU (or OpenVINO CPU at `precision`), reusing a cached score
+    of the same bytes."""
+    from runtime.backends import OnnxRuntimeBackend, open_backend
     from train.data import find_samples, split_samples
     from train.evaluate import evaluate_samples, public_result
 
     digest = sha256_file(scored_path)
-    cache = cache_dir / f"{scored_path.name}.json"
+    tag = "" if backend_name == "onnxruntime" else f".{backend_name}-{precision}"
+    cache = cache_dir / f"{scored_path.name}{tag}.json"
     if cache.is_file():
         cached = json.loads(cache.read_text())
         if cached.get("sha256") == digest and cached.get("data") == str(kitti_dir):
             return cached["metrics"]
-    backend = OnnxRuntimeBackend(scored_path, provider="cpu")
+    if backend_name == "onnxruntime":
+        backend = OnnxRuntimeBackend(scored_path, provider="cpu")
+    else:
+        backend = open_backend(scored_path, backend_name, precision=precision)
     samples = split_samples(find_samples(kitti_dir), "val")
     metrics = public_result(evaluate_samples(backend, samples, progress=progress,
                                              description=f"score {scored_path.name}"))
@@ -60,7 +73,8 @@ def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
               progress: bool = True) -> list[dict]:
     rows, baseline = [], None
     for artifact in artifacts:
-        metrics = score_model(artifact.scored_path, kitti_dir, build / "scores", progress)
+        metrics = score_model(artifact.scored_path, kitti_dir, build / "scores", progress, artifact.backend,
+                              artifact.precision)
         maxf = metrics["maxf"] * 100
         if artifact.precision == "fp32" and baseline is None:
             baseline = maxf
@@ -68,7 +82,8 @@ def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
         floor = FLOORS_PT.get(artifact.precision)
         passed = True if floor is None or drop is None else drop <= floor
         rows.append({"artifact": artifact.label, "file": str(artifact.path), "precision": artifact.precision,
-                     "runs_as": artifact.runs_as, "sha256": sha256_file(artifact.path),
+                     "runs_as": artifact.runs_as, "backend": artifact.backend,
+                     "sha256": sha256_file(artifact.path),
                      "maxf": round(maxf, 3), "ap": round(metrics["ap"] * 100, 3),
                      "iou": round(metrics["iou"] * 100, 3), "images": metrics["images"],
                      "drop_pt": None if drop is None else round(drop, 3), "floor_pt": floor,
@@ -123,13 +138,41 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
         artifacts.append(Artifact(label, path, precision, scored, runs_as))
     if not artifacts or artifacts[0].precision != "fp32":
         raise AccuracyError(f"{build / 'model.fp32.onnx'}: not found; run `make export` first")
-    return artifacts
+    return artifacts + openvino_artifacts(artifacts, precisions)
 
 
-def broken_floors(rows: list[dict]) -> list[str]:
+def openvino_artifacts(artifacts: list[Artifact], precisions: tuple[str, ...] | None) -> list[Artifact]:
+    """The same files as OpenVINO runs them on this CPU: every precision it offers for each, gated alike."""
+    from runtime.openvino_backend import cpu_precisions, openvino_installed
+
+    if not openvino_installed():
+        print("  OpenVINO rows skipped: OpenVINO is not installed (make setup-openvino)")
+        return []
+    rows = []
+    for artifact in artifacts:
+        if artifact.precision == "fp16":
+            continue  # an FP16 file is a GPU artifact; on CPU, OpenVINO's bf16 hint is the 16-bit path
+        for precision in cpu_precisions(artifact.precision):
+            if precisions is not None and precision not in precisions:
+                continue
+            hint = "f32" if precision != "bf16" else "bf16"
+            label = artifact.label.replace(" ONNX", "") + f" on OpenVINO {hint}"
+            rows.append(Artifact(label, artifact.path, precision, artifact.path, f"OpenVINO CPU ({hint} hint)",
+                                 backend="openvino"))
+    return rows
+
+
+def broken_floors(rows: list[dict], backend: str = "onnxruntime") -> list[str]:
+    """Rows below their floor for `backend` (the ONNX Runtime rows are the files' own gate)."""
     return [f"{r['artifact']} MaxF {r['maxf']:.2f} is {r['drop_pt']:.2f} pt below FP32 "
             f"(floor {r['floor_pt']} pt)"
-            for r in rows if not r["passed"]]
+            for r in rows if not r["passed"] and r.get("backend", "onnxruntime") == backend]
+
+
+def report_openvino_floors(rows: list[dict]) -> None:
+    """OpenVINO rows below their floor remove no file; say that `--backend auto` will not pick them."""
+    for line in broken_floors(rows, "openvino"):
+        print(f"  warning: {line}: --backend auto will not use it")
 
 
 def run_gate(build: Path, kitti_dir: str | Path, progress: bool = True,
@@ -139,7 +182,7 @@ def run_gate(build: Path, kitti_dir: str | Path, progress: bool = True,
     for row in rows:
         drop = "" if row["drop_pt"] is None else f"  drop {row['drop_pt']:+.3f} pt"
         verdict = "ok" if row["passed"] else "BELOW FLOOR"
-        print(f"  {row['artifact']:28s} MaxF {row['maxf']:.2f}{drop}  {verdict}")
+        print(f"  {row['artifact']:38s} MaxF {row['maxf']:.2f}{drop}  {verdict}")
     return rows
 
 

@@ -31,8 +31,8 @@ ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(
 
 
 class Backend(Protocol):
-    name: str  # "onnxruntime" or "tensorrt"
-    precision: str  # "fp32", "fp16" or "int8"
+    name: str  # "onnxruntime", "openvino" or "tensorrt"
+    precision: str  # "fp32", "fp16", "bf16" or "int8"
     device: str  # "cpu" or the GPU's name
     spec: PreprocessSpec
     metadata: dict[str, str]
@@ -130,8 +130,9 @@ def model_description(metadata: dict[str, str]) -> dict:
 
 
 def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None,
-                 spinning: bool = True) -> Backend:
-    """Pick the backend from the file: engines run on TensorRT, ONNX files on ONNX Runtime.
+                 spinning: bool = True, precision: str = "auto") -> Backend:
+    """Pick the backend from the file: engines run on TensorRT, ONNX files on ONNX Runtime, or on OpenVINO
+    when asked (`backend="openvino"`, optional install; `precision` fp32|bf16 is its CPU hint).
 
     `spinning=False` when other threads (capture, decode) share the CPU with inference, as in a stream.
     """
@@ -146,4 +147,13 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
         return TensorRTBackend(path)
     if path.suffix != ".onnx":
         raise ModelFileError(f"{path}: unknown model type (expected .onnx, .engine or .plan)")
+    if backend == "openvino":
+        from runtime.openvino_backend import OpenVINOBackend
+
+        return OpenVINOBackend(path, precision=precision, threads=threads, spinning=spinning)
+    if precision not in ("auto", "fp32", "int8"):
+        raise ModelFileError(f"--precision {precision}: ONNX Runtime runs the file's own precision; "
+                             "bf16 is an OpenVINO CPU hint (--backend openvino)")
+    if backend == "onnxruntime":
+        backend = "auto"
     return OnnxRuntimeBackend(path, provider=backend, threads=threads, spinning=spinning)

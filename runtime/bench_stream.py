@@ -283,7 +283,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python runtime/bench_stream.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
-    parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt"))
+    parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt", "onnxruntime",
+                                                             "openvino"),
+                        help="cpu: ONNX Runtime CPU; auto: as runtime/stream.py picks (a measured CPU choice "
+                        "where OpenVINO is installed)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="OpenVINO CPU precision hint for float models")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     parser.add_argument("--video", default=str(REPO_ROOT / DEFAULT_VIDEO), help="the KITTI raw video")
     parser.add_argument("--overhead-frames", type=int, default=480, help="frames per loop for the overhead floor")
@@ -300,7 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         model = Path(args.model) if args.model else default_model()
-        backend = open_backend(model, args.backend, threads=args.threads or None, spinning=False)
+        if args.backend == "auto":
+            from runtime.backend_choice import open_auto
+
+            backend, choice = open_auto(model, args.threads or None, spinning=False)
+            if choice is not None:
+                print(choice.line())
+        else:
+            backend = open_backend(model, args.backend, threads=args.threads or None, spinning=False,
+                                   precision=args.precision)
     except (ModelFileError, ImportError, OSError, RuntimeError) as error:
         return fail(error)
     video = Path(args.video)

@@ -192,9 +192,11 @@ def _timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def open_model(path: str, provider: str, threads: int):
+def open_model(path: str, provider: str, threads: int, backend: str = "onnxruntime", precision: str = "auto"):
     from runtime.backends import ENGINE_SUFFIXES, OnnxRuntimeBackend, open_backend
 
+    if backend == "openvino":
+        return open_backend(path, "openvino", threads=threads, precision=precision)
     if Path(path).suffix in ENGINE_SUFFIXES:
         return open_backend(path, backend="tensorrt")
     return OnnxRuntimeBackend(path, provider=provider, threads=threads)
@@ -213,6 +215,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=".onnx model or TensorRT .engine/.plan")
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or tensorrt")
+    parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
+                        help="for .onnx: ONNX Runtime (with --provider) or OpenVINO on the CPU")
+    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision hint: fp32 or bf16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)
@@ -234,7 +239,7 @@ def run(args: argparse.Namespace) -> dict:
     if not args.model:
         raise BenchError("--model is required (or --matmul-peak)")
     frames = load_frames(args.video, args.frames)
-    backend = open_model(args.model, args.provider, args.threads)
+    backend = open_model(args.model, args.provider, args.threads, args.backend, args.precision)
     sync = getattr(backend, "synchronize", None)
     row = {**describe(backend), "threads": args.threads, **measure(backend, frames, args.warmup, args.runs,
                                                                      args.e2e_runs, sync)}

@@ -160,9 +160,16 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     assert best["method"] == table["best_method"]
     assert (build / "calibration_methods.md").read_text().count("| INT8") == 3
     accuracy = json.loads((build / "accuracy.json").read_text())
-    assert [r["precision"] for r in accuracy["rows"]] == ["fp32", "int8", "int8", "int8"]
-    strongly_typed = next(r for r in accuracy["rows"] if r["file"].endswith("model.int8_fp16.onnx"))
+    files = [r for r in accuracy["rows"] if r["backend"] == "onnxruntime"]
+    assert [r["precision"] for r in files] == ["fp32", "int8", "int8", "int8"]
+    strongly_typed = next(r for r in files if r["file"].endswith("model.int8_fp16.onnx"))
     assert strongly_typed["runs_as"].endswith("FP16 emulation") and strongly_typed["passed"]
+    from runtime.openvino_backend import cpu_precisions, openvino_installed
+
+    # Where OpenVINO is installed, the same files are gated as it runs them: every precision it offers.
+    openvino_rows = [r["precision"] for r in accuracy["rows"] if r["backend"] == "openvino"]
+    assert openvino_rows[: len(cpu_precisions("fp32"))] == (cpu_precisions("fp32") if openvino_installed() else [])
+    assert all(r["passed"] and r["images"] == files[0]["images"] for r in accuracy["rows"])
     for name in ("model.int8.onnx", "model.int8_cpu.onnx", "model.int8_fp16.onnx"):
         props = {p.key: p.value for p in onnx.load(str(build / name)).metadata_props}
         assert props[PRECISION_KEY] == "int8"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,9 @@ import numpy as np
 import pytest
 from stream_helpers import KITTI_VIDEO, REPO, read_video, tiny_onnx_model
 
-ALLOWED_THIRD_PARTY = {"numpy", "cv2", "onnxruntime", "tensorrt", "cuda", "runtime"}
+ALLOWED_THIRD_PARTY = {"numpy", "cv2", "onnxruntime", "openvino", "tensorrt", "cuda", "runtime"}
+# Optional backends: imported lazily, only when a model is opened on them.
+OPTIONAL_BACKENDS = ("openvino", "tensorrt")
 FORBIDDEN = ("torch", "torchvision", "train", "export", "calibration", "tqdm", "matplotlib", "onnx")
 
 # Runs in a fresh interpreter: any import of a forbidden package fails, then the real CLI streams a video.
@@ -53,6 +56,24 @@ def test_stream_runs_with_torch_and_train_blocked(tiny_onnx: Path, tmp_path: Pat
     assert len(read_video(out)) == 6 and len(list((tmp_path / "m").glob("*.png"))) == 6
 
 
+@pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
+def test_without_openvino_the_stream_runs_as_before(tiny_onnx: Path, tmp_path: Path):
+    """A machine without OpenVINO: `--backend auto` opens ONNX Runtime with no probe and no new line."""
+    argv = ["--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "4", "--quiet"]
+    code = BLOCKED_RUN.format(forbidden=(*FORBIDDEN, "openvino"), argv=argv)
+    env = {**os.environ, "ROADSEG_CACHE_DIR": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,
+                            env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FORBIDDEN-LOADED: []" in result.stdout and "auto picked" not in result.stdout
+    assert "onnxruntime fp32 on cpu" in result.stdout and "4 read, 4 processed" in result.stdout
+    assert not (tmp_path / "cache").exists()
+    blocked = BLOCKED_RUN.format(forbidden=(*FORBIDDEN, "openvino"), argv=[*argv, "--backend", "openvino"])
+    asked = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert asked.returncode == 2 and "OpenVINO is not installed" in asked.stderr
+    assert "Traceback" not in asked.stderr
+
+
 def test_blocker_really_blocks(tmp_path: Path):
     """The guard above must be able to fail: a script that imports torch is stopped by it."""
     code = BLOCKED_RUN.format(forbidden=FORBIDDEN, argv=[]).replace('"runtime/stream.py", run_name',
@@ -91,6 +112,8 @@ def test_runtime_modules_import_only_numpy_opencv_and_backends():
                 top = name.split(".")[0]
                 if top not in stdlib and top not in ALLOWED_THIRD_PARTY:
                     offenders.append(f"{path.name}: {name}")
+                elif top in OPTIONAL_BACKENDS:
+                    offenders.append(f"{path.name}: {name} (an optional backend, imported at module level)")
     assert offenders == []
 
 

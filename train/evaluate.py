@@ -48,7 +48,7 @@ class TorchPredictor:
             return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
-def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto"):
+def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto", precision: str = "auto"):
     """A checkpoint (.pt) runs in PyTorch; .onnx and TensorRT engines run on the slim runtime's backends."""
     path = Path(model_path)
     if path.suffix == ".pt":
@@ -58,7 +58,7 @@ def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "
         return TorchPredictor(model, spec, device)
     from runtime.backends import open_backend
 
-    return open_backend(path, backend=backend)
+    return open_backend(path, backend=backend, precision=precision)
 
 
 def predict_sample(predictor, preprocessor: FramePreprocessor, image_bgr: np.ndarray
@@ -124,6 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pr-curve", help="write a precision-recall PNG here")
     parser.add_argument("--device", default="cpu", help="torch device for .pt models")
     parser.add_argument("--backend", default="auto", help="runtime backend for .onnx / engines")
+    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision hint (fp32, bf16)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         samples = split_samples(find_samples(args.data), args.split)
-        predictor = open_predictor(args.model, args.device, args.backend)
+        predictor = open_predictor(args.model, args.device, args.backend, args.precision)
         result = evaluate_samples(predictor, samples, progress=not args.no_progress)
     except (DataError, ValueError, OSError, RuntimeError) as error:
         return fail(error)

@@ -1,0 +1,134 @@
+"""OpenVINO backend: the same ONNX files, the same contract, often the fastest path on an x86 CPU.
+
+Optional: `pip install -r requirements/runtime-openvino.txt` (or `make setup-openvino`). Nothing here imports
+OpenVINO until a backend is opened, so a runtime without it runs exactly as before.
+
+Precision on CPU is a choice, not an accident: OpenVINO's own default on CPUs with bf16 units (AMX, AVX-512
+BF16) runs float models in bf16, so the inference precision hint is always set explicitly. `fp32` means
+f32 math; `bf16` is offered only where the CPU reports BF16 among its optimization capabilities; INT8 comes
+from the Q/DQ files that `make calibrate` writes (their non-quantized layers run in f32).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import PRECISION_KEY, ModelFileError, spec_from_metadata
+
+CPU_PRECISIONS = ("fp32", "bf16")
+HINTS = {"fp32": "f32", "bf16": "bf16"}
+INSTALL_HINT = "pip install -r requirements/runtime-openvino.txt (or make setup-openvino)"
+
+
+def openvino_installed() -> bool:
+    try:
+        return importlib.util.find_spec("openvino") is not None
+    except (ImportError, ValueError):  # a broken install, or an import hook that hides it
+        return False
+
+
+def _core():
+    try:
+        import openvino
+    except ImportError as error:
+        raise ModelFileError(f"OpenVINO is not installed: {INSTALL_HINT}") from error
+    return openvino.Core()
+
+
+def cpu_capabilities(core=None) -> list[str]:
+    """What OpenVINO's CPU plugin says this CPU accelerates (e.g. FP32, BF16, INT8); [] without OpenVINO."""
+    if core is None:
+        if not openvino_installed():
+            return []
+        core = _core()
+    try:
+        return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    except RuntimeError:
+        return []
+
+
+def bf16_supported(core=None) -> bool:
+    """bf16 is worth offering only where the CPU computes it natively (AMX or AVX-512 BF16): elsewhere
+    OpenVINO would emulate it, slower than f32 and less accurate."""
+    return "BF16" in cpu_capabilities(core)
+
+
+def cpu_precisions(file_precision: str, core=None) -> list[str]:
+    """The precisions this CPU can run a file of `file_precision` at: a float file at fp32 (and bf16 where
+    native); an INT8 Q/DQ file as int8."""
+    if file_precision == "int8":
+        return ["int8"]
+    return ["fp32", "bf16"] if bf16_supported(core) else ["fp32"]
+
+
+def read_metadata(model) -> dict[str, str]:
+    """The ONNX file's metadata_props, which OpenVINO's ONNX reader keeps under rt_info['framework']."""
+    try:
+        framework = model.get_rt_info()["framework"]
+    except (KeyError, RuntimeError, TypeError):
+        return {}
+    return {str(key): value.astype(str) if hasattr(value, "astype") else str(value)
+            for key, value in framework.items()}
+
+
+class OpenVINOBackend:
+    name = "openvino"
+
+    def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None,
+                 spinning: bool = True, device: str = "CPU") -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"{path}: model file not found")
+        if path.suffix != ".onnx":
+            raise ModelFileError(f"{path}: OpenVINO runs the .onnx files here (got {path.suffix or 'no suffix'})")
+        core = _core()
+        try:
+            model = core.read_model(str(path))
+        except Exception as error:  # OpenVINO raises its own types for foreign or corrupt files
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"{path}: OpenVINO cannot read it ({message[:200]})") from error
+        self.metadata = read_metadata(model)
+        self.spec = spec_from_metadata(self.metadata, path)
+        file_precision = self.metadata.get(PRECISION_KEY, "fp32")
+        self.precision = self._resolve_precision(path, file_precision, precision, core)
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+                  "INFERENCE_PRECISION_HINT": HINTS["bf16" if self.precision == "bf16" else "fp32"]}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        if not spinning:
+            # Threads pinned to cores cannot make room for a stream's capture/decode thread on a small CPU.
+            config["ENABLE_CPU_PINNING"] = False
+        try:
+            self.compiled = core.compile_model(model, device, config)
+        except Exception as error:
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelFileError(f"{path}: OpenVINO cannot compile it for {device} ({message[:200]})") from error
+        self.request = self.compiled.create_infer_request()
+        self.device = "cpu" if device == "CPU" else device.lower()
+        self.provider = f"OpenVINO {device} {HINTS['bf16' if self.precision == 'bf16' else 'fp32']}"
+        self.threads = int(self.compiled.get_property("INFERENCE_NUM_THREADS"))
+        self.path = path
+
+    @staticmethod
+    def _resolve_precision(path: Path, file_precision: str, wanted: str, core) -> str:
+        if file_precision == "int8":
+            if wanted not in ("auto", "fp32", "int8"):
+                raise ModelFileError(f"{path}: an INT8 Q/DQ file runs as int8 (--precision {wanted} applies to "
+                                     "float files)")
+            return "int8"
+        if wanted in ("auto", "fp32"):
+            return "fp32"
+        if wanted == "bf16":
+            if not bf16_supported(core):
+                raise ModelFileError(f"--precision bf16: this CPU has no native bf16 (OpenVINO capabilities: "
+                                     f"{', '.join(cpu_capabilities(core))}); use fp32 or an INT8 file")
+            return "bf16"
+        raise ModelFileError(f"--precision {wanted}: expected auto, fp32 or bf16 for {path.name}")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.request.infer({0: batch}, share_inputs=True)
+        # A copy: the request reuses its output buffer, and the pipelined loop still holds the last result.
+        return self.request.get_output_tensor(0).data.copy()
