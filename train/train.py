@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off), e.g. 0.999")
     parser.add_argument("--loss", default="ce", choices=LOSSES)
     parser.add_argument("--augment", default="default", choices=AUGMENTS)
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="score the select block every N epochs (and always after the last)")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (tests, smoke runs)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--no-progress", action="store_true")
@@ -394,7 +396,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"interrupted: saved {last_path} (epoch {epoch}, step {state['step']}); "
                       f"continue with --resume {last_path}", flush=True)
             return 130
-        if is_main:
+        scored = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == args.epochs
+        if is_main and not scored:
+            state = {"step": 0, "loss_sum": 0.0}
+            atomic_torch_save(training_state(epoch + 1), last_path)
+        elif is_main:
             live_weights = ema.swapped_into(model) if ema is not None else None
             model.eval()
             metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), val_samples,
@@ -420,7 +426,7 @@ def run(args: argparse.Namespace) -> int:
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
             plot_curves(history, curves_path)
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  val MaxF "
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {selected_on} MaxF "
                   f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {best_maxf * 100:.2f})  "
                   f"{row['elapsed_s']:.0f}s", flush=True)
         else:
