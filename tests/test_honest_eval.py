@@ -147,6 +147,11 @@ def test_training_records_its_split_and_evaluate_reports_provenance_and_worst(sy
     assert "maxf_std" in metrics["spread"]
     assert (worst / "contact_sheet.png").stat().st_size > 1000
     assert len(json.loads((worst / "worst.json").read_text())) == 2
+    from train.recipe_table import main as recipe_table
+
+    assert recipe_table([str(run), "--out", str(tmp_path / "table.md")]) == 0
+    row = (tmp_path / "table.md").read_text().splitlines()[-1]
+    assert "batch_norm=True" in row and "loss=ce+dice" in row and f"{summary['report']['maxf'] * 100:.2f}" in row
     result = run_cli("-m", "train.evaluate", "--model", str(run / "best.pt"), "--data", str(synthetic_kitti),
                      "--split", "all", "--no-progress")
     assert "NOT an honest estimate" in result.stdout
