@@ -37,7 +37,8 @@ def training_stages(run_dir: Path) -> list[dict]:
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         stages.insert(0, {
             "command": summary.get("command", f"python -m train --config {summary.get('config', '?')}"),
-            "best_epoch": summary.get("epoch"), "epochs": len(history),
+            # --eval-every logs fewer rows than epochs: the recipe records the schedule's length
+            "best_epoch": summary.get("epoch"), "epochs": summary.get("recipe", {}).get("epochs", len(history)),
             "minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
             "best_maxf": summary.get("val", {}).get("maxf"), "init": summary.get("init", "n/a"),
         })
@@ -78,7 +79,7 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         "",
         "## Training stages",
         "",
-        "| # | command | epochs | best epoch | best val MaxF | wall time |",
+        "| # | command | epochs | best epoch | best select (older runs: val) MaxF | wall time |",
         "|---|---|---|---|---|---|",
     ]
     for number, stage in enumerate(stages, 1):
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     held_out = Path(args.held_out).read_text().strip() if args.held_out else None
     card = out.with_suffix(".md")
     atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out))
-    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): val MaxF {metrics['maxf'] * 100:.2f}, "
+    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): {metrics['split']} MaxF {metrics['maxf'] * 100:.2f}, "
           f"IoU {metrics['iou'] * 100:.2f}; card {card}")
     return 0
 
