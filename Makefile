@@ -61,10 +61,12 @@ TRAIN_ARGS ?=
 train: setup
 	$(PY) -m train --config $(CONFIG) --data $(DATA) $(TRAIN_ARGS)
 
-## eval: KITTI val metrics of CHECKPOINT (any .pt, .onnx or engine) with a PR curve
+## eval: KITTI report-block metrics of CHECKPOINT (.pt, .onnx or engine): provenance, spread, PR curve, worst images
+EVAL_SPLIT ?= report
+WORST ?= 12
 eval: setup
-	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split val \
-		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png
+	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split $(EVAL_SPLIT) \
+		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png --worst $(WORST) runs/eval/worst
 
 ## bench: latency + accuracy of every backend/precision here -> runs/bench/latest.{json,md,png} (QUICK=1: < 5 min)
 SIZES ?= 160x576,256x832,384x1248

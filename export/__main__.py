@@ -73,7 +73,13 @@ def load_checkpoint(path: Path):
     if not path.is_file() and str(path) == SHIPPED_CHECKPOINT:
         raise ExportError(f"{path}: the shipped model is not there yet (it lands after `make train`); "
                           "pass --checkpoint PATH")
-    return load_model(path)
+    model, spec, payload = load_model(path)
+    if model.batch_norm:  # BatchNorm is a training aid: the exported graph gets it folded into the convs
+        from export.bn_fold import fold_batchnorm
+
+        model = fold_batchnorm(model)
+        payload = {**payload, "arch": {**model.arch(), "batch_norm_folded": True}}
+    return model, spec, payload
 
 
 def slim(model_path: Path, out_path: Path) -> bool:

@@ -111,15 +111,32 @@ def test_ddp_command(command, tmp_path):
 
 @needs_kitti
 @runs(".venv/bin/python -m train.evaluate --model models/fcn8s_vgg16_w0.25_cpu.pt --data "
-         "../shared/data/kitti_road --split val --json runs/eval/val.json --pr-curve runs/eval/pr_curve.png")
+         "../shared/data/kitti_road --split report --json runs/eval/report.json --pr-curve runs/eval/pr_curve.png "
+         "--worst 12 runs/eval/worst")
 def test_evaluate_command_scores_the_shipped_model(command, tmp_path):
     out = tmp_path / "val.json"
     result = run_cli(*python_argv(command), "--json", str(out), "--pr-curve", str(tmp_path / "pr.png"),
-                     "--no-progress")
+                     "--worst", "3", str(tmp_path / "worst"), "--no-progress")
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(out.read_text())
     assert metrics["images"] == 46
     assert metrics["maxf"] >= 0.95, "the shipped model is below the MaxF floor of 0.95 on val"
+    # these images chose the shipped model (best epoch on the old val block): the figure must say so
+    assert metrics["provenance"]["verdict"] == "selection-biased" and "OPTIMISTIC" in result.stdout
+    assert (tmp_path / "worst" / "contact_sheet.png").stat().st_size > 10_000
+    assert len(list((tmp_path / "worst").glob("0*_u*.png"))) == 3
+
+
+@needs_kitti
+@runs(".venv/bin/python -m train.step_bench --numerics-steps 30 --json runs/bench_step/step_bench.json")
+def test_step_bench_command(command, tmp_path):
+    out = tmp_path / "step.json"
+    result = run_cli(*python_argv(command), "--steps", "1", "--rounds", "1", "--numerics-steps", "2",
+                     "--batch", "1", "--size", "64x192", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    modes = json.loads(out.read_text())["modes"]
+    assert set(modes) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
+    assert all(m["median_s"] > 0 for m in modes.values())
 
 
 @runs("make setup-runtime")

@@ -27,6 +27,7 @@ from train.data import (
     read_image,
     split_samples,
 )
+from train.splits import provenance, three_way_split
 
 
 class TorchPredictor:
@@ -71,8 +72,11 @@ def predict_sample(predictor, preprocessor: FramePreprocessor, image_bgr: np.nda
 
 
 def evaluate_samples(predictor, samples: list[KittiSample], progress: bool = True,
-                     description: str = "eval") -> dict:
-    """Devkit metrics over all samples, and per category; counts are summed before metrics are taken."""
+                     description: str = "eval", per_image: list | None = None) -> dict:
+    """Devkit metrics over all samples, and per category; counts are summed before metrics are taken.
+
+    `per_image`, when given, receives one ImageScore per sample (for error analysis and the bootstrap spread).
+    """
     if not samples:
         raise DataError("no images to evaluate")
     preprocessor = FramePreprocessor(predictor.spec)
@@ -81,7 +85,15 @@ def evaluate_samples(predictor, samples: list[KittiSample], progress: bool = Tru
         image = read_image(sample.image_path)
         gt_road, gt_valid = read_ground_truth(sample.gt_path, image.shape)
         confidence, mask = predict_sample(predictor, preprocessor, image)
-        per_category[sample.category].add(confidence, gt_road, gt_valid, mask)
+        if per_image is None:
+            per_category[sample.category].add(confidence, gt_road, gt_valid, mask)
+            continue
+        from train.error_analysis import ImageScore
+
+        single = RoadMetricAccumulator()
+        single.add(confidence, gt_road, gt_valid, mask)
+        per_category[sample.category].merge(single)
+        per_image.append(ImageScore(sample, single))
     total = RoadMetricAccumulator()
     for accumulator in per_category.values():
         total.merge(accumulator)
@@ -119,7 +131,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help=".pt checkpoint, .onnx model or TensorRT .engine/.plan")
     parser.add_argument("--data", required=True, help="a folder in the KITTI Road layout")
-    parser.add_argument("--split", default="val", choices=("all", "train", "val"))
+    parser.add_argument("--split", default="report", choices=("report", "select", "all", "train", "val"),
+                        help="report/select: the train/select/report protocol's blocks (the model's recorded "
+                        "split when it has one); val: the old two-way split's val block (= report)")
+    parser.add_argument("--worst", nargs=2, metavar=("N", "DIR"),
+                        help="write the N lowest-F1 images as error overlays + a contact sheet into DIR")
     parser.add_argument("--json", help="write the metrics here")
     parser.add_argument("--pr-curve", help="write a precision-recall PNG here")
     parser.add_argument("--device", default="cpu", help="torch device for .pt models")
@@ -129,23 +145,93 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_worst(worst: list[str] | None) -> int:
+    if not worst:
+        return 0
+    try:
+        count = int(worst[0])
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"--worst {worst[0]}: expected a positive number of images")
+    return count
+
+
+def recorded_summary(model_path: str | Path, predictor) -> dict | None:
+    """The training summary the model carries (checkpoint summary, or ONNX roadseg.training metadata)."""
+    if Path(model_path).suffix == ".pt":
+        from train.checkpoint import read_checkpoint
+
+        return read_checkpoint(model_path).get("summary")
+    text = getattr(predictor, "metadata", {}).get("roadseg.training")
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def evaluation_samples(samples: list[KittiSample], split: str, summary: dict | None) -> list[KittiSample]:
+    """The images of `split`; select/report follow the model's recorded split when it has one."""
+    if split not in ("select", "report"):
+        return split_samples(samples, split)
+    record = (summary or {}).get("split")
+    if record and record.get(split):
+        names = set(record[split])
+        chosen = [s for s in samples if s.name in names]
+        if len(chosen) != len(names):
+            raise DataError(f"--data holds {len(chosen)} of the {len(names)} '{split}' images the model recorded")
+        return chosen
+    chosen = three_way_split(samples)[split]
+    if not chosen:
+        raise DataError(f"split {split!r} is empty")
+    return chosen
+
+
+def add_spread(result: dict, scores: list) -> None:
+    """Bootstrap std over images, overall and per category, into the result."""
+    from train.error_analysis import bootstrap_spread
+
+    result["spread"] = bootstrap_spread(scores)
+    for category, metrics in result["per_category"].items():
+        metrics["spread"] = bootstrap_spread([s for s in scores if s.sample.category == category])
+
+
+def spread_text(metrics: dict, key: str) -> str:
+    std = metrics.get("spread", {}).get(f"{key}_std")
+    return f" +-{std * 100:.2f}" if std is not None else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        samples = split_samples(find_samples(args.data), args.split)
+        worst_count = parse_worst(args.worst)
+        all_samples = find_samples(args.data)
         predictor = open_predictor(args.model, args.device, args.backend, args.precision)
-        result = evaluate_samples(predictor, samples, progress=not args.no_progress)
+        summary = recorded_summary(args.model, predictor)
+        samples = evaluation_samples(all_samples, args.split, summary)
+        scores: list = []
+        result = evaluate_samples(predictor, samples, progress=not args.no_progress, per_image=scores)
     except (DataError, ValueError, OSError, RuntimeError) as error:
         return fail(error)
     accumulator = result.pop("_accumulator")
     result.update({"model": str(args.model), "split": args.split, "backend": predictor.name,
-                   "precision_mode": getattr(predictor, "precision", "fp32")})
-    print(f"{args.model} on {args.split} ({result['images']} images): MaxF {result['maxf'] * 100:.2f}  "
-          f"AP {result['ap'] * 100:.2f}  IoU {result['iou'] * 100:.2f}  "
+                   "precision_mode": getattr(predictor, "precision", "fp32"),
+                   "provenance": provenance(summary, samples, all_samples),
+                   "image_names": [s.name for s in samples]})
+    add_spread(result, scores)
+    print(f"provenance: {result['provenance']['line']}")
+    print(f"{args.model} on {args.split} ({result['images']} images): MaxF {result['maxf'] * 100:.2f}"
+          f"{spread_text(result, 'maxf')}  AP {result['ap'] * 100:.2f}  IoU {result['iou'] * 100:.2f}  "
           f"P {result['precision'] * 100:.2f}  R {result['recall'] * 100:.2f}")
     for category, metrics in result["per_category"].items():
-        print(f"  {category:4s} ({metrics['images']:3d}): MaxF {metrics['maxf'] * 100:.2f}  "
-              f"AP {metrics['ap'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}")
+        print(f"  {category:4s} ({metrics['images']:3d}): MaxF {metrics['maxf'] * 100:.2f}"
+              f"{spread_text(metrics, 'maxf')}  AP {metrics['ap'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}")
+    if worst_count:
+        from train.error_analysis import write_worst
+
+        sheet = write_worst(predictor, scores, worst_count, args.worst[1])
+        print(f"worst {min(worst_count, len(scores))} images: overlays and {sheet} "
+              "(green = road found, red = false positive, blue = false negative)")
     if args.json:
         atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     if args.pr_curve:

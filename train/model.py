@@ -46,10 +46,13 @@ class FCN8s(nn.Module):
     back, so the output is always N x C x H x W at the input's H x W.
     """
 
-    def __init__(self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 2, width: float = 1.0, dropout: float = 0.5,
+                 batch_norm: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.width = width
+        # BatchNorm after each encoder convolution (training from scratch); export folds it into the convs.
+        self.batch_norm = batch_norm
         layers: list[nn.Module] = []
         in_channels = 3
         # Remember where pool3 and pool4 end so their outputs can feed the skips.
@@ -60,7 +63,10 @@ class FCN8s(nn.Module):
                 self.pool_indices.append(len(layers) - 1)
             else:
                 out_channels = scaled(item, width)
-                layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True)]
+                layers.append(nn.Conv2d(in_channels, out_channels, 3, padding=1))
+                if batch_norm:
+                    layers.append(nn.BatchNorm2d(out_channels))
+                layers.append(nn.ReLU(inplace=True))
                 in_channels = out_channels
         self.features = nn.Sequential(*layers)
         fc_channels = scaled(FC_CHANNELS, width)
@@ -110,13 +116,17 @@ class FCN8s(nn.Module):
         return logits
 
     def arch(self) -> dict:
-        return {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes}
+        arch = {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes}
+        if self.batch_norm:  # only when set: plain checkpoints keep the arch they always had
+            arch["batch_norm"] = True
+        return arch
 
 
 def build_model(arch: dict) -> FCN8s:
     if arch.get("name") != ARCH_NAME:
         raise ValueError(f"unknown architecture {arch.get('name')!r}, expected {ARCH_NAME!r}")
-    return FCN8s(num_classes=int(arch["num_classes"]), width=float(arch["width"]))
+    return FCN8s(num_classes=int(arch["num_classes"]), width=float(arch["width"]),
+                 batch_norm=bool(arch.get("batch_norm", False)))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -19,8 +19,9 @@ import torch
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
-from train.data import DataError, find_samples, split_samples
-from train.evaluate import TorchPredictor, evaluate_samples
+from train.data import DataError, find_samples
+from train.evaluate import TorchPredictor, add_spread, evaluate_samples, evaluation_samples
+from train.splits import provenance
 from train.train import machine_description
 
 
@@ -36,7 +37,8 @@ def training_stages(run_dir: Path) -> list[dict]:
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         stages.insert(0, {
             "command": summary.get("command", f"python -m train --config {summary.get('config', '?')}"),
-            "best_epoch": summary.get("epoch"), "epochs": len(history),
+            # --eval-every logs fewer rows than epochs: the recipe records the schedule's length
+            "best_epoch": summary.get("epoch"), "epochs": summary.get("recipe", {}).get("epochs", len(history)),
             "minutes": history[-1]["elapsed_s"] / 60 if history else 0.0,
             "best_maxf": summary.get("val", {}).get("maxf"), "init": summary.get("init", "n/a"),
         })
@@ -47,7 +49,13 @@ def training_stages(run_dir: Path) -> list[dict]:
     return stages
 
 
-def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None) -> str:
+def spread(metrics: dict) -> str:
+    std = metrics.get("spread", {}).get("maxf_std")
+    return f" +-{std * 100:.2f}" if std is not None else ""
+
+
+def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None,
+              held_out: str | None = None) -> str:
     summary = payload["summary"]
     stages = training_stages(run_dir)
     machine = summary.get("machine") or machine_description(torch.device("cpu"))
@@ -63,14 +71,15 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         "|---|---|",
         f"| input size | {spec['input_height']}x{spec['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
         f"| initialisation | {stages[0]['init']} |",
-        f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; val = the last "
-        f"{summary.get('val_fraction', 0.2):.0%} of each category (um/umm/uu), {metrics['images']} images, "
-        "never trained on |",
+        f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; best epoch chosen on "
+        f"'{summary.get('selected_on', 'val')}'; scored below on {metrics['images']} images "
+        f"(the last {summary.get('val_fraction', 0.2):.0%} of each category) |",
+        f"| provenance of the figures below | {metrics['provenance']['line']} |",
         f"| wall time | {sum(stage['minutes'] for stage in stages):.1f} min in all on {machine} |",
         "",
         "## Training stages",
         "",
-        "| # | command | epochs | best epoch | best val MaxF | wall time |",
+        "| # | command | epochs | best epoch | best select (older runs: val) MaxF | wall time |",
         "|---|---|---|---|---|---|",
     ]
     for number, stage in enumerate(stages, 1):
@@ -78,17 +87,23 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
                      f"{percent(stage['best_maxf'])} | {stage['minutes']:.1f} min |")
     lines += [
         "",
-        "## KITTI val metrics of this file (perspective, native resolution, devkit definitions)",
+        f"## KITTI {metrics['split']} metrics of this file (perspective, native resolution, devkit definitions)",
+        "",
+        f"{metrics['provenance']['line']}. +- is the bootstrap std over images.",
         "",
         "| split | images | MaxF | AP | IoU | precision | recall |",
         "|---|---|---|---|---|---|---|",
-        f"| val | {metrics['images']} | {percent(metrics['maxf'])} | {percent(metrics['ap'])} | "
+        f"| {metrics['split']} | {metrics['images']} | {percent(metrics['maxf'])}{spread(metrics)} | "
+        f"{percent(metrics['ap'])} | "
         f"{percent(metrics['iou'])} | {percent(metrics['precision'])} | {percent(metrics['recall'])} |",
     ]
     for category, values in metrics["per_category"].items():
-        lines.append(f"| val {category} | {values['images']} | {percent(values['maxf'])} | "
+        lines.append(f"| {metrics['split']} {category} | {values['images']} | {percent(values['maxf'])}"
+                     f"{spread(values)} | "
                      f"{percent(values['ap'])} | {percent(values['iou'])} | {percent(values['precision'])} | "
                      f"{percent(values['recall'])} |")
+    if held_out:
+        lines += ["", "## Held-out estimate (images never in ../shared/data)", "", held_out]
     if accuracy:
         lines += ["", "## Exported artifacts on the same val images (from `make export calibrate`)", "", accuracy]
     lines += ["", "Data: KITTI Road (Fritsch, Kuehnl, Geiger, ITSC 2013), CC BY-NC-SA 3.0: the weights are "
@@ -105,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accuracy", default="build/accuracy.md",
                         help="the export's per-artifact accuracy table, added to the card when present")
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
+    parser.add_argument("--held-out", help="a Markdown table of the model scored on images outside --data "
+                        "(e.g. by another team on hidden data), added to the card as given")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     run_dir, out = Path(args.run), Path(args.out)
@@ -113,15 +130,22 @@ def main(argv: list[str] | None = None) -> int:
             model, spec, payload = load_model(run_dir / "best.pt")
             atomic_torch_save(model_payload(model, spec, payload["summary"], half=True), out)
         model, spec, payload = load_model(out)
-        samples = split_samples(find_samples(args.data), "val", payload["summary"].get("val_fraction", 0.2))
-        metrics = evaluate_samples(TorchPredictor(model, spec), samples, progress=not args.no_progress)
+        all_samples = find_samples(args.data)
+        samples = evaluation_samples(all_samples, "report", payload["summary"])
+        scores: list = []
+        metrics = evaluate_samples(TorchPredictor(model, spec), samples, progress=not args.no_progress,
+                                   per_image=scores)
+        add_spread(metrics, scores)
+        metrics["split"] = "report"
+        metrics["provenance"] = provenance(payload["summary"], samples, all_samples)
     except (CheckpointError, DataError, OSError) as error:
         return fail(error)
     accuracy_path = Path(args.accuracy)
     accuracy = accuracy_path.read_text().strip() if accuracy_path.is_file() else None
+    held_out = Path(args.held_out).read_text().strip() if args.held_out else None
     card = out.with_suffix(".md")
-    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy))
-    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): val MaxF {metrics['maxf'] * 100:.2f}, "
+    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out))
+    print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): {metrics['split']} MaxF {metrics['maxf'] * 100:.2f}, "
           f"IoU {metrics['iou'] * 100:.2f}; card {card}")
     return 0
 

@@ -38,16 +38,27 @@ from train.checkpoint import (
     widened_state,
 )
 from train.configs import CONFIGS
+from train.cpu_precision import CPU_PRECISIONS, autocast, choose_cpu_precision
 from train.data import (
     Augment,
     DataError,
     RoadDataset,
     find_samples,
     load_kitti_arrays,
-    split_samples,
 )
 from train.evaluate import TorchPredictor, evaluate_samples
 from train.model import FCN8s, WeightsUnavailable, apply_pretrained, count_parameters
+from train.recipe import (
+    AUGMENTS,
+    LOSSES,
+    SCHEDULES,
+    STRONG,
+    StrongRoadDataset,
+    WeightEma,
+    cosine_lambda,
+    make_criterion,
+)
+from train.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 
 
 class EpochSampler(Sampler):
@@ -110,7 +121,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "optimiser and schedule: fine-tuning on your own data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0)
-    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--val-fraction", type=float, default=0.2,
+                        help="the report block per category (scored once at the end, never used to choose)")
+    parser.add_argument("--select-fraction", type=float, default=DEFAULT_SELECT_FRACTION,
+                        help="the block before it that picks the best epoch (0: pick on the report block, "
+                        "which makes its figure optimistic)")
+    parser.add_argument("--cpu-precision", default="auto", choices=CPU_PRECISIONS,
+                        help="CPU training: bf16 autocast with FP32 master weights where the CPU has native "
+                        "bf16 (auto), always, or never (fp32)")
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "yes", "no"),
+                        help="NHWC activations on CPU (auto: on)")
+    parser.add_argument("--batch-norm", action="store_true", help="BatchNorm after each encoder conv "
+                        "(folded into the convolutions at export)")
+    parser.add_argument("--schedule", default="poly", choices=SCHEDULES)
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off), e.g. 0.999")
+    parser.add_argument("--loss", default="ce", choices=LOSSES)
+    parser.add_argument("--augment", default="default", choices=AUGMENTS)
+    parser.add_argument("--eval-every", type=int, default=1,
+                        help="score the select block every N epochs (and always after the last)")
     parser.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (tests, smoke runs)")
     parser.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     parser.add_argument("--no-progress", action="store_true")
@@ -166,10 +194,11 @@ def lr_lambda(total_steps: int, warmup_steps: int):
 
 
 def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, state, stop,
-                    max_steps=None, progress=True, stop_after_steps=None) -> bool:
+                    max_steps=None, progress=True, stop_after_steps=None, criterion=None, cpu_bf16=False,
+                    channels_last=False, ema=None) -> bool:
     """Run (the rest of) one epoch; `state` carries step and loss sums so an interrupted epoch can resume."""
     model.train()
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
+    criterion = criterion or torch.nn.CrossEntropyLoss(ignore_index=255)
     use_amp = scaler.is_enabled()
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
                initial=state["step"], total=state["step"] + len(loader))
@@ -178,13 +207,22 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
             break
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            loss = criterion(model(images), labels)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            with autocast(device, cpu_bf16):
+                logits = model(images)
+            loss = criterion(logits.float(), labels)
+        else:
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = criterion(model(images), labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()
+        if ema is not None:
+            ema.update(model.module if hasattr(model, "module") else model)
         state["step"] += 1
         state["loss_sum"] += float(loss.detach())
         bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
@@ -264,29 +302,42 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
 
     samples = find_samples(args.data)
-    train_samples = split_samples(samples, "train", args.val_fraction)
-    val_samples = split_samples(samples, "val", args.val_fraction)
+    parts = three_way_split(samples, args.val_fraction, args.select_fraction)
+    train_samples, report_samples = parts["train"], parts["report"]
+    selected_on = "select" if parts["select"] else "report"
+    val_samples = parts[selected_on]  # what picks the best epoch
+    if not val_samples:
+        raise DataError("no images to select the best epoch on (too few per category)")
     spec = PreprocessSpec(*args.input_size)
     images, labels = load_kitti_arrays(train_samples)
-    dataset = RoadDataset(images, labels, spec, Augment(), seed=args.seed)
+    if args.augment == "strong":
+        dataset = StrongRoadDataset(images, labels, spec, STRONG, seed=args.seed)
+    else:
+        dataset = RoadDataset(images, labels, spec, Augment(), seed=args.seed)
     sampler = EpochSampler(len(dataset), args.seed, rank, world_size)
     loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
                         drop_last=len(sampler) >= args.batch_size,
                         # its own generator: the loader's seed draw must not shift the global RNG on resume
                         generator=torch.Generator().manual_seed(args.seed))
 
-    model = FCN8s(num_classes=len(spec.class_names), width=args.width)
+    model = FCN8s(num_classes=len(spec.class_names), width=args.width, batch_norm=args.batch_norm)
     if args.init_checkpoint:
         init_note = initialise_from(model, args.init_checkpoint)
     else:
         init_note = apply_pretrained(model, args.pretrained, args.weights)
     model.to(device)
+    precision = choose_cpu_precision(args.cpu_precision, args.channels_last) if device.type == "cpu" else None
+    if precision and precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = make_criterion(args.loss)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(sampler) // args.batch_size)
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
+    schedule = cosine_lambda if args.schedule == "cosine" else lr_lambda
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
+        optimizer, schedule(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
+    ema = WeightEma(model, args.ema) if args.ema > 0 else None
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not args.no_amp)
 
     args.output_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +356,8 @@ def run(args: argparse.Namespace) -> int:
             scheduler.load_state_dict(payload["scheduler"])
             scaler.load_state_dict(payload["scaler"])
             restore_rng_states(payload["rng"])
+            if ema is not None:
+                ema.load_state_dict(payload["ema"])
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
             # The optimiser's and generators' own loaders are the authority on their formats: let them judge.
             reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
@@ -321,8 +374,13 @@ def run(args: argparse.Namespace) -> int:
     if is_main:
         print(f"roadseg train: config {args.config}, width {args.width}, input {spec.input_height}x"
               f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {device}, "
-              f"world size {world_size}; {len(train_samples)} train / {len(val_samples)} val images; "
-              f"{init_note}", flush=True)
+              f"world size {world_size}; {len(train_samples)} train / {len(parts['select'])} select / "
+              f"{len(report_samples)} report images (best epoch chosen on {selected_on}); {init_note}; "
+              f"{precision.describe() if precision else 'CUDA'}", flush=True)
+    recipe = {"batch_norm": args.batch_norm, "schedule": args.schedule, "ema": args.ema, "loss": args.loss,
+              "augment": args.augment, "lr": args.lr, "epochs": args.epochs, "width": args.width,
+              "input_size": list(args.input_size),
+              "precision": precision.describe() if precision else "CUDA, fp16 autocast unless --no-amp"}
 
     stop = StopRequest()
     started = time.time()
@@ -335,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
             "best_maxf": best_maxf, "rng": rng_states(), "args": vars(args) | {"output_dir": str(args.output_dir)},
             "elapsed_s": elapsed_before + time.time() - started,
         })
+        if ema is not None:
+            payload["ema"] = ema.state_dict()
         return payload
 
     for epoch in range(start_epoch, args.epochs):
@@ -342,17 +402,24 @@ def run(args: argparse.Namespace) -> int:
         sampler.set_epoch(epoch, skip_samples=state["step"] * args.batch_size)
         completed = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, state,
                                     stop, args.max_steps_per_epoch, progress=is_main and not args.no_progress,
-                                    stop_after_steps=args.stop_after_steps)
+                                    stop_after_steps=args.stop_after_steps, criterion=criterion,
+                                    cpu_bf16=bool(precision and precision.bf16),
+                                    channels_last=bool(precision and precision.channels_last), ema=ema)
         if not completed:
             if is_main:
                 atomic_torch_save(training_state(epoch), last_path)
                 print(f"interrupted: saved {last_path} (epoch {epoch}, step {state['step']}); "
                       f"continue with --resume {last_path}", flush=True)
             return 130
-        if is_main:
+        scored = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == args.epochs
+        if is_main and not scored:
+            state = {"step": 0, "loss_sum": 0.0}
+            atomic_torch_save(training_state(epoch + 1), last_path)
+        elif is_main:
+            live_weights = ema.swapped_into(model) if ema is not None else None
             model.eval()
             metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), val_samples,
-                                       progress=not args.no_progress, description="val")
+                                       progress=not args.no_progress, description=selected_on)
             row = {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
                    "lr": scheduler.get_last_lr()[0], "val_maxf": metrics["maxf"], "val_ap": metrics["ap"],
                    "val_iou": metrics["iou"], "val_precision": metrics["precision"],
@@ -363,14 +430,18 @@ def run(args: argparse.Namespace) -> int:
                 summary = {"config": args.config, "epoch": epoch + 1, "val": {k: metrics[k] for k in
                            ("maxf", "ap", "iou", "precision", "recall", "images")},
                            "train_images": len(train_samples), "val_fraction": args.val_fraction,
+                           "select_fraction": args.select_fraction, "selected_on": selected_on,
+                           "split": split_record(parts, selected_on), "recipe": recipe,
                            "init": init_note, "command": args.command, "machine": machine_description(device)}
                 atomic_torch_save(model_payload(model, spec, summary), best_path)
+            if live_weights is not None:
+                model.load_state_dict(live_weights)
             state = {"step": 0, "loss_sum": 0.0}
             atomic_torch_save(training_state(epoch + 1), last_path)
             with log_path.open("a") as log:
                 log.write(json.dumps(row) + "\n")
             plot_curves(history, curves_path)
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  val MaxF "
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {selected_on} MaxF "
                   f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {best_maxf * 100:.2f})  "
                   f"{row['elapsed_s']:.0f}s", flush=True)
         else:
@@ -378,10 +449,29 @@ def run(args: argparse.Namespace) -> int:
         if world_size > 1:
             dist.barrier()
     if is_main:
-        print(f"done: best val MaxF {best_maxf * 100:.2f}; {best_path}, {log_path}, {curves_path}")
+        print(f"done: best {selected_on} MaxF {best_maxf * 100:.2f}; {best_path}, {log_path}, {curves_path}")
+        if best_path.is_file() and report_samples:
+            report_best_checkpoint(best_path, report_samples, device, progress=not args.no_progress)
     if world_size > 1:
         dist.destroy_process_group()
     return 0
+
+
+def report_best_checkpoint(best_path: Path, report_samples: list, device: torch.device, progress: bool) -> None:
+    """Score best.pt once on the report block (after selection is over) and store it in its summary."""
+    from train.checkpoint import load_model
+
+    model, spec, payload = load_model(best_path)
+    metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), report_samples, progress=progress,
+                               description="report")
+    report = {k: metrics[k] for k in ("maxf", "ap", "iou", "precision", "recall", "images")}
+    report["per_category"] = {c: {k: m[k] for k in ("maxf", "ap", "iou", "images")}
+                              for c, m in metrics["per_category"].items()}
+    payload["summary"]["report"] = report
+    atomic_torch_save(payload, best_path)
+    per_category = "  ".join(f"{c} {m['maxf'] * 100:.2f}" for c, m in report["per_category"].items())
+    print(f"report ({report['images']} images, never used to choose): MaxF {report['maxf'] * 100:.2f}  "
+          f"AP {report['ap'] * 100:.2f}  IoU {report['iou'] * 100:.2f}  ({per_category})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
