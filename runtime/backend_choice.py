@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import Backend, ModelFileError, open_backend
+from runtime.backends import Backend, open_backend
+from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, sha256_file
 from runtime.openvino_backend import openvino_installed
 

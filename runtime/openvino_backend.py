@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends import PRECISION_KEY, ModelFileError, spec_from_metadata
+from runtime.contract import PRECISION_KEY, ModelFileError, parse_preprocess
 
 CPU_PRECISIONS = ("fp32", "bf16")
 HINTS = {"fp32": "f32", "bf16": "bf16"}
@@ -91,7 +91,7 @@ class OpenVINOBackend:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"{path}: OpenVINO cannot read it ({message[:200]})") from error
         self.metadata = read_metadata(model)
-        self.spec = spec_from_metadata(self.metadata, path)
+        self.spec = parse_preprocess(self.metadata, path)
         file_precision = self.metadata.get(PRECISION_KEY, "fp32")
         self.precision = self._resolve_precision(path, file_precision, precision, core)
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,

@@ -15,7 +15,8 @@ import pytest
 from stream_helpers import KITTI_VIDEO, run_stream, tiny_onnx_model
 
 from runtime import backend_choice
-from runtime.backends import ModelFileError, open_backend
+from runtime.backends import open_backend
+from runtime.contract import ModelFileError
 from runtime.openvino_backend import openvino_installed
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor

@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--video", default=DEFAULT_VIDEO)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
-    from runtime.backends import ModelFileError
+    from runtime.contract import ModelFileError
 
     try:
         if not args.candidate or args.rounds < 1 or args.runs < 1:
