@@ -71,7 +71,7 @@ eval: setup
 ## bench: latency + accuracy of every backend/precision here -> runs/bench/latest.{json,md,png} (QUICK=1: < 5 min)
 SIZES ?= 160x576,256x832,384x1248
 bench: setup
-	$(PY) -m runtime.bench --checkpoint $(CHECKPOINT) --build $(BUILD) --data $(DATA) --video $(VIDEO) \
+	$(PY) -m bench --checkpoint $(CHECKPOINT) --build $(BUILD) --data $(DATA) --video $(VIDEO) \
 		$(if $(QUICK),--quick,--sizes $(SIZES))
 
 # stream/bench-stream: MODEL= picks a model (default: the best in build/ for this machine, exported first when
@@ -88,7 +88,7 @@ stream: setup $(STREAM_NEEDS)
 
 ## bench-stream: the runtime's floors on CPU: overhead <= 10 %, latency targets (e2e p50 <= 1.15x inference with mp4, 1.10x without), live >= 95 %, soak
 bench-stream: setup $(STREAM_NEEDS)
-	$(PY) runtime/bench_stream.py $(STREAM_MODEL) --frames $(SOAK_FRAMES) --json runs/bench_stream.json
+	$(PY) -m bench.stream $(STREAM_MODEL) --frames $(SOAK_FRAMES) --json runs/bench_stream.json
 
 # export/calibrate/engine: each stage reruns only when its inputs changed (file dependencies here, content
 # hashes and the engine's cache key inside the Python stages).
@@ -112,7 +112,7 @@ $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 # checkpoint's shipped ONNX files in models/ (export/shipped.py checks they belong to it).
 HAVE_TORCH := $(shell test -x $(PY) && $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" 2>/dev/null && echo yes)
 engine: $(if $(HAVE_TORCH),calibrate)
-	$(PY) -m export.engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
+	$(PY) -m engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
 
 ## demo: stream SOURCE headless through the best model (build/, else the INT8 shipped in models/) -> runs/demo/;
 ## needs only the slim runtime (.venv-runtime: numpy, OpenCV, onnxruntime; no torch)
@@ -126,12 +126,12 @@ PIPELINE_TRAIN ?= --config cpu --epochs 4 --max-steps-per-epoch 20
 pipeline: setup
 	$(PY) -m train $(PIPELINE_TRAIN) --data $(DATA) --output-dir $(PIPELINE)/train --no-progress
 	$(MAKE) --no-print-directory calibrate CHECKPOINT=$(PIPELINE)/train/best.pt BUILD=$(PIPELINE)/build
-	$(PY) -m export.engine --precision int8 --build $(PIPELINE)/build --checkpoint $(PIPELINE)/train/best.pt \
+	$(PY) -m engine --precision int8 --build $(PIPELINE)/build --checkpoint $(PIPELINE)/train/best.pt \
 		--data $(DATA) || { code=$$?; [ $$code -eq 3 ] && echo "pipeline: engine skipped (no TensorRT/CUDA here)"; \
 		[ $$code -eq 3 ]; }
 	$(PY) runtime/stream.py $(VIDEO) --model $(PIPELINE)/build/model.int8_cpu.onnx --headless --quiet \
 		--output $(PIPELINE)/stream.mp4 --save-masks $(PIPELINE)/masks --stats-json $(PIPELINE)/stream.json
-	$(PY) -m runtime.bench --quick --no-full --checkpoint $(PIPELINE)/train/best.pt --build $(PIPELINE)/build \
+	$(PY) -m bench --quick --no-full --checkpoint $(PIPELINE)/train/best.pt --build $(PIPELINE)/build \
 		--data $(DATA) --video $(VIDEO) --out $(PIPELINE)/bench
 	@echo "pipeline: every stage ran; outputs in $(PIPELINE)/"
 

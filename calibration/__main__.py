@@ -42,8 +42,8 @@ from calibration.quantize import (
     quantize_int8,
     write_calibration_tables,
 )
-from calibration.strongly_typed import INT8_FP16_NAME, write_int8_fp16
-from runtime.contract import ModelFileError, parse_preprocess
+from calibration.strongly_typed import write_int8_fp16
+from runtime.contract import INT8_FP16_NAME, ModelFileError, parse_preprocess
 from runtime.ioutil import fail
 from runtime.paths import DEFAULT_KITTI_DIR
 

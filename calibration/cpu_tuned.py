@@ -4,7 +4,7 @@ TensorRT wants symmetric s8 Q/DQ (calibration.quantize, flavour "tensorrt"); ONN
 CPU runs a different graph fastest, so the CPU file is quantized separately from the same calibration set:
 u8 activations, ReLU and MaxPool quantized too (no float round trips between convs), the transposed-conv
 upsamplers rewritten into their exact sub-pixel form and kept float with the logits path, the first conv
-float. Measured by the benchmark (runtime/bench.py) on the shipped model at 192x640: 8.6 -> 6.4 ms p50.
+float. Measured by the benchmark (bench/table.py) on the shipped model at 192x640: 8.6 -> 6.4 ms p50.
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from kitti.data import DataError
+from kitti.frames import evenly_spaced, select_kitti_frames
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_bytes, sha256_file
 from runtime.preprocess import FramePreprocessor
@@ -27,7 +29,6 @@ from runtime.sources import read_video_frames
 FORMAT = "roadseg-calibration-v1"
 MANIFEST_NAME = "manifest.json"
 TENSORS_NAME = "tensors.npy"
-CATEGORIES = ("um", "umm", "uu")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 
 
@@ -50,50 +51,6 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def evenly_spaced(items: list, count: int) -> list:
-    """`count` items spread over the whole list (neighbouring KITTI frames are near-duplicates)."""
-    if count >= len(items):
-        return list(items)
-    positions = np.linspace(0, len(items) - 1, count)
-    return [items[int(round(p))] for p in positions]
-
-
-def stratified_quota(available: dict[str, int], size: int) -> dict[str, int]:
-    """Split `size` as evenly as availability allows (water-filling: a category that runs out passes its share on);
-    the units an even split cannot place go one each to the open categories in their given order (um, umm, uu)."""
-    quota = dict.fromkeys(available, 0)
-    remaining = min(size, sum(max(0, count) for count in available.values()))
-    while remaining > 0:
-        open_categories = [c for c in available if quota[c] < available[c]]
-        share = remaining // len(open_categories)
-        if share == 0:
-            for category in open_categories[:remaining]:
-                quota[category] += 1
-            break
-        for category in open_categories:
-            take = min(share, available[category] - quota[category])
-            quota[category] += take
-            remaining -= take
-    return quota
-
-
-def select_kitti_frames(kitti_dir: str | Path, size: int, split: str = "train") -> list[tuple[str, Path]]:
-    """(category, image path) pairs, stratified across um/umm/uu, from the KITTI split given."""
-    # train/ owns the KITTI reader and split; calibration reuses them rather than re-deriving the split.
-    from train.data import DataError, find_samples, split_samples
-
-    try:
-        samples = split_samples(find_samples(kitti_dir), split)
-    except DataError as error:
-        raise CalibrationError(str(error)) from error
-    by_category = {c: [s for s in samples if s.category == c] for c in CATEGORIES}
-    quota = stratified_quota({c: len(v) for c, v in by_category.items()}, size)
-    chosen = []
-    for category in CATEGORIES:
-        chosen += [(category, s.image_path) for s in evenly_spaced(by_category[category], quota[category])]
-    return chosen
-
-
 def decode_image(path: Path) -> np.ndarray:
     data = path.read_bytes() if path.is_file() else None
     if data is None:
@@ -108,7 +65,10 @@ def decode_image(path: Path) -> np.ndarray:
 
 def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreprocessor,
                 progress: bool) -> tuple[list[dict], np.ndarray]:
-    frames = select_kitti_frames(kitti_dir, size, split)
+    try:
+        frames = select_kitti_frames(kitti_dir, size, split)
+    except DataError as error:
+        raise CalibrationError(str(error)) from error
     tensors = np.empty((len(frames), 3, *preprocess.spec.size_hw), np.float32)
     items = []
     for index, (category, path) in enumerate(tqdm(frames, desc="calibration set", disable=not progress,

@@ -19,7 +19,6 @@ from onnx import version_converter
 from runtime.contract import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
-INT8_FP16_NAME = "model.int8_fp16.onnx"
 FP16_QDQ_OPSET = 19  # QuantizeLinear/DequantizeLinear take FP16 scales from opset 19
 
 

@@ -129,7 +129,7 @@ def export_fp32(args: argparse.Namespace, build: Path) -> dict:
         slimmed.unlink(missing_ok=True)
     print(f"wrote {final}  (opset {args.opset}, onnxslim {slim_note})")
     print(f"  {report.line()}")
-    from calibration.dataset import sha256_file
+    from runtime.ioutil import sha256_file
 
     result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
               "onnx": str(final), "opset": args.opset,
@@ -161,9 +161,9 @@ def accuracy_gate(build: Path, data: str, progress: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     build = Path(args.build)
-    from calibration.dataset import CalibrationError
     from export.ingraph import InGraphError
     from export.parity import ParityError
+    from kitti.data import DataError
     from train.checkpoint import CheckpointError
 
     try:
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                 wrap_file(build / f"model.{precision}.onnx", Path(args.video))
     except (ExportError, ParityError, InGraphError) as error:
         return fail(error, 1)
-    except (CheckpointError, CalibrationError, ValueError, OSError) as error:
+    except (CheckpointError, DataError, ValueError, OSError) as error:
         return fail(error)
     return 0
 

@@ -20,8 +20,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from calibration.dataset import sha256_file
-from runtime.ioutil import atomic_write_text, fail
+from runtime.contract import INT8_FP16_NAME
+from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR
 
 FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5}
@@ -46,8 +46,8 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
                 backend_name: str = "onnxruntime", precision: str = "auto") -> dict:
     """Val metrics of one ONNX on ONNX Runtime CPU (or OpenVINO CPU at `precision`), reusing a cached score
     of the same bytes."""
+    from kitti.data import find_samples, split_samples
     from runtime.backends import OnnxRuntimeBackend, open_backend
-    from train.data import find_samples, split_samples
     from train.evaluate import evaluate_samples, public_result
 
     digest = sha256_file(scored_path)
@@ -117,7 +117,6 @@ def write_table(rows: list[dict], json_path: Path, title: str, extra: dict | Non
 
 def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -> list[Artifact]:
     """The shipped ONNX files present in `build`, FP32 first (it is every row's baseline)."""
-    from calibration.strongly_typed import INT8_FP16_NAME
     from export.fp16 import write_emulation
 
     candidates = [

@@ -58,7 +58,7 @@ class ParityReport:
 
 def val_frames(kitti_dir: str | Path, count: int) -> list[Path]:
     """`count` val images spread over um/umm/uu (all of val if it has fewer)."""
-    from calibration.dataset import select_kitti_frames
+    from kitti.frames import select_kitti_frames
 
     return [path for _, path in select_kitti_frames(kitti_dir, count, split="val")]
 
@@ -67,7 +67,7 @@ def check_parity(model: torch.nn.Module, spec: PreprocessSpec, onnx_path: str | 
                  min_frames: int = MIN_FRAMES) -> ParityReport:
     import onnxruntime as ort
 
-    from train.data import read_image
+    from kitti.data import read_image
 
     if len(frames) < min_frames:
         raise ParityError(f"parity gate needs at least {min_frames} real frames, got {len(frames)}")

@@ -14,7 +14,7 @@ be brittle (torch, ONNX Runtime and BLAS versions move float rounding), so it co
     of entries and never more than 1 step apart;
   - the outputs on real frames (the calibration tensors, KITTI train images): the road masks agree on
     >= 99.9 % of pixels. FP16 files are run through their CPU emulation (export/fp16.py).
-`ensure_from_models` is the torch-free path of `python -m export.engine`: it copies the shipped files into
+`ensure_from_models` is the torch-free path of `python -m engine`: it copies the shipped files into
 build/ after checking the checkpoint and every file against STEM.artifacts.json.
 """
 

@@ -16,11 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-if __package__ in (None, ""):  # `python runtime/demo.py`: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime import stream  # noqa: E402
-from runtime.ioutil import atomic_write_bytes, fail  # noqa: E402
+from runtime import stream
+from runtime.ioutil import atomic_write_bytes, fail
 from runtime.paths import DEFAULT_VIDEO
 
 

@@ -2,7 +2,7 @@
 execution on one CUDA stream, pinned host memory, and a CUDA graph of the whole enqueue.
 
 Device work goes through cuda-python (`cuda.bindings.runtime`), as NVIDIA's own samples do; no torch.
-The engine's JSON sidecar (written by `python -m export.engine`) carries the preprocessing contract, the
+The engine's JSON sidecar (written by `python -m engine`) carries the preprocessing contract, the
 flavour that built it and the cache key. Before TensorRT is imported at all, `probe_cuda()` must find a
 working CUDA device: the TensorRT runtime can crash the process without one (its lean runtime segfaults in
 deserialize, seen). TensorRT-RTX engines are checked with `Runtime.get_engine_validity` before they are
@@ -122,7 +122,7 @@ def read_sidecar(engine_path: str | Path) -> dict:
     path = sidecar_path(engine_path)
     if not path.is_file():
         raise ModelFileError(f"{engine_path}: no sidecar {path.name} (the engine's contract and cache key); "
-                             "rebuild it with `python -m export.engine`")
+                             "rebuild it with `python -m engine`")
     if path.stat().st_size > 1 << 20:
         raise ModelFileError(f"{path}: engine sidecar is over 1 MB; not one of ours")
     try:
@@ -230,7 +230,7 @@ class TensorRTBackend:
         self.spec = parse_preprocess(self.metadata, path)
         self.in_graph = parse_io_form(self.metadata, path)  # uint8 frames in, uint8 mask out (export/ingraph.py)
         self.precision = self.metadata.get(PRECISION_KEY, sidecar.get("cache_key", {}).get("precision", "fp32"))
-        rebuild = sidecar.get("rebuild", "python -m export.engine")
+        rebuild = sidecar.get("rebuild", "python -m engine")
         self.flavour = sidecar_flavour(sidecar)
         self._graph_exec = None
         self._runtime_cache = None

@@ -43,7 +43,7 @@ def random_fcn8s(width: float = 0.125, seed: int = 0):
 
 @pytest.fixture(scope="session")
 def synthetic_kitti(tmp_path_factory) -> Path:
-    from train.data import write_synthetic_kitti
+    from kitti.data import write_synthetic_kitti
 
     return write_synthetic_kitti(tmp_path_factory.mktemp("synthetic_kitti"), per_category=4)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.bench import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks
-from runtime.bench_ratios import row_label
-from runtime.flops import fcn8s_flops, graph_flops
+from bench.flops import fcn8s_flops, graph_flops
+from bench.ratios import row_label
+from bench.table import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks
 from tests.conftest import run_cli
 
 REQUIRED = ("model", "width", "backend", "precision", "device", "input_size", "size_mb", "maxf", "iou",
@@ -21,7 +21,7 @@ REQUIRED = ("model", "width", "backend", "precision", "device", "input_size", "s
 @pytest.fixture(scope="module")
 def bench_report(tmp_path_factory, tiny_checkpoint, synthetic_kitti) -> dict:
     out = tmp_path_factory.mktemp("bench")
-    result = run_cli("runtime/bench.py", "--checkpoint", str(tiny_checkpoint), "--build", str(out / "nobuild"),
+    result = run_cli("bench/table.py", "--checkpoint", str(tiny_checkpoint), "--build", str(out / "nobuild"),
                      "--data", str(synthetic_kitti), "--video", str(synthetic_kitti / "training" / "image_2"),
                      "--no-full", "--quick", "--warmup", "1", "--runs", "3", "--e2e-runs", "2",
                      "--calibration-frames", "2", "--threads", "1", "--matmul-size", "256",
@@ -150,8 +150,8 @@ def test_flop_formula_matches_the_exported_graph(tmp_path, width, size):
 
 
 def test_bad_arguments_fail_with_one_line(tmp_path, synthetic_kitti):
-    result = run_cli("-m", "runtime.bench", "--sizes", "12xq", "--data", str(synthetic_kitti), timeout=60)
+    result = run_cli("-m", "bench", "--sizes", "12xq", "--data", str(synthetic_kitti), timeout=60)
     assert result.returncode == 2 and result.stderr.strip().startswith("error: --sizes 12xq")
-    result = run_cli("-m", "runtime.bench", "--video", str(tmp_path / "none.mp4"), "--data", str(synthetic_kitti),
+    result = run_cli("-m", "bench", "--video", str(tmp_path / "none.mp4"), "--data", str(synthetic_kitti),
                      timeout=60)
     assert result.returncode == 2 and "none.mp4" in result.stderr and "Traceback" not in result.stderr

@@ -18,13 +18,13 @@ from calibration.dataset import (
     CalibrationError,
     build_calibration_set,
     load_calibration_set,
-    stratified_quota,
 )
 from calibration.quantize import preprocess_for_quantization, quantize_int8, trt_cache_text
 from export.onnx_export import export_onnx, roadseg_metadata
+from kitti.data import write_synthetic_kitti
+from kitti.frames import stratified_quota
 from runtime.backends import open_backend
 from runtime.contract import PRECISION_KEY, PreprocessSpec
-from train.data import write_synthetic_kitti
 
 SPEC = PreprocessSpec(64, 192)
 

@@ -5,18 +5,9 @@ import numpy as np
 import pytest
 from conftest import KITTI_DIR, needs_kitti
 
+from kitti.data import DataError, find_samples, read_ground_truth, split_samples, write_synthetic_kitti
 from runtime.contract import PreprocessSpec
-from train.data import (
-    IGNORE_INDEX,
-    Augment,
-    DataError,
-    RoadDataset,
-    find_samples,
-    load_kitti_arrays,
-    read_ground_truth,
-    split_samples,
-    write_synthetic_kitti,
-)
+from train.dataset import IGNORE_INDEX, Augment, RoadDataset, load_kitti_arrays
 
 
 @needs_kitti

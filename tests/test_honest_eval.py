@@ -9,12 +9,12 @@ import torch
 from conftest import KITTI_DIR, needs_kitti, run_cli
 
 from export.bn_fold import fold_batchnorm
+from kitti.data import find_samples, split_samples
+from kitti.splits import provenance, split_record, three_way_split
 from train.cpu_precision import choose_cpu_precision, cpu_flags
-from train.data import find_samples, split_samples
 from train.error_analysis import FALSE_NEGATIVE_BGR, FALSE_POSITIVE_BGR, overlay_errors
 from train.model import FCN8s
 from train.recipe import WeightEma, lovasz_hinge_loss, make_criterion, soft_dice_loss
-from train.splits import provenance, split_record, three_way_split
 
 
 def test_cpu_precision_follows_the_cpu_flags():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.metrics import RoadMetricAccumulator, pascal_voc_ap
+from kitti.metrics import RoadMetricAccumulator, pascal_voc_ap
 
 
 def accumulate(confidence, road, valid=None, predicted=None) -> dict:

@@ -109,7 +109,7 @@ def test_pipelining_is_chosen_unless_cpu_inference_fills_every_core(device, core
 
 @needs_video
 def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path):
-    """A reduced `runtime/bench_stream.py` run on the tiny model: the figures are the run's own (not the pass
+    """A reduced `python -m bench.stream` run on the tiny model: the figures are the run's own (not the pass
     or fail, which depends on the machine; `make bench-stream` is the real measurement)."""
     import json
     import subprocess
@@ -119,7 +119,7 @@ def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path)
 
     model = tiny_onnx_model(tmp_path)
     out = tmp_path / "bench_stream.json"
-    result = subprocess.run([sys.executable, "runtime/bench_stream.py", "--model", str(model), "--video",
+    result = subprocess.run([sys.executable, "-m", "bench.stream", "--model", str(model), "--video",
                              str(KITTI_VIDEO), "--overhead-frames", "24", "--live-frames", "24", "--blocks", "2",
                              "--frames", "400", "--target-frames", "24", "--json", str(out)], cwd=REPO,
                             capture_output=True, text=True,

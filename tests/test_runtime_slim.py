@@ -119,9 +119,10 @@ def test_runtime_modules_import_only_numpy_opencv_and_backends():
 
 def test_frame_preprocessor_matches_the_training_normaliser(synthetic_kitti):
     """The runtime's fused resize + normalise and training's dataset path give the same tensor for the same image."""
+    from kitti.data import find_samples, read_image
     from runtime.contract import PreprocessSpec
     from runtime.preprocess import FramePreprocessor
-    from train.data import RoadDataset, find_samples, load_kitti_arrays, read_image
+    from train.dataset import RoadDataset, load_kitti_arrays
 
     spec = PreprocessSpec(96, 320)
     sample = find_samples(synthetic_kitti)[0]

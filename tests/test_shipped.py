@@ -1,5 +1,5 @@
 """models/: the shipped model's deployable ONNX files (export/shipped.py): written, verified, compared with a
-fresh export, and used by `python -m export.engine` where there is no PyTorch."""
+fresh export, and used by `python -m engine` where there is no PyTorch."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def test_verify_refuses_another_checkpoint_or_an_edited_file(release):
 
 
 def test_engine_without_torch_takes_the_shipped_files(release, tmp_path, monkeypatch):
-    """export.engine's torch-free path (what `make engine` runs after `make setup-rtx` alone)."""
-    from export import engine
+    """engine.build's torch-free path (what `make engine` runs after `make setup-rtx` alone)."""
+    from engine import build as engine
 
     _build, checkpoint = release
     target = tmp_path / "device_build"

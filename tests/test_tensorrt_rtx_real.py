@@ -1,5 +1,5 @@
 """The REAL TensorRT-RTX (tensorrt_rtx 1.7) on this CPU-only machine: its ONNX parser reads every ONNX artifact
-the project makes for TensorRT, and its ahead-of-time builder builds real engines through export.engine.
+the project makes for TensorRT, and its ahead-of-time builder builds real engines through engine.build.
 
 What runs here for real: parse, build, serialize, the engine header and get_engine_validity (which answers
 INVALID without a GPU but names malformed or version-mismatched engines). Loading and running an engine needs
@@ -19,9 +19,9 @@ import pytest
 from conftest import run_cli
 from rtx_helpers import real_tensorrt_rtx
 
-from export.engine import build_engine, onnx_io
-from export.engine_check import EngineCheckError, check_engine
-from export.trt_builder import PRECISIONS, BuildOptions, EngineBuildError, build_serialized, onnx_for
+from engine.build import build_engine, onnx_io
+from engine.check import EngineCheckError, check_engine
+from engine.trt_builder import PRECISIONS, BuildOptions, EngineBuildError, build_serialized, onnx_for
 from runtime.tensorrt_backend import read_sidecar, sidecar_path
 from runtime.trt_flavour import release, rtx_engine_version
 
@@ -37,7 +37,7 @@ def trt():
 def artifacts(tmp_path_factory, tiny_artifacts) -> Path:
     build = tmp_path_factory.mktemp("rtx") / "build"
     shutil.copytree(tiny_artifacts, build)
-    (build / "parity.json").write_text("{}\n")  # no checkpoint here: export.engine trusts what was built
+    (build / "parity.json").write_text("{}\n")  # no checkpoint here: engine.build trusts what was built
     return build
 
 
@@ -164,13 +164,13 @@ def test_real_rtx_engine_check_catches_a_truncated_engine(trt, artifacts, tmp_pa
 
 
 def test_real_rtx_engine_cli_builds_without_gpu(trt, artifacts):
-    """`python -m export.engine` as a user runs it: a real engine, one summary line, exit 0."""
-    result = run_cli("-m", "export.engine", "--precision", "int8", "--build", str(artifacts), "--checkpoint",
+    """`python -m engine` as a user runs it: a real engine, one summary line, exit 0."""
+    result = run_cli("-m", "engine", "--precision", "int8", "--build", str(artifacts), "--checkpoint",
                      str(artifacts / "absent.pt"), "--no-progress", "--force")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "with TensorRT-RTX" in result.stdout and "ahead of time (no GPU here)" in result.stdout
     assert read_sidecar(artifacts / "model.int8.engine")["flavour"] == "tensorrt_rtx"
-    check = run_cli("-m", "export.engine_check", str(artifacts / "model.int8.engine"))
+    check = run_cli("-m", "engine.check", str(artifacts / "model.int8.engine"))
     assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stderr
 
 

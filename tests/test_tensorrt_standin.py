@@ -19,8 +19,8 @@ from conftest import run_cli
 from onnx import TensorProto, helper
 from standins.tensorrt_api import VERSIONS, make_tensorrt
 
-from export.engine import build_engine, cache_key, key_digest, reusable
-from export.trt_builder import (
+from engine.build import build_engine, cache_key, key_digest, reusable
+from engine.trt_builder import (
     BuildOptions,
     EngineBuildError,
     build_serialized,
@@ -213,7 +213,7 @@ def test_standin_engine_is_reused_while_its_key_matches_and_rebuilt_when_it_chan
     assert sidecar["cache_key"]["gpu"] == {"name": "Orin", "compute_capability": "8.7"}
     assert sidecar["cache_key"]["precision"] == "fp16" and sidecar["cache_key"]["tensorrt"] == "10.3.0"
     assert sidecar["metadata"][PREPROCESS_KEY]  # the runtime reads the contract from here
-    assert sidecar["rebuild"].startswith("python -m export.engine --precision fp16")
+    assert sidecar["rebuild"].startswith("python -m engine --precision fp16")
     builds = len(calls_named(trt, "Builder.build_serialized_network"))
     build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
     assert len(calls_named(trt, "Builder.build_serialized_network")) == builds
@@ -277,7 +277,7 @@ def test_tensorrt_backend_refuses_an_engine_without_sidecar(build):
 
 
 def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, tiny_checkpoint, synthetic_kitti):
-    """Real run of `python -m export.engine` on this GPU-less machine (no stand-in involved)."""
+    """Real run of `python -m engine` on this GPU-less machine (no stand-in involved)."""
     from runtime.tensorrt_backend import probe_cuda
 
     if probe_cuda()[0] is not None:
@@ -289,7 +289,7 @@ def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, t
                         "--parity-frames", "3", "--no-accuracy", "--no-progress"]) == 0
     # --flavour tensorrt: TensorRT-RTX (which builds without a GPU) may be installed here; TensorRT never builds
     # without one, which is the path a machine with no TensorRT-RTX takes by default.
-    result = run_cli("-m", "export.engine", "--checkpoint", str(tiny_checkpoint), "--build", str(build),
+    result = run_cli("-m", "engine", "--checkpoint", str(tiny_checkpoint), "--build", str(build),
                      "--data", str(synthetic_kitti), "--no-progress", "--flavour", "tensorrt")
     assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -465,7 +465,7 @@ def test_standin_backend_refuses_an_engine_of_another_flavour_in_one_line(build,
     message = str(error.value)
     assert "\n" not in message
     assert "built by TensorRT-RTX, which is not installed (this machine has TensorRT)" in message
-    assert "make setup-rtx" in message and "python -m export.engine --precision fp16" in message
+    assert "make setup-rtx" in message and "python -m engine --precision fp16" in message
 
 
 def test_standin_dla_engine_sets_the_runtime_dla_core_before_deserializing(build, monkeypatch):
@@ -482,7 +482,7 @@ def test_standin_dla_engine_sets_the_runtime_dla_core_before_deserializing(build
 
 
 def test_flavour_choice_without_gpu_needs_tensorrt_rtx_else_refuses_cleanly(monkeypatch):
-    from export import engine
+    from engine import build as engine
 
     monkeypatch.setattr(engine, "installed_flavours", lambda: [])
     with pytest.raises(engine.MissingToolchain, match="no CUDA GPU .* and no TensorRT-RTX"):

@@ -131,8 +131,9 @@ def test_training_lowers_the_loss(synthetic_kitti):
     """The training step itself learns: 30 steps of train_one_epoch on one fixed batch halve the loss."""
     from conftest import random_fcn8s
 
+    from kitti.data import find_samples
     from runtime.contract import PreprocessSpec
-    from train.data import RoadDataset, find_samples, load_kitti_arrays
+    from train.dataset import RoadDataset, load_kitti_arrays
     from train.train import StopRequest, train_one_epoch
 
     dataset = RoadDataset(*load_kitti_arrays(find_samples(synthetic_kitti)[:2]), PreprocessSpec(64, 192), None)

@@ -383,7 +383,7 @@ def test_fuzzed_onnx_metadata_ends_cleanly(tiny_onnx: Path, still_image: Path, s
 
 def valid_sidecar(tiny_onnx: Path) -> dict:
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
-    return {"format": SIDECAR_FORMAT, "metadata": props, "rebuild": "python -m export.engine --precision fp16",
+    return {"format": SIDECAR_FORMAT, "metadata": props, "rebuild": "python -m engine --precision fp16",
             "cache_key": {"tensorrt": "10.3.0", "precision": "fp16",
                           "gpu": {"name": "Orin", "compute_capability": "8.7"}}}
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from kitti.data import KittiSample, read_ground_truth, read_image
+from kitti.metrics import RoadMetricAccumulator
 from runtime.ioutil import atomic_write_bytes
-from runtime.metrics import RoadMetricAccumulator
-from train.data import KittiSample, read_ground_truth, read_image
 
 TRUE_POSITIVE_BGR = (0, 200, 0)
 FALSE_POSITIVE_BGR = (0, 0, 255)

@@ -13,12 +13,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.contract import PreprocessSpec
-from runtime.ioutil import atomic_write_text, fail, save_figure
-from runtime.metrics import RoadMetricAccumulator
-from runtime.postprocess import road_confidence, road_mask
-from runtime.preprocess import FramePreprocessor
-from train.data import (
+from kitti.data import (
     CATEGORIES,
     DataError,
     KittiSample,
@@ -27,7 +22,12 @@ from train.data import (
     read_image,
     split_samples,
 )
-from train.splits import provenance, three_way_split
+from kitti.metrics import RoadMetricAccumulator
+from kitti.splits import provenance, three_way_split
+from runtime.contract import PreprocessSpec
+from runtime.ioutil import atomic_write_text, fail, save_figure
+from runtime.postprocess import road_confidence, road_mask
+from runtime.preprocess import FramePreprocessor
 
 
 class TorchPredictor:

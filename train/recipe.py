@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from runtime.preprocess import normalize_rgb
-from train.data import IGNORE_INDEX, Augment, RoadDataset, augment
+from train.dataset import IGNORE_INDEX, Augment, RoadDataset, augment
 
 LOSSES = ("ce", "ce+dice", "ce+lovasz")
 SCHEDULES = ("poly", "cosine")

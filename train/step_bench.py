@@ -85,8 +85,9 @@ def numerics(args: argparse.Namespace, height: int, width: int) -> dict[str, lis
     """Loss per step of FP32 and bf16 + channels_last from the same weights on the same augmented batches."""
     from torch.utils.data import DataLoader
 
+    from kitti.data import find_samples, split_samples
     from runtime.contract import PreprocessSpec
-    from train.data import Augment, RoadDataset, find_samples, load_kitti_arrays, split_samples
+    from train.dataset import Augment, RoadDataset, load_kitti_arrays
 
     samples = split_samples(find_samples(args.data), "train")
     images, labels = load_kitti_arrays(samples)

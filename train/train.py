@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from kitti.data import DataError, find_samples
+from kitti.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.paths import DEFAULT_KITTI_DIR
@@ -39,13 +41,7 @@ from train.checkpoint import (
 )
 from train.configs import CONFIGS
 from train.cpu_precision import CPU_PRECISIONS, autocast, choose_cpu_precision
-from train.data import (
-    Augment,
-    DataError,
-    RoadDataset,
-    find_samples,
-    load_kitti_arrays,
-)
+from train.dataset import Augment, RoadDataset, load_kitti_arrays
 from train.evaluate import TorchPredictor, evaluate_samples
 from train.model import FCN8s, WeightsUnavailable, apply_pretrained, count_parameters
 from train.recipe import (
@@ -58,7 +54,6 @@ from train.recipe import (
     cosine_lambda,
     make_criterion,
 )
-from train.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 
 
 class EpochSampler(Sampler):

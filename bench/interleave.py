@@ -1,14 +1,14 @@
 """Speed-ups over PyTorch eager FP32 that hold on a shared machine: each candidate against torch measured
 just before it, in alternating blocks, all in one process.
 
-    python -m train.bench_interleave --checkpoint models/fcn8s_vgg16_w0.25_cpu.pt --size 192x640 \\
+    python -m bench.interleave --checkpoint models/fcn8s_vgg16_w0.25_cpu.pt --size 192x640 \\
         --candidate 'onnxruntime int8|onnxruntime|auto|build/model.int8_cpu.onnx' [--rounds 7] [--runs 5] --json OUT
 
 A round is, for every candidate in turn: one torch block, then the candidate's block (each block: one
 untimed run, then --runs timed ones on the same real frame). The ratio of a pair is torch's block median over
 the candidate's; a change in the machine's speed between rows of `make bench` (seconds apart) no longer
 moves it, because both halves of a pair are measured within a second of each other. Lives in train/
-because it runs torch; runtime/bench_openvino.py launches it and reports the spread of the ratios.
+because it runs torch; bench/openvino_rows.py launches it and reports the spread of the ratios.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import time
 import numpy as np
 import torch
 
-from runtime.bench_worker import BenchError, load_frames
+from bench.prepare import build_model, parse_size
+from bench.torch_worker import EagerPredictor
+from bench.worker import BenchError, load_frames
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_VIDEO
 from runtime.preprocess import FramePreprocessor
-from train.bench_prepare import build_model, parse_size
-from train.torch_bench import EagerPredictor
 
 WARMUP_RUNS = 3
 SETTLE_S = 0.05  # between blocks: lets one library's idle worker threads stop spinning before the next runs
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bench_interleave", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.interleave", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint")

@@ -1,21 +1,21 @@
 """Latency, accuracy and size of every (backend, precision) this machine can run: one table to choose by.
 
-    python -m runtime.bench [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--build build]
+    python -m bench [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--build build]
                             [--data ../shared/data/kitti_road] [--video VIDEO] [--sizes 160x576,256x832]
                             [--no-full] [--quick] [--threads 2] [--out runs/bench] [--check-floors]
 
 Rows: PyTorch eager (CPU FP32; CUDA FP32/FP16/FP16 + CUDA graph on a GPU), ONNX Runtime CPU FP32 and
 INT8 (TensorRT-style s8 Q/DQ and the CPU's u8-activation Q/DQ), OpenVINO CPU at every precision it offers
-(runtime/bench_openvino.py), ONNX Runtime CUDA / TensorRT providers and TensorRT engines; what this machine
+(bench/openvino_rows.py), ONNX Runtime CUDA / TensorRT providers and TensorRT engines; what this machine
 cannot run is listed as skipped, with why. Floors are judged on speed-ups measured interleaved with torch eager
-FP32 (runtime/bench_ratios.py: median of per-block ratios, spread printed). Configurations: the
+FP32 (bench/ratios.py: median of per-block ratios, spread printed). Configurations: the
 shipped model at its working size, the full-width VGG16 FCN-8s at 160x576 (untrained unless
 --full-checkpoint: its speed does not depend on training), and the shipped model at each --sizes size.
 
-Every row is measured in a fresh process (runtime/bench_worker.py, train/torch_bench.py) so its peak
+Every row is measured in a fresh process (bench/worker.py, bench/torch_worker.py) so its peak
 memory is its own; accuracy is KITTI val MaxF/IoU through train.evaluate on the same 46 images for every
 row. ONNX files the build folder does not have (other sizes, the full model) are made by
-train/bench_prepare.py with the project's own export and quantization, and cached under OUT/models.
+bench/prepare.py with the project's own export and quantization, and cached under OUT/models.
 Writes OUT/latest.json (`machine`, `rows`, `floors`), OUT/latest.md and OUT/latest.png.
 """
 
@@ -33,13 +33,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from runtime.bench_openvino import openvino_jobs
-from runtime.bench_ratios import interleave_command, speedup, spread_text, summarize
-from runtime.bench_worker import BenchError
-from runtime.flops import model_flops
+from bench.flops import model_flops
+from bench.openvino_rows import openvino_jobs
+from bench.ratios import interleave_command, speedup, spread_text, summarize
+from bench.worker import BenchError
 from runtime.ioutil import atomic_write_text, fail, save_figure, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
@@ -48,7 +45,7 @@ FULL_SIZE = "160x576"
 INT8_VARIANTS = {"int8_tensorrt": "Q/DQ s8 (TensorRT)", "int8_cpu": "Q/DQ u8 + ReLU/pool, conv1 fp32 (CPU)"}
 FLOOR_INT8_SPEEDUP, FLOOR_FP32_SPEEDUP, FLOOR_MAXF_DROP_PT = 4.0, 1.5, 0.5
 FLOOR_BEST_CPU_SPEEDUP = 10.0  # the shipped model's best CPU row (any backend) over torch eager FP32
-PREPARE_RECIPE = 3  # bump when train/bench_prepare.py makes different files: cached folders are then redone
+PREPARE_RECIPE = 3  # bump when bench/prepare.py makes different files: cached folders are then redone
 NOISY_SPREAD = 1.5  # p90 above 1.5x p50: other load on the machine disturbed the row
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
@@ -90,7 +87,7 @@ class Job:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="the shipped model")
     parser.add_argument("--build", default="build", help="folder of the exported ONNX files / engines")
@@ -119,7 +116,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def validate(args: argparse.Namespace) -> None:
-    from runtime.bench_worker import load_frames
+    from bench.worker import load_frames
 
     if args.threads < 1:
         raise BenchError(f"--threads {args.threads}: must be at least 1")
@@ -292,7 +289,7 @@ def calibration_method(build: Path) -> str:
 
 
 def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Path]:
-    """FP32 + both INT8 flavours for this configuration, made once by train.bench_prepare and cached under
+    """FP32 + both INT8 flavours for this configuration, made once by bench.prepare and cached under
     OUT/models."""
     method = calibration_method(Path(args.build))
     size = ["--size", config.size]
@@ -312,7 +309,7 @@ def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]
             raise BenchError(f"{config.model} at {config.size}: no ONNX files and no torch here to export them")
         print(f"  preparing ONNX files for {config.model} at {config.size} (export + INT8 quantization, "
               f"cached in {folder}) ...", flush=True)
-        command = ["-m", "train.bench_prepare", *source, *size, "--out", str(folder),
+        command = ["-m", "bench.prepare", *source, *size, "--out", str(folder),
                    "--calibration-source", args.data, "--calibration-frames", str(args.calibration_frames),
                    "--method", method, "--no-progress"]
         result = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, cwd=REPO)
@@ -360,7 +357,7 @@ def attach_files(config: Config, args: argparse.Namespace, env: dict[str, str]) 
     if "fp32" in files or (config.checkpoint is None and config.random_width is None):
         origin = str(args.build)
     else:
-        files, origin = prepared_files(config, args, env), "train.bench_prepare"
+        files, origin = prepared_files(config, args, env), "bench.prepare"
     config.files, config.origin = files, origin
 
 
@@ -444,9 +441,9 @@ def measure_job(job: Job, args: argparse.Namespace, env: dict[str, str]) -> dict
         source = (["--checkpoint", config.checkpoint] if config.checkpoint
                   else ["--random-width", str(config.random_width)])
         data = ["--data", args.data] if config.accuracy and not args.no_accuracy else []
-        return run_child(["-m", "train.torch_bench", *source, "--size", config.size, *job.extra, *common, *data],
+        return run_child(["-m", "bench.torch_worker", *source, "--size", config.size, *job.extra, *common, *data],
                          env)
-    row = run_child(["-m", "runtime.bench_worker", "--model", str(job.file), "--provider", job.provider,
+    row = run_child(["-m", "bench.worker", "--model", str(job.file), "--provider", job.provider,
                      *job.extra, *common], env)
     if config.accuracy and not args.no_accuracy:
         row.update(score(job, args, env))
@@ -726,7 +723,7 @@ def label(row: dict) -> str:
 def probe_torch(args: argparse.Namespace, env: dict[str, str]) -> dict | None:
     if not torch_importable():
         return None
-    command = ["-m", "train.torch_bench", "--probe", "--threads", str(args.threads),
+    command = ["-m", "bench.torch_worker", "--probe", "--threads", str(args.threads),
                "--matmul-size", str(args.matmul_size)]
     if Path(args.checkpoint).is_file():
         command += ["--checkpoint", args.checkpoint]
@@ -739,7 +736,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.time()
     env = child_env(args.threads)
     print(f"measuring the fp32 peak ({args.threads} threads) ...", flush=True)
-    numpy_peak = run_child(["-m", "runtime.bench_worker", "--matmul-peak", "--threads", str(args.threads),
+    numpy_peak = run_child(["-m", "bench.worker", "--matmul-peak", "--threads", str(args.threads),
                             "--matmul-size", str(args.matmul_size)], env)
     torch_info = probe_torch(args, env)
     machine = machine_info(args.threads, torch_info, numpy_peak)
@@ -778,7 +775,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def measure_interleaved(configs: list[Config], rows: list[dict], args: argparse.Namespace,
                         env: dict[str, str]) -> dict[str, dict]:
-    """Each floor configuration's CPU rows against torch eager FP32 in alternating blocks (runtime/bench_ratios.py)."""
+    """Each floor configuration's CPU rows against torch eager FP32 in alternating blocks (bench/ratios.py)."""
     found = {}
     for config in (c for c in configs if c.floors):
         mine = [r for r in rows if r["model"] == config.model and r["input_size"] == config.size]

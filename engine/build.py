@@ -1,6 +1,6 @@
 """Checkpoint -> ONNX -> calibration -> TensorRT or TensorRT-RTX engine, rebuilding only what changed.
 
-    python -m export.engine [--precision fp16|int8|fp32] [--int8-mode qdq|calibrator] [--build build]
+    python -m engine [--precision fp16|int8|fp32] [--int8-mode qdq|calibrator] [--build build]
                             [--checkpoint models/...pt] [--data KITTI] [--workspace-mib 1024] [--opt-level 3]
                             [--flavour auto|tensorrt|tensorrt_rtx] [--compute-capability 8.6,8.9]
                             [--dla-core N] [--profile MIN:OPT:MAX] [--trtexec PATH] [--force]
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import onnx
 
-from export.trt_builder import (
+from engine.trt_builder import (
     INT8_MODES,
     PRECISIONS,
     BuildOptions,
@@ -82,7 +82,7 @@ def parse_profile(text: str | None) -> tuple | None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m export.engine", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", default="fp16", choices=PRECISIONS)
     parser.add_argument("--int8-mode", default="qdq", choices=INT8_MODES,
@@ -121,7 +121,7 @@ def build_options(args: argparse.Namespace) -> BuildOptions:
 
 
 def rebuild_command(args: argparse.Namespace, flavour: str | None = None) -> str:
-    parts = ["python -m export.engine", f"--precision {args.precision}", f"--build {args.build}"]
+    parts = ["python -m engine", f"--precision {args.precision}", f"--build {args.build}"]
     if flavour is not None and flavour != TENSORRT:
         parts.append(f"--flavour {flavour}")
     if getattr(args, "compute_capability", None):

@@ -1,6 +1,6 @@
 """Check built engines against their sidecars and their ONNX, as far as a machine without a GPU can.
 
-    python -m export.engine_check build/model.fp16.engine [build/model.int8.engine ...]
+    python -m engine.check build/model.fp16.engine [build/model.int8.engine ...]
 
 Per engine: the sidecar's sha256 and size are the engine's; the I/O it records (from the network TensorRT
 built) has the ONNX's input/output names and shapes with FP32 at both ends (the runtime's contract);
@@ -30,7 +30,7 @@ class EngineCheckError(RuntimeError):
 
 
 def expected_io(onnx_path: Path) -> list[dict]:
-    from export.engine import onnx_io
+    from engine.build import onnx_io
 
     return onnx_io(onnx_path)
 
@@ -91,7 +91,7 @@ def check_engine(engine_path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.engine_check", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m engine.check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("engines", nargs="+")
     args = parser.parse_args(argv)

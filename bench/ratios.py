@@ -2,7 +2,7 @@
 
 `make bench` measures each row in its own process, one after another; a change in a shared VM's speed between
 two rows (seconds apart) moves their ratio (three quiet runs once gave the same INT8-vs-torch ratio as 3.65x,
-5.26x and 3.78x). So the floor configurations are also measured interleaved (train/bench_interleave.py):
+5.26x and 3.78x). So the floor configurations are also measured interleaved (bench/interleave.py):
 every CPU candidate against torch eager FP32 measured just before it, in alternating blocks. A floor is judged
 on the median of the per-block ratios, and the spread (min / median / max) is printed beside it.
 """
@@ -27,7 +27,7 @@ def candidates(rows: list[dict]) -> list[dict]:
 
 
 def interleave_command(config, rows: list[dict], args) -> list[str] | None:
-    """Arguments for `python -m train.bench_interleave`, or None when there is nothing to compare."""
+    """Arguments for `python -m bench.interleave`, or None when there is nothing to compare."""
     chosen = candidates(rows)
     if not chosen:
         return None
@@ -35,7 +35,7 @@ def interleave_command(config, rows: list[dict], args) -> list[str] | None:
               else ["--random-width", str(config.random_width)])
     rounds = HEAVY_ROUNDS if config.heavy else QUICK_ROUNDS if args.quick else ROUNDS
     runs = HEAVY_RUNS_PER_BLOCK if config.heavy else RUNS_PER_BLOCK
-    command = ["-m", "train.bench_interleave", *source, "--size", config.size, "--threads", str(args.threads),
+    command = ["-m", "bench.interleave", *source, "--size", config.size, "--threads", str(args.threads),
                "--rounds", str(rounds), "--runs", str(runs), "--video", args.video]
     for row in chosen:
         precision = row["precision"] if row["backend"] == "openvino" else "auto"

@@ -10,7 +10,7 @@ earlier checkpoints selected on val are flagged as optimistic there.
 
 from __future__ import annotations
 
-from train.data import CATEGORIES, DataError, KittiSample
+from kitti.data import CATEGORIES, DataError, KittiSample
 
 SCHEME = "train/select/report"
 PARTS = ("train", "select", "report")
@@ -54,7 +54,7 @@ def legacy_record(summary: dict, samples: list[KittiSample]) -> dict | None:
     """The split of a checkpoint trained before splits were recorded: train / val by val_fraction, val selected."""
     if "val_fraction" not in summary:
         return None
-    from train.data import split_samples
+    from kitti.data import split_samples
 
     fraction = float(summary["val_fraction"])
     return {"scheme": f"train/val (val_fraction {fraction}, reconstructed)", "selected_on": "val",

@@ -1,7 +1,7 @@
 """OpenVINO's rows in `make bench`: every CPU precision it offers for each ONNX file of a configuration.
 
 A float file runs at fp32 (f32 hint) and, where the CPU computes bf16 natively, bf16; each INT8 Q/DQ file
-runs as int8. Rows are measured by runtime/bench_worker.py (`--backend openvino --precision P`) and scored
+runs as int8. Rows are measured by bench/worker.py (`--backend openvino --precision P`) and scored
 by train.evaluate the same way, in fresh processes like every other row. Without OpenVINO the rows are
 listed as skipped, with the command that installs it.
 """
@@ -14,8 +14,8 @@ HINT_VARIANTS = {"fp32": "f32 hint", "bf16": "bf16 hint"}
 
 
 def openvino_jobs(config, int8_variants: dict[str, str]) -> list:
-    """Jobs (runtime.bench.Job) for `config`'s files on OpenVINO, or skipped ones saying why."""
-    from runtime.bench import Job
+    """Jobs (bench.table.Job) for `config`'s files on OpenVINO, or skipped ones saying why."""
+    from bench.table import Job
 
     files = config.files
     installed = openvino_installed()

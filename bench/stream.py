@@ -5,7 +5,7 @@
    cost: one copy a frame);
 2. live: a synthetic camera running twice as fast as inference reaches at least 95 % of the
    inference-bound frame rate (1 / the time of backend.infer alone in a tight loop);
-3. latency targets (runtime/bench_targets.py): end-to-end p50 <= 1.15 x inference p50 writing an mp4, <= 1.10 x
+3. latency targets (bench/stream_targets.py): end-to-end p50 <= 1.15 x inference p50 writing an mp4, <= 1.10 x
    with no outputs, both loops printed side by side;
 4. soak: looping the KITTI video for --frames frames (10,000 by default) through each loop keeps resident
    memory flat: growth after warm-up under 5 %.
@@ -16,7 +16,7 @@ runtime/stream.py picks by default on this machine (runtime.pipeline.pipelining_
 time" is 1 - inference-alone time / frame time: CPU that other stages take from inference counts against
 them, however the stages overlap.
 
-    python runtime/bench_stream.py --model build/model.fp32.onnx [--frames 10000] [--json runs/bench_stream.json]
+    python -m bench.stream --model build/model.fp32.onnx [--frames 10000] [--json runs/bench_stream.json]
 
 Meant for CPU with ONNX Runtime at the shipped model's size (192x640); prints its figures, exits 1 when a
 floor is missed. Not a timed test: run it on an otherwise idle machine.
@@ -33,25 +33,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python runtime/bench_stream.py`
-    _ROOT = str(Path(__file__).resolve().parent.parent)
-    if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-        sys.path[0] = _ROOT
-    else:
-        sys.path.insert(0, _ROOT)
+import cv2
+import numpy as np
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-
-from runtime.backends import Backend, open_backend  # noqa: E402
-from runtime.bench_targets import measure_targets, print_targets  # noqa: E402
+from bench.stream_targets import measure_targets, print_targets
+from runtime.backends import Backend, open_backend
 from runtime.contract import ModelFileError
-from runtime.ioutil import atomic_write_text, fail  # noqa: E402
-from runtime.model_select import REPO_ROOT, default_model  # noqa: E402
-from runtime.outputs import Outputs, Renderer  # noqa: E402
-from runtime.paths import DEFAULT_VIDEO  # noqa: E402
-from runtime.pipeline import frame_preprocessor, pipelining_pays, run_pipeline  # noqa: E402
-from runtime.sources import (  # noqa: E402
+from runtime.ioutil import atomic_write_text, fail
+from runtime.model_select import REPO_ROOT, default_model
+from runtime.outputs import Outputs, Renderer
+from runtime.paths import DEFAULT_VIDEO
+from runtime.pipeline import frame_preprocessor, pipelining_pays, run_pipeline
+from runtime.sources import (
     FrameSource,
     PrefetchSource,
     SourceError,
@@ -60,7 +53,7 @@ from runtime.sources import (  # noqa: E402
     open_video,
     read_video_frames,
 )
-from runtime.stats import StreamStats  # noqa: E402
+from runtime.stats import StreamStats
 
 SHIPPED_SIZE_HW = (192, 640)
 OVERHEAD_LIMIT = 0.10
@@ -280,7 +273,7 @@ def print_loops(result: dict) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python runtime/bench_stream.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
     parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt", "onnxruntime",

@@ -1,9 +1,9 @@
 """The ONNX files one benchmark configuration needs: FP32 at a given input size, and both INT8 flavours.
 
-    python -m train.bench_prepare (--checkpoint PATH | --random-width W) --size HxW --out DIR
+    python -m bench.prepare (--checkpoint PATH | --random-width W) --size HxW --out DIR
                                   [--calibration-source KITTI_DIR] [--calibration-frames 32] [--method entropy]
 
-The benchmark (runtime/bench.py) cannot export: the runtime never imports torch. It launches this module
+The benchmark (bench/table.py) cannot export: the runtime never imports torch. It launches this module
 as a subprocess for each (model, size) it has no ONNX files for. Export and quantization are the project's
 own (export.onnx_export.export_onnx, calibration.quantize.quantize_int8 and calibration.cpu_tuned with the
 calibration set built by calibration.dataset), so the benchmarked files are made exactly like the shipped
@@ -63,9 +63,10 @@ def build_model(checkpoint: str | None, random_width: float | None, size: tuple[
 
 
 def prepare(args: argparse.Namespace) -> dict:
-    from calibration.dataset import build_calibration_set, sha256_file
+    from calibration.dataset import build_calibration_set
     from calibration.quantize import preprocess_for_quantization, quantize_int8
     from export.onnx_export import export_onnx, roadseg_metadata
+    from runtime.ioutil import sha256_file
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def prepare(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.bench_prepare", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="roadseg .pt checkpoint")

@@ -1,12 +1,12 @@
 """The PyTorch eager rows of the benchmark (CPU FP32; on a GPU also CUDA FP32, FP16, FP16 + CUDA graph).
 
-    python -m train.torch_bench (--checkpoint PATH | --random-width 1.0) --size HxW [--device cpu|cuda]
+    python -m bench.torch_worker (--checkpoint PATH | --random-width 1.0) --size HxW [--device cpu|cuda]
                                 [--precision fp32|fp16] [--cuda-graph] [--threads 2] [--warmup 5]
                                 [--runs 50] [--e2e-runs 50] [--video VIDEO] [--data KITTI] --json OUT
-    python -m train.torch_bench --probe [--checkpoint PATH] [--threads 2] --json OUT
+    python -m bench.torch_worker --probe [--checkpoint PATH] [--threads 2] --json OUT
 
-It lives in train/ because the runtime never imports torch: runtime/bench.py launches it as a subprocess.
-Timing uses runtime.bench_worker.measure, the loop every other backend is timed with; accuracy uses
+It lives in train/ because the runtime never imports torch: bench/table.py launches it as a subprocess.
+Timing uses bench.worker.measure, the loop every other backend is timed with; accuracy uses
 train.evaluate.evaluate_samples on KITTI val at the benchmarked input size.
 """
 
@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from runtime.bench_worker import BenchError, load_frames, measure
+from bench.prepare import build_model, parse_size
+from bench.worker import BenchError, load_frames, measure
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_VIDEO
-from train.bench_prepare import build_model, parse_size
 
 
 class EagerPredictor:
@@ -113,7 +113,7 @@ def probe(args: argparse.Namespace) -> dict:
 
 
 def accuracy(predictor: EagerPredictor, data: str, split: str = "val") -> dict:
-    from train.data import find_samples, split_samples
+    from kitti.data import find_samples, split_samples
     from train.evaluate import evaluate_samples
 
     result = evaluate_samples(predictor, split_samples(find_samples(data), split), progress=False)
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.torch_bench", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.torch_worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="roadseg .pt checkpoint")
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--matmul-size", type=int, default=4096)
     parser.add_argument("--json", required=True)
     args = parser.parse_args(argv)
+    from kitti.data import DataError
     from train.checkpoint import CheckpointError
-    from train.data import DataError
 
     try:
         row = run(args)

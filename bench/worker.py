@@ -1,13 +1,13 @@
 """One benchmark row, measured in a process of its own so that its peak resident memory is its own.
 
-    python -m runtime.bench_worker --model build/model.int8_cpu.onnx [--provider cpu] [--threads 2]
+    python -m bench.worker --model build/model.int8_cpu.onnx [--provider cpu] [--threads 2]
                                    [--warmup 5] [--runs 50] [--e2e-runs 50] [--video VIDEO] --json OUT
-    python -m runtime.bench_worker --matmul-peak [--threads 2] --json OUT
+    python -m bench.worker --matmul-peak [--threads 2] --json OUT
 
 Inference latency is `infer()` alone on preprocessed real frames; end-to-end latency is FramePreprocessor
 + infer + MaskPostprocessor on decoded real frames (decoding is the camera's cost and is left out).
-`measure()` takes any object with `spec` and `infer`, so train/torch_bench.py times PyTorch with the
-very same loop. The orchestrator is runtime/bench.py.
+`measure()` takes any object with `spec` and `infer`, so bench/torch_worker.py times PyTorch with the
+very same loop. The orchestrator is bench/table.py.
 """
 
 from __future__ import annotations
@@ -21,9 +21,6 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2
 import numpy as np
@@ -211,7 +208,7 @@ def describe(backend) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m runtime.bench_worker", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=".onnx model or TensorRT .engine/.plan")
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or tensorrt")
