@@ -93,7 +93,9 @@ bench-stream: setup $(STREAM_NEEDS)
 # export/calibrate/engine: each stage reruns only when its inputs changed (file dependencies here, content
 # hashes and the engine's cache key inside the Python stages).
 PRECISION ?= fp16
-EXPORT_SRC := $(wildcard export/*.py) runtime/preprocess.py
+# Every module the export stage imports (runtime/, kitti/, train/ and export/ itself): a change to any of them can
+# change the ONNX, so none may leave a stale one in place. Calibration follows through model.fp32.onnx.
+EXPORT_SRC := $(wildcard export/*.py kitti/*.py train/*.py runtime/*.py)
 CALIBRATION_SRC := $(wildcard calibration/*.py)
 
 ## export: CHECKPOINT -> BUILD/model.fp32.onnx + model.fp16.onnx, behind the parity and accuracy gates

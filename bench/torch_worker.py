@@ -5,7 +5,7 @@
                                 [--runs 50] [--e2e-runs 50] [--video VIDEO] [--data KITTI] --json OUT
     python -m bench.torch_worker --probe [--checkpoint PATH] [--threads 2] --json OUT
 
-It lives in train/ because the runtime never imports torch: bench/table.py launches it as a subprocess.
+It runs in its own process, launched by bench/table.py, so each row's peak memory is its own.
 Timing uses bench.worker.measure, the loop every other backend is timed with; accuracy uses
 train.evaluate.evaluate_samples on KITTI val at the benchmarked input size.
 """

@@ -15,7 +15,8 @@ from stream_helpers import KITTI_VIDEO, REPO, read_video, tiny_onnx_model
 ALLOWED_THIRD_PARTY = {"numpy", "cv2", "onnxruntime", "openvino", "tensorrt", "cuda", "runtime"}
 # Optional backends: imported lazily, only when a model is opened on them.
 OPTIONAL_BACKENDS = ("openvino", "tensorrt")
-FORBIDDEN = ("torch", "torchvision", "train", "export", "calibration", "tqdm", "matplotlib", "onnx")
+FORBIDDEN = ("torch", "torchvision", "train", "export", "calibration", "engine", "bench", "kitti", "tqdm", "matplotlib",
+             "onnx")
 
 # Runs in a fresh interpreter: any import of a forbidden package fails, then the real CLI streams a video.
 BLOCKED_RUN = """
@@ -130,3 +131,25 @@ def test_frame_preprocessor_matches_the_training_normaliser(synthetic_kitti):
     runtime_tensor = FramePreprocessor(spec)(read_image(sample.image_path))[0]
     assert runtime_tensor.shape == training_tensor.shape == (3, 96, 320)
     assert np.abs(runtime_tensor - training_tensor).max() < 1e-5
+
+
+STAGES = ("runtime", "kitti", "train", "export", "calibration", "engine", "bench")
+
+
+def test_imports_run_one_way_down_the_stages():
+    """runtime <- kitti <- train <- export <- calibration <- engine <- bench: a module may import its own stage or an
+    earlier one, never a later one, so there is no cycle between the folders and runtime/ ships alone."""
+    upward = []
+    for stage in STAGES:
+        for path in sorted((REPO / stage).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+                elif isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                else:
+                    continue
+                upward += [f"{path.relative_to(REPO)} imports {name}" for name in names
+                           if name.split(".")[0] in STAGES and STAGES.index(name.split(".")[0]) > STAGES.index(stage)]
+    assert not upward, "\n".join(upward)
+    assert {p.parent.name for p in REPO.glob("*/__init__.py")} >= set(STAGES)
