@@ -32,12 +32,13 @@ PREPARED_NAME = "prepared.json"
 
 
 def parse_size(text: str) -> tuple[int, int]:
+    """'HxW' -> (H, W): the one size rule of every benchmark option (sides of at least 32, FCN-8s's stride)."""
     try:
-        height, width = (int(part) for part in text.lower().split("x"))
+        height, width = (int(part) for part in text.strip().lower().split("x"))
     except ValueError as error:
         raise ValueError(f"--size {text}: expected HxW, e.g. 160x576") from error
-    if height <= 0 or width <= 0:
-        raise ValueError(f"--size {text}: sides must be positive")
+    if height < 32 or width < 32:
+        raise ValueError(f"--size {text}: sides must be at least 32")
     return height, width
 
 

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import prepare
 from bench.flops import model_flops
 from bench.openvino_rows import openvino_jobs
 from bench.ratios import interleave_command, speedup, spread_text, summarize
@@ -132,12 +133,9 @@ def validate(args: argparse.Namespace) -> None:
 
 def parse_size(text: str) -> tuple[int, int]:
     try:
-        height, width = (int(part) for part in text.strip().lower().split("x"))
+        return prepare.parse_size(text)
     except ValueError as error:
-        raise BenchError(f"--sizes {text}: expected HxW, e.g. 160x576") from error
-    if height < 32 or width < 32:
-        raise BenchError(f"--sizes {text}: sides must be at least 32")
-    return height, width
+        raise BenchError(str(error).replace("--size ", "--sizes ", 1)) from error
 
 
 def child_env(threads: int) -> dict[str, str]:

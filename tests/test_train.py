@@ -133,8 +133,9 @@ def test_training_lowers_the_loss(synthetic_kitti):
 
     from kitti.data import find_samples
     from runtime.contract import PreprocessSpec
+    from runtime.pipeline import StopRequest
     from train.dataset import RoadDataset, load_kitti_arrays
-    from train.train import StopRequest, train_one_epoch
+    from train.train import train_one_epoch
 
     dataset = RoadDataset(*load_kitti_arrays(find_samples(synthetic_kitti)[:2]), PreprocessSpec(64, 192), None)
     images, labels = zip(*(dataset[index] for index in range(len(dataset))), strict=True)

@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import random
-import signal
 import sys
 import time
 import warnings
@@ -31,6 +30,7 @@ from kitti.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.paths import DEFAULT_KITTI_DIR
+from runtime.pipeline import StopRequest
 from train.checkpoint import (
     CheckpointError,
     atomic_torch_save,
@@ -78,20 +78,6 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self._indices()) - self.skip
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes the current step, saves, and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:  # a second Ctrl-C means now
-            raise KeyboardInterrupt
-        self.requested = True
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -377,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
               "input_size": list(args.input_size),
               "precision": precision.describe() if precision else "CUDA, fp16 autocast unless --no-amp"}
 
-    stop = StopRequest()
+    stop = StopRequest()  # Ctrl-C finishes the step, saves last.pt and exits; a second one stops at once
+    stop.install()
     started = time.time()
 
     def training_state(epoch: int) -> dict:
