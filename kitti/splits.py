@@ -50,6 +50,28 @@ def split_record(parts: dict[str, list[KittiSample]], selected_on: str) -> dict:
             **{part: sorted(s.name for s in members) for part, members in parts.items()}}
 
 
+def checked_summary(summary: object, source: str) -> dict | None:
+    """A model's training summary is untrusted input: its split record must be lists of image names and its
+    val_fraction a fraction, or DataError names the file and the field."""
+    if not isinstance(summary, dict):
+        return None
+    split = summary.get("split")
+    if split is not None:
+        if not isinstance(split, dict):
+            raise DataError(f"{source}: recorded training split 'summary.split' is not a mapping")
+        for key, value in split.items():
+            if key in ("scheme", "selected_on"):
+                if not isinstance(value, str):
+                    raise DataError(f"{source}: 'summary.split.{key}' must be a string")
+            elif not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+                raise DataError(f"{source}: 'summary.split.{str(key)[:40]}' must be a list of image names")
+    fraction = summary.get("val_fraction")
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
+                                 or not 0 < fraction < 1):
+        raise DataError(f"{source}: 'summary.val_fraction' must be a number between 0 and 1")
+    return summary
+
+
 def legacy_record(summary: dict, samples: list[KittiSample]) -> dict | None:
     """The split of a checkpoint trained before splits were recorded: train / val by val_fraction, val selected."""
     if "val_fraction" not in summary:

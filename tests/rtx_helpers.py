@@ -42,9 +42,13 @@ def make_tiny_artifacts(build: Path) -> Path:
     write_fp16(fp32, build / "model.fp16.onnx")
     tensors = np.random.default_rng(0).standard_normal((4, 3, 64, 192)).astype(np.float32)
     prepared = preprocess_for_quantization(fp32, build / "prep.onnx")
-    quantize_int8(prepared, build / "model.int8.onnx", tensors, "minmax")
+    import onnx
+
+    # As `python -m calibration` does: every INT8 file carries the FP32 file's contract.
+    stamp = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    quantize_int8(prepared, build / "model.int8.onnx", tensors, "minmax", metadata=stamp)
     write_int8_fp16(build / "model.int8.onnx", build / "model.int8_fp16.onnx")
-    quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", tensors, "minmax", {}, "")
+    quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", tensors, "minmax", stamp, "")
     (build / "calibration").mkdir()
     (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
     np.save(build / "calibration" / "tensors.npy", tensors)

@@ -438,7 +438,7 @@ def test_standin_rtx_backend_refuses_an_engine_for_other_gpus_with_the_rebuild_c
     monkeypatch.setattr(tensorrt_backend, "probe_cuda",
                         lambda device=0: (GpuInfo("NVIDIA GeForce RTX 2080", "7.5", "13.0", "13.0"), ""))
     with pytest.raises(ModelFileError, match=r"built for compute capabilities 8\.0.*is 7\.5\); rebuild: "
-                                             r"python -m export\.engine --precision fp16 .*--flavour tensorrt_rtx"):
+                                             r"python -m engine --precision fp16 .*--flavour tensorrt_rtx"):
         tensorrt_backend.TensorRTBackend(engine)
 
 
@@ -447,7 +447,7 @@ def test_standin_rtx_backend_refuses_an_engine_its_runtime_calls_invalid(rtx_bac
 
     trt, engine = rtx_backend
     trt.standin_target = "SM75"  # the runtime finds the engine has no kernels for this GPU
-    with pytest.raises(ModelFileError, match=r"cannot run here \(UNSUPPORTED_CC\); rebuild: python -m export"):
+    with pytest.raises(ModelFileError, match=r"cannot run here \(UNSUPPORTED_CC\); rebuild: python -m engine"):
         TensorRTBackend(engine)
     assert "Runtime.deserialize_cuda_engine" not in [c[0] for c in trt.calls]
 

@@ -116,7 +116,9 @@ def validate_arch(arch: dict, path: Path) -> dict:
     if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
         raise CheckpointError(f"{path}: field 'arch.num_classes' must be an integer in 2..{MAX_CLASSES}, "
                               f"got {shorten(classes)}")
-    unknown = sorted(set(arch) - {"name", "width", "num_classes"})
+    if not isinstance(arch.get("batch_norm", False), bool):
+        raise CheckpointError(f"{path}: field 'arch.batch_norm' must be true or false")
+    unknown = sorted(set(arch) - {"name", "width", "num_classes", "batch_norm"})
     if unknown:
         raise CheckpointError(f"{path}: unknown field {shorten(f'arch.{unknown[0]}')}")
     return arch
@@ -133,8 +135,11 @@ def validate_weights(state: dict, arch: dict, path: Path) -> None:
         raise CheckpointError(f"{path}: field 'model': {what} tensor {shorten(name)} for {arch}")
     for name, shape in expected.items():
         tensor = state[name]
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            raise CheckpointError(f"{path}: field 'model': '{name}' is not a floating-point tensor")
+        # BatchNorm's step counter is the one integer buffer the architecture has.
+        integer = name.endswith("num_batches_tracked")
+        if not isinstance(tensor, torch.Tensor) or tensor.is_floating_point() == integer:
+            kind = "an integer" if integer else "a floating-point"
+            raise CheckpointError(f"{path}: field 'model': '{name}' is not {kind} tensor")
         if tuple(tensor.shape) != shape:
             raise CheckpointError(f"{path}: field 'model': '{name}' has shape {tuple(tensor.shape)}, "
                                   f"the architecture needs {shape}")

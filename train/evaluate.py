@@ -23,7 +23,7 @@ from kitti.data import (
     split_samples,
 )
 from kitti.metrics import RoadMetricAccumulator
-from kitti.splits import provenance, three_way_split
+from kitti.splits import checked_summary, provenance, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_text, fail, save_figure
 from runtime.postprocess import road_confidence, road_mask
@@ -162,11 +162,11 @@ def recorded_summary(model_path: str | Path, predictor) -> dict | None:
     if Path(model_path).suffix == ".pt":
         from train.checkpoint import read_checkpoint
 
-        return read_checkpoint(model_path).get("summary")
+        return checked_summary(read_checkpoint(model_path).get("summary"), str(model_path))
     text = getattr(predictor, "metadata", {}).get("roadseg.training")
     try:
-        return json.loads(text) if text else None
-    except json.JSONDecodeError:
+        return checked_summary(json.loads(text), str(model_path)) if text else None
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 
