@@ -38,6 +38,7 @@ from bench.flops import model_flops
 from bench.openvino_rows import openvino_jobs
 from bench.ratios import interleave_command, speedup, spread_text, summarize
 from bench.worker import BenchError
+from runtime import machine
 from runtime.ioutil import atomic_write_text, fail, save_figure, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
@@ -169,31 +170,10 @@ def torch_importable() -> bool:
 # ---------------------------------------------------------------- the machine
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name plus family/model numbers (VMs often report only "AMD EPYC")."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name") or platform.machine()
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return name
-
-
 def cpu_flags() -> list[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                present = set(line.split(":", 1)[1].split())
-                return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-                        if f in present]
-    except OSError:
-        pass
-    return []
+    """The instruction sets that decide these kernels' speed, of those this CPU has."""
+    present = machine.cpu_flags()
+    return [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8") if f in present]
 
 
 def nvidia_gpus() -> list[dict]:
@@ -232,7 +212,7 @@ def machine_info(threads: int, torch_info: dict | None, numpy_peak: dict) -> dic
         peaks["torch_matmul_gflops"] = torch_info.get("torch_matmul_gflops")
     peak = max(v for v in peaks.values() if v)
     return {
-        "cpu": cpu_model(), "cpu_cores": os.cpu_count(), "cpu_flags": cpu_flags(), "threads": threads,
+        "cpu": machine.cpu_model(), "cpu_cores": os.cpu_count(), "cpu_flags": cpu_flags(), "threads": threads,
         "os": f"{platform.system()} {platform.release()}",
         "gpus": nvidia_gpus(), "torch_cuda": (torch_info or {}).get("cuda_device"),
         "onnxruntime_providers": available_providers(), "libraries": library_versions(),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
@@ -27,6 +26,7 @@ import numpy as np
 from runtime.backends import Backend, open_backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, sha256_file
+from runtime.machine import cpu_name
 from runtime.openvino_backend import openvino_installed
 
 CACHE_FORMAT = "roadseg-backend-probe-v1"
@@ -62,14 +62,7 @@ def cache_path() -> Path:
 
 def machine_key(threads: int | None) -> str:
     """CPU model, core count and the libraries that decide speed: a probe is only reused where they match."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     versions = []
     for name in ("onnxruntime", "openvino"):
         try:

@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -29,6 +28,7 @@ from kitti.data import DataError, find_samples
 from kitti.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
+from runtime.machine import cpu_name
 from runtime.paths import DEFAULT_KITTI_DIR
 from runtime.pipeline import StopRequest
 from train.checkpoint import (
@@ -143,15 +143,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def resolve_device(name: str) -> torch.device:
