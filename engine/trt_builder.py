@@ -20,7 +20,7 @@ TensorRT-RTX: no timing cache (a deprecated no-op that queries a GPU), target co
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class BuildOptions:
     builder: str = "python"  # "python" (the bindings) or "trtexec"
     # TensorRT-RTX target GPUs as "8.6", "12.0", ...; empty = every RTX architecture from Ampere on
     compute_capabilities: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -69,6 +69,12 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
     return metrics
 
 
+def within_floor(fp32_maxf: float | None, maxf: float, precision: str) -> bool:
+    """The gate's rule: an artifact may lose at most its precision's floor of MaxF points against FP32."""
+    floor = FLOORS_PT.get(precision)
+    return floor is None or fp32_maxf is None or fp32_maxf - maxf <= floor + 1e-9
+
+
 def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
               progress: bool = True) -> list[dict]:
     rows, baseline = [], None
@@ -80,7 +86,7 @@ def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
             baseline = maxf
         drop = None if baseline is None else baseline - maxf
         floor = FLOORS_PT.get(artifact.precision)
-        passed = True if floor is None or drop is None else drop <= floor
+        passed = within_floor(baseline, maxf, artifact.precision)
         rows.append({"artifact": artifact.label, "file": str(artifact.path), "precision": artifact.precision,
                      "runs_as": artifact.runs_as, "backend": artifact.backend,
                      "sha256": sha256_file(artifact.path),
