@@ -6,15 +6,17 @@ import platform
 from pathlib import Path
 
 
-def cpuinfo_fields() -> dict[str, str]:
-    """The first processor's /proc/cpuinfo fields ({} where there is none, e.g. macOS)."""
+def cpuinfo_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The first processor's fields of `cpuinfo` text (default /proc/cpuinfo; {} where there is none, e.g. macOS)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return {}
     fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        pass
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
     return fields
 
 
@@ -32,5 +34,6 @@ def cpu_model() -> str:
     return name
 
 
-def cpu_flags() -> set[str]:
-    return set(cpuinfo_fields().get("flags", "").split())
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    return set(cpuinfo_fields(cpuinfo).get("flags", "").split())

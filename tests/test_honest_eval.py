@@ -11,7 +11,8 @@ from conftest import KITTI_DIR, needs_kitti, run_cli
 from export.bn_fold import fold_batchnorm
 from kitti.data import find_samples, split_samples
 from kitti.splits import provenance, split_record, three_way_split
-from train.cpu_precision import choose_cpu_precision, cpu_flags
+from runtime.machine import cpu_flags
+from train.cpu_precision import choose_cpu_precision
 from train.error_analysis import FALSE_NEGATIVE_BGR, FALSE_POSITIVE_BGR, overlay_errors
 from train.model import FCN8s
 from train.recipe import WeightEma, lovasz_hinge_loss, make_criterion, soft_dice_loss

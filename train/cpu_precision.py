@@ -9,25 +9,13 @@ without either, oneDNN emulates bf16 and it is slower than FP32, so the mode fal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from runtime.machine import cpu_flags
+
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 CPU_PRECISIONS = ("auto", "bf16", "fp32")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read, e.g. macOS)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 def native_bf16(flags: set[str] | None = None) -> str | None:

@@ -36,9 +36,10 @@ class TorchPredictor:
     name = "torch"
     precision = "fp32"
 
-    def __init__(self, model, spec: PreprocessSpec, device: str = "cpu") -> None:
+    def __init__(self, model, spec: PreprocessSpec, device: str = "cpu", summary: dict | None = None) -> None:
         import torch
 
+        self.summary = summary  # the checkpoint's training summary, so it need not be read a second time
         self.torch = torch
         self.model = model.to(device).eval()
         self.spec = spec
@@ -55,8 +56,8 @@ def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "
     if path.suffix == ".pt":
         from train.checkpoint import load_model
 
-        model, spec, _ = load_model(path)
-        return TorchPredictor(model, spec, device)
+        model, spec, payload = load_model(path)
+        return TorchPredictor(model, spec, device, payload["summary"])
     from runtime.backends import open_backend
 
     return open_backend(path, backend=backend, precision=precision)
@@ -159,10 +160,8 @@ def parse_worst(worst: list[str] | None) -> int:
 
 def recorded_summary(model_path: str | Path, predictor) -> dict | None:
     """The training summary the model carries (checkpoint summary, or ONNX roadseg.training metadata)."""
-    if Path(model_path).suffix == ".pt":
-        from train.checkpoint import read_checkpoint
-
-        return checked_summary(read_checkpoint(model_path).get("summary"), str(model_path))
+    if isinstance(predictor, TorchPredictor):
+        return checked_summary(predictor.summary, str(model_path))
     text = getattr(predictor, "metadata", {}).get("roadseg.training")
     try:
         return checked_summary(json.loads(text), str(model_path)) if text else None

@@ -20,8 +20,9 @@ import time
 import torch
 
 from runtime.ioutil import atomic_write_text, fail
+from runtime.machine import cpu_flags
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
-from train.cpu_precision import autocast, cpu_flags, native_bf16
+from train.cpu_precision import autocast, native_bf16
 from train.train import machine_description
 
 MODES = {"fp32": (False, False), "bf16": (True, False), "fp32+channels_last": (False, True),
