@@ -52,6 +52,26 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def load_gpu_libraries(ort) -> None:
+    """Load CUDA/cuDNN from pip's nvidia-* wheels (as torch installs them) before a GPU session is made.
+
+    onnxruntime-gpu links them at session creation through the system loader, which does not search
+    site-packages: without this a machine whose CUDA came with torch silently runs on the CPU provider.
+    Where the libraries are system-wide (JetPack, a CUDA install) or the build has no preload_dlls, it changes
+    nothing.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload(msvc=False)
+    except Exception:  # a best effort: the session itself reports a provider that cannot start
+        pass
+
+
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
@@ -75,6 +95,8 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
         providers = self._providers(provider, ort.get_available_providers())
+        if any(p in GPU_PROVIDERS for p in providers):
+            load_gpu_libraries(ort)
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for foreign or corrupt files
@@ -87,6 +109,11 @@ class OnnxRuntimeBackend:
                        [ort_tensor_info(o) for o in self.session.get_outputs()], path, self.in_graph)
         self.precision = parse_precision(self.metadata, path)
         self.provider = self.session.get_providers()[0]
+        if provider in ("cuda", "tensorrt") and self.provider != providers[0]:
+            # ORT falls back to the next provider when one cannot start (no CUDA/cuDNN/TensorRT libraries): a
+            # forced backend must not quietly report CPU or CUDA timings under the other's name.
+            raise ModelFileError(f"--backend {provider}: ONNX Runtime could not start {providers[0]} (it fell back "
+                                 f"to {self.provider}); check the CUDA/cuDNN/TensorRT libraries it needs")
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = self.session.get_outputs()[0].name

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import onnx
 import pytest
+from conftest import run_cli
 from stream_helpers import KITTI_VIDEO, run_stream, tiny_onnx_model
 
 from export.ingraph import FRAME_INPUT, MASK_OUTPUT, PROBABILITY_OUTPUT, mask_agreement, wrap, wrap_file
@@ -124,3 +125,13 @@ def test_tensorrt_rtx_parses_the_wrapped_graph(tiny: Path, tmp_path: Path):
     assert parser.parse_from_file(str(wrapped)), [parser.get_error(i).desc() for i in range(parser.num_errors)]
     assert network.get_input(0).dtype == trt.DataType.UINT8
     assert network.get_output(0).dtype == trt.DataType.UINT8
+
+
+def test_evaluating_an_in_graph_model_is_one_line_not_a_traceback(tiny: Path, tmp_path: Path, synthetic_kitti):
+    wrapped = wrap_file(tiny, KITTI_VIDEO, out_path=tmp_path / "tiny.ingraph.onnx")
+    result = run_cli("-m", "train.evaluate", "--model", str(wrapped), "--data", str(synthetic_kitti),
+                     "--split", "all", "--no-progress")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "in-graph model returns the road mask" in lines[0]

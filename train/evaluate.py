@@ -59,8 +59,14 @@ def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "
         model, spec, payload = load_model(path)
         return TorchPredictor(model, spec, device, payload["summary"])
     from runtime.backends import open_backend
+    from runtime.contract import ModelFileError
 
-    return open_backend(path, backend=backend, precision=precision)
+    opened = open_backend(path, backend=backend, precision=precision)
+    if getattr(opened, "in_graph", False):
+        # Its output is the argmax mask: MaxF and AP need the road score at every threshold.
+        raise ModelFileError(f"{path}: an in-graph model returns the road mask, not scores; evaluate the "
+                             "float-output model it wraps (export.ingraph's mask gate ties the two)")
+    return opened
 
 
 def predict_sample(predictor, preprocessor: FramePreprocessor, image_bgr: np.ndarray
