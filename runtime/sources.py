@@ -74,6 +74,10 @@ class Reader(Protocol):
     def release(self) -> None: ...
 
 
+ARRIVAL_WINDOW = 32  # frames over which the arrival interval is measured
+MIN_ARRIVALS = 5
+
+
 def default_max_age(fps: float) -> float:
     """One frame interval of the source, in seconds (DEFAULT_MAX_AGE_S when its rate is unknown)."""
     return 1.0 / fps if fps > 0 else DEFAULT_MAX_AGE_S
@@ -131,6 +135,31 @@ class CaptureReader:
 
     def release(self) -> None:
         self._capture.release()
+
+
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# FFmpeg's default probe reads ~2 s of a network stream before the first frame and then hands that backlog over at
+# once: ~20 stale frames at every connect. Two frame intervals of a 10 FPS stream (64 KiB) find the codec of
+# every stream tried here (HTTP MPEG-TS from KITTI's H.264, first frame 0.2 s after connect, none in a burst).
+LOW_LATENCY_PROBE = "analyzeduration;200000|probesize;65536"
+
+
+def network_reader(uri: str) -> CaptureReader:
+    """An FFmpeg capture of a network stream, opened with a short probe; FFmpeg's full probe if that fails.
+
+    Options the user set in OPENCV_FFMPEG_CAPTURE_OPTIONS are used as they are.
+    """
+    params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
+    if FFMPEG_OPTIONS_ENV in os.environ:
+        return CaptureReader(uri, uri, cv2.CAP_FFMPEG, params)
+    os.environ[FFMPEG_OPTIONS_ENV] = LOW_LATENCY_PROBE  # OpenCV reads it when the capture opens
+    try:
+        return CaptureReader(uri, uri, cv2.CAP_FFMPEG, params)
+    except SourceError:
+        pass
+    finally:
+        os.environ.pop(FFMPEG_OPTIONS_ENV, None)
+    return CaptureReader(uri, uri, cv2.CAP_FFMPEG, params)
 
 
 class ImageFolderReader:
@@ -362,8 +391,12 @@ class LiveSource(FrameSource):
         self.description = self.reader.description
         self.fps = self.reader.fps
         # Default freshness budget: one frame interval of the source, so a burst's frames are kept while the
-        # loop keeps up, and a frame is never older than the one the source delivers next.
+        # loop keeps up, and a frame is never older than the one the source delivers next. The rate a stream
+        # reports can be wrong (FFmpeg's short network probe reads a 10 FPS MPEG-TS stream as 20 FPS), so the
+        # default follows the measured arrival interval when that is longer.
         self.max_age = max_age if max_age is not None else default_max_age(self.fps)
+        self._measure_age = max_age is None
+        self._arrivals: collections.deque[float] = collections.deque(maxlen=ARRIVAL_WINDOW)
         self.frames_read = 0  # frames the capture thread got from the device
         self.frames_dropped = 0  # of those, frames never handed to the pipeline
         self.drops = {cause: 0 for cause in DROP_CAUSES}
@@ -402,6 +435,7 @@ class LiveSource(FrameSource):
                 frame = Frame(image, index, time.perf_counter(), name)
                 index += 1
                 with self._cond:
+                    self._follow_arrival_rate(frame.timestamp)
                     self.frames_read += 1
                     self._queue.append(frame)
                     self._drop_stale(frame.timestamp)
@@ -414,6 +448,17 @@ class LiveSource(FrameSource):
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+    def _follow_arrival_rate(self, now: float) -> None:
+        """Under the lock: the default budget becomes the mean arrival interval of the recent frames where that
+        is longer than the reported one (a mean, not a median: a stream that delivers in bursts still has its
+        frame rate on average)."""
+        if not self._measure_age:
+            return
+        self._arrivals.append(now)
+        if len(self._arrivals) >= MIN_ARRIVALS:
+            interval = (self._arrivals[-1] - self._arrivals[0]) / (len(self._arrivals) - 1)
+            self.max_age = max(default_max_age(self.fps), interval)
 
     def _drop_oldest(self, cause: str) -> None:
         """Under the lock: the oldest waiting frame is dropped, its buffer freed, its cause counted."""
@@ -436,6 +481,8 @@ class LiveSource(FrameSource):
             try:
                 self.reader = self._open_reader()
                 self.reconnects += 1
+                with self._cond:
+                    self._arrivals.clear()  # the outage is not a frame interval
                 print(f"warning: {self.description}: reconnected (attempt {attempt})", flush=True)
                 return True
             except SourceError:
@@ -652,9 +699,7 @@ def open_uri(uri: str, options: SourceOptions) -> FrameSource:
             raise SourceError(f"{uri}: expected v4l2:///dev/videoN")
         return open_camera(int(match[1]), options)
     if scheme in STREAM_SCHEMES:
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS]
-        return _live(lambda: CaptureReader(uri, uri, cv2.CAP_FFMPEG, params), options)
+        return _live(lambda: network_reader(uri), options)
     raise SourceError(f"{uri}: unknown source (expected rtsp://, http(s)://, csi://N, synthetic://WxH@FPS, "
                       "v4l2:///dev/videoN, file://, or a GStreamer pipeline)")
 

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      "off for ONNX Runtime on a CPU with <= 2 cores, else on")
     src.add_argument("--max-age", type=float, metavar="MS",
                      help="live sources: drop a frame only when it is older than MS while a newer one waits "
-                     "(default: one frame interval of the source)")
+                     "(default: one frame interval of the source, as reported or as measured if longer)")
     src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
                      help="give up on a live source that delivers no frame for S seconds")
     src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
