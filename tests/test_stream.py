@@ -233,6 +233,12 @@ def test_default_model_choice(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(model_select, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     (build / "model.fp16.onnx").touch()
     assert model_select.default_model(build, models) == build / "model.fp16.onnx"
+    (build / "model.fp32.ingraph.onnx").touch()  # on a GPU the in-graph form goes first
+    assert model_select.default_model(build, models) == build / "model.fp32.ingraph.onnx"
+    (build / "model.fp16.ingraph.onnx").touch()
+    assert model_select.default_model(build, models) == build / "model.fp16.ingraph.onnx"
+    monkeypatch.setattr(model_select, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert model_select.default_model(build, models) == build / "model.int8_cpu.onnx"  # on a CPU it does not
 
 
 def test_unreachable_display_is_refused_before_qt_can_abort(tiny_onnx: Path, tmp_path: Path, monkeypatch, capsys):
