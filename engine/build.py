@@ -255,9 +255,9 @@ def reusable(engine_path: Path, key: dict) -> bool:
         return False
     try:
         recorded = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
-    return (recorded.get("cache_key_sha256") == key_digest(key)
+    return (isinstance(recorded, dict) and recorded.get("cache_key_sha256") == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
 
 
