@@ -19,10 +19,8 @@ import sys
 import time
 
 import numpy as np
-import torch
 
 from bench.prepare import build_model, parse_size
-from bench.torch_worker import EagerPredictor
 from bench.worker import BenchError, load_frames
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_VIDEO
@@ -51,11 +49,14 @@ def parse_candidate(text: str) -> tuple[str, str, str, str]:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
     from runtime.backends import OnnxRuntimeBackend, open_backend
+    from train.torch_predictor import TorchPredictor
 
     torch.set_num_threads(args.threads)
     model, spec, _, _ = build_model(args.checkpoint, args.random_width, parse_size(args.size))
-    baseline = EagerPredictor(model, spec, "cpu", "fp32", False)
+    baseline = TorchPredictor(model, spec, "cpu")
     opened = {}
     for label, backend, precision, path in map(parse_candidate, args.candidate):
         opened[label] = (OnnxRuntimeBackend(path, provider="cpu", threads=args.threads) if backend == "onnxruntime"

@@ -27,7 +27,7 @@ def candidates(rows: list[dict]) -> list[dict]:
 
 
 def interleave_command(config, rows: list[dict], args) -> list[str] | None:
-    """Arguments for `python -m bench.interleave`, or None when there is nothing to compare."""
+    """Arguments for the interleaving child (bench/interleave.py), or None when there is nothing to compare."""
     chosen = candidates(rows)
     if not chosen:
         return None
@@ -35,7 +35,7 @@ def interleave_command(config, rows: list[dict], args) -> list[str] | None:
               else ["--random-width", str(config.random_width)])
     rounds = HEAVY_ROUNDS if config.heavy else QUICK_ROUNDS if args.quick else ROUNDS
     runs = HEAVY_RUNS_PER_BLOCK if config.heavy else RUNS_PER_BLOCK
-    command = ["-m", "bench.interleave", *source, "--size", config.size, "--threads", str(args.threads),
+    command = [*source, "--size", config.size, "--threads", str(args.threads),
                "--rounds", str(rounds), "--runs", str(runs), "--video", args.video]
     for row in chosen:
         precision = row["precision"] if row["backend"] == "openvino" else "auto"

@@ -32,8 +32,9 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
-from bench import prepare
+from bench import interleave, prepare, torch_worker, worker
 from bench.flops import model_flops
 from bench.openvino_rows import openvino_jobs
 from bench.ratios import interleave_command, speedup, spread_text, summarize
@@ -41,6 +42,7 @@ from bench.worker import BenchError
 from runtime import machine
 from runtime.ioutil import atomic_write_text, fail, save_figure, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
+from train import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 FULL_SIZE = "160x576"
@@ -148,15 +150,21 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
-def run_child(args_list: list[str], env: dict[str, str], timeout: float = 1800) -> dict:
-    """Run `python <args> --json TEMP` and return the JSON it wrote; BenchError with its stderr if not."""
+def child_command(module: ModuleType, args: list[str]) -> list[str]:
+    """`python -m MODULE ARGS`, the module named by its imported object: a renamed worker fails at import here,
+    not as a child that cannot start. Each row still runs in its own process (its own peak memory)."""
+    return [sys.executable, "-m", module.__name__, *args]
+
+
+def run_child(module: ModuleType, args: list[str], env: dict[str, str], timeout: float = 1800) -> dict:
+    """Run `python -m MODULE ARGS --json TEMP` and return the JSON it wrote; BenchError with its stderr if not."""
     with tempfile.TemporaryDirectory(prefix="roadseg-bench-") as scratch:
         out = Path(scratch) / "row.json"
         try:
-            result = subprocess.run([sys.executable, *args_list, "--json", str(out)], capture_output=True,
+            result = subprocess.run([*child_command(module, args), "--json", str(out)], capture_output=True,
                                     text=True, timeout=timeout, env=env, cwd=REPO)
         except subprocess.TimeoutExpired as error:
-            raise BenchError(f"{' '.join(args_list[:2])}: timed out after {timeout:.0f} s") from error
+            raise BenchError(f"{module.__name__}: timed out after {timeout:.0f} s") from error
         if result.returncode != 0 or not out.is_file():
             lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
             raise BenchError(lines[-1] if lines else f"exit code {result.returncode}")
@@ -177,17 +185,8 @@ def cpu_flags() -> list[str]:
 
 
 def nvidia_gpus() -> list[dict]:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    gpus = []
-    for line in out.stdout.strip().splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            gpus.append({"name": parts[0], "driver": parts[1], "memory": parts[2]})
-    return gpus
+    return [{"name": name, "driver": driver, "memory": f"{memory} MiB"}
+            for name, driver, memory in machine.nvidia_smi("gpu", ["name", "driver_version", "memory.total"])]
 
 
 def library_versions() -> dict[str, str | None]:
@@ -287,13 +286,13 @@ def prepared_files(config: Config, args: argparse.Namespace, env: dict[str, str]
             raise BenchError(f"{config.model} at {config.size}: no ONNX files and no torch here to export them")
         print(f"  preparing ONNX files for {config.model} at {config.size} (export + INT8 quantization, "
               f"cached in {folder}) ...", flush=True)
-        command = ["-m", "bench.prepare", *source, *size, "--out", str(folder),
-                   "--calibration-source", args.data, "--calibration-frames", str(args.calibration_frames),
-                   "--method", method, "--no-progress"]
-        result = subprocess.run([sys.executable, *command], capture_output=True, text=True, env=env, cwd=REPO)
+        command = child_command(prepare, [*source, *size, "--out", str(folder), "--calibration-source", args.data,
+                                          "--calibration-frames", str(args.calibration_frames), "--method", method,
+                                          "--no-progress"])
+        result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO)
         if result.returncode != 0:
             lines = result.stderr.strip().splitlines()
-            raise BenchError(f"bench_prepare failed for {config.model} at {config.size}: "
+            raise BenchError(f"{prepare.__name__} failed for {config.model} at {config.size}: "
                              f"{lines[-1] if lines else result.returncode}")
         record = json.loads(record_path.read_text())
     return {key: folder / name for key, name in record["files"].items()}
@@ -335,7 +334,7 @@ def attach_files(config: Config, args: argparse.Namespace, env: dict[str, str]) 
     if "fp32" in files or (config.checkpoint is None and config.random_width is None):
         origin = str(args.build)
     else:
-        files, origin = prepared_files(config, args, env), "bench.prepare"
+        files, origin = prepared_files(config, args, env), prepare.__name__
     config.files, config.origin = files, origin
 
 
@@ -419,10 +418,8 @@ def measure_job(job: Job, args: argparse.Namespace, env: dict[str, str]) -> dict
         source = (["--checkpoint", config.checkpoint] if config.checkpoint
                   else ["--random-width", str(config.random_width)])
         data = ["--data", args.data] if config.accuracy and not args.no_accuracy else []
-        return run_child(["-m", "bench.torch_worker", *source, "--size", config.size, *job.extra, *common, *data],
-                         env)
-    row = run_child(["-m", "bench.worker", "--model", str(job.file), "--provider", job.provider,
-                     *job.extra, *common], env)
+        return run_child(torch_worker, [*source, "--size", config.size, *job.extra, *common, *data], env)
+    row = run_child(worker, ["--model", str(job.file), "--provider", job.provider, *job.extra, *common], env)
     if config.accuracy and not args.no_accuracy:
         row.update(score(job, args, env))
     return row
@@ -438,8 +435,8 @@ def score(job: Job, args: argparse.Namespace, env: dict[str, str]) -> dict:
     cache = Path(args.out) / "scores" / f"{sha256_file(job.file)[:20]}-{tag}.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    result = run_child(["-m", "train.evaluate", "--model", str(job.file), "--data", args.data, "--split", "val",
-                        "--backend", backend, *hint, "--no-progress"], env)
+    result = run_child(evaluate, ["--model", str(job.file), "--data", args.data, "--split", "val",
+                                  "--backend", backend, *hint, "--no-progress"], env)
     metrics = {"maxf": round(result["maxf"] * 100, 3), "iou": round(result["iou"] * 100, 3),
                "ap": round(result["ap"] * 100, 3), "eval_images": result["images"]}
     atomic_write_text(cache, json.dumps(metrics) + "\n")
@@ -701,21 +698,20 @@ def label(row: dict) -> str:
 def probe_torch(args: argparse.Namespace, env: dict[str, str]) -> dict | None:
     if not torch_importable():
         return None
-    command = ["-m", "bench.torch_worker", "--probe", "--threads", str(args.threads),
-               "--matmul-size", str(args.matmul_size)]
+    command = ["--probe", "--threads", str(args.threads), "--matmul-size", str(args.matmul_size)]
     if Path(args.checkpoint).is_file():
         command += ["--checkpoint", args.checkpoint]
     elif not (Path(args.build) / "model.fp32.onnx").is_file():
         raise BenchError(f"--checkpoint {args.checkpoint}: not found")
-    return run_child(command, env)
+    return run_child(torch_worker, command, env)
 
 
 def run(args: argparse.Namespace) -> dict:
     started = time.time()
     env = child_env(args.threads)
     print(f"measuring the fp32 peak ({args.threads} threads) ...", flush=True)
-    numpy_peak = run_child(["-m", "bench.worker", "--matmul-peak", "--threads", str(args.threads),
-                            "--matmul-size", str(args.matmul_size)], env)
+    numpy_peak = run_child(worker, ["--matmul-peak", "--threads", str(args.threads),
+                                    "--matmul-size", str(args.matmul_size)], env)
     torch_info = probe_torch(args, env)
     machine = machine_info(args.threads, torch_info, numpy_peak)
     configs = plan_configs(args, torch_info)
@@ -762,7 +758,7 @@ def measure_interleaved(configs: list[Config], rows: list[dict], args: argparse.
             continue
         print(f"interleaved blocks vs torch eager FP32: {config.model} @ {config.size} ...", flush=True)
         try:
-            found[f"{config.model}@{config.size}"] = summarize(run_child(command, env))
+            found[f"{config.model}@{config.size}"] = summarize(run_child(interleave, command, env))
         except BenchError as error:
             print(f"  interleaved blocks failed ({error}): floors use the rows' p50s", file=sys.stderr)
     return found

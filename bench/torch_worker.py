@@ -5,9 +5,10 @@
                                 [--runs 50] [--e2e-runs 50] [--video VIDEO] [--data KITTI] --json OUT
     python -m bench.torch_worker --probe [--checkpoint PATH] [--threads 2] --json OUT
 
-It runs in its own process, launched by bench/table.py, so each row's peak memory is its own.
-Timing uses bench.worker.measure, the loop every other backend is timed with; accuracy uses
-train.evaluate.evaluate_samples on KITTI val at the benchmarked input size.
+The predictor is train.torch_predictor.TorchPredictor. It runs in its own process, launched by bench/table.py,
+so each row's peak memory is its own; torch is imported only inside this process's functions, so the table can
+import this module for its name. Timing uses bench.worker.measure, the loop every other backend is timed with;
+accuracy uses kitti.evaluate.evaluate_samples on KITTI val at the benchmarked input size.
 """
 
 from __future__ import annotations
@@ -17,69 +18,15 @@ import json
 import sys
 import time
 
-import numpy as np
-import torch
-
 from bench.prepare import build_model, parse_size
 from bench.worker import BenchError, load_frames, measure
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_VIDEO
 
 
-class EagerPredictor:
-    """FCN-8s in eager mode behind `spec` + `infer(batch) -> logits`, optionally FP16 and/or a CUDA graph."""
-
-    def __init__(self, model: torch.nn.Module, spec, device: str, precision: str, cuda_graph: bool) -> None:
-        self.spec = spec
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.model = model.to(self.device, self.dtype).eval()
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # one fixed input size: let cuDNN time its algorithms once
-        self.graph = None
-        if cuda_graph:
-            self._capture()
-        if self.device.type == "cuda":
-            self._settle()
-
-    def _settle(self) -> None:
-        """Run the search cuDNN's benchmark mode does on first sight of a shape, then forget its trial
-        workspaces (up to ~130 GB on an H200), so the reported GPU memory is what steady streaming holds."""
-        self.infer(np.zeros((1, 3, *self.spec.size_hw), np.float32))
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-    def _capture(self) -> None:
-        """Record one forward pass on static buffers; replaying it skips the per-kernel launch cost."""
-        self.static_input = torch.zeros(1, 3, *self.spec.size_hw, device=self.device, dtype=self.dtype)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream), torch.inference_mode():
-            for _ in range(3):  # cuDNN picks its algorithms before capture
-                self.model(self.static_input)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self.static_output = self.model(self.static_input)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            tensor = torch.from_numpy(batch).to(self.device, self.dtype, non_blocking=True)
-            if self.graph is not None:
-                self.static_input.copy_(tensor)
-                self.graph.replay()
-                output = self.static_output
-            else:
-                output = self.model(tensor)
-            return output.float().cpu().numpy()
-
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-
 def torch_matmul_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float:
+    import torch
+
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     out = torch.empty(size, size)
@@ -94,6 +41,8 @@ def torch_matmul_gflops(threads: int, size: int = 4096, repeats: int = 3) -> flo
 
 def probe(args: argparse.Namespace) -> dict:
     """What the orchestrator cannot learn without importing torch: versions, CUDA, a checkpoint's size."""
+    import torch
+
     cuda = torch.cuda.is_available()
     result = {"torch": torch.__version__, "cuda_available": cuda,
               "cuda_device": torch.cuda.get_device_name(0) if cuda else None,
@@ -112,9 +61,9 @@ def probe(args: argparse.Namespace) -> dict:
     return result
 
 
-def accuracy(predictor: EagerPredictor, data: str, split: str = "val") -> dict:
+def accuracy(predictor, data: str, split: str = "val") -> dict:
     from kitti.data import find_samples, split_samples
-    from train.evaluate import evaluate_samples
+    from kitti.evaluate import evaluate_samples
 
     result = evaluate_samples(predictor, split_samples(find_samples(data), split), progress=False)
     return {"maxf": round(result["maxf"] * 100, 3), "iou": round(result["iou"] * 100, 3),
@@ -124,6 +73,10 @@ def accuracy(predictor: EagerPredictor, data: str, split: str = "val") -> dict:
 def run(args: argparse.Namespace) -> dict:
     if args.probe:
         return probe(args)
+    import torch
+
+    from train.torch_predictor import TorchPredictor
+
     if not (args.checkpoint or args.random_width) or not args.size:
         raise BenchError("--checkpoint or --random-width, and --size, are required")
     torch.set_num_threads(args.threads)
@@ -132,7 +85,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.cuda_graph and not args.device.startswith("cuda"):
         raise BenchError("--cuda-graph needs --device cuda")
     model, spec, arch, _ = build_model(args.checkpoint, args.random_width, parse_size(args.size))
-    predictor = EagerPredictor(model, spec, args.device, args.precision, args.cuda_graph)
+    predictor = TorchPredictor(model, spec, args.device, precision=args.precision, cuda_graph=args.cuda_graph,
+                               cudnn_benchmark=True)
     frames = load_frames(args.video, args.frames)
     device = "cpu" if args.device == "cpu" else torch.cuda.get_device_name(predictor.device)
     row = {"backend": "torch", "precision": args.precision, "device": device, "threads": args.threads,

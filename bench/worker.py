@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import resource
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import numpy as np
 
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_text, fail
+from runtime.machine import nvidia_smi
 from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor
@@ -111,15 +111,9 @@ def peak_rss_mb() -> float:
 def gpu_memory_mb(pid: int | None = None) -> float | None:
     """This process's GPU memory as nvidia-smi reports it; None without an NVIDIA driver."""
     pid = os.getpid() if pid is None else pid
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(pid):
-            return float(parts[1])
+    for app_pid, used_mib in nvidia_smi("compute-apps", ["pid", "used_memory"]):
+        if app_pid == str(pid):
+            return float(used_mib)
     return None
 
 

@@ -6,9 +6,10 @@
                             [--dla-core N] [--profile MIN:OPT:MAX] [--trtexec PATH] [--force]
 
 Stages and what decides whether each runs:
-- FP32/FP16 ONNX: the checkpoint's sha256 differs from the one build/parity.json recorded -> `python -m export`.
-- INT8 ONNX + calibration: model.int8.onnx's recorded source sha256 differs from model.fp32.onnx's ->
-  `python -m calibration` (only for --precision int8).
+- FP32/FP16 ONNX: the checkpoint's sha256 differs from the one build/parity.json recorded -> the export stage
+  (export.stage.run_export, what `python -m export` runs).
+- INT8 ONNX + calibration: model.int8.onnx's recorded source sha256 differs from model.fp32.onnx's -> the
+  calibration stage (calibration.stage.run_calibration, what `python -m calibration` runs; only for --precision int8).
 - Engine: its JSON sidecar's cache key (ONNX sha256, precision, calibration identity, flavour and its version,
   build options; TensorRT: CUDA versions, GPU name and compute capability; TensorRT-RTX: the targeted compute
   capabilities) differs from this build's -> rebuild.
@@ -177,23 +178,24 @@ def ensure_onnx(args: argparse.Namespace, build: Path) -> None:
         except ShippedError as error:
             raise EngineBuildError(f"no PyTorch here to export {args.checkpoint}, and {error}") from error
         return
-    from calibration.__main__ import main as calibrate_main
-    from export.__main__ import main as export_main
+    from calibration.stage import CalibrationOptions, run_calibration
+    from calibration.stage import GateError as CalibrationGateError
+    from export.stage import GATE_ERRORS, ExportOptions, run_export
 
-    progress = ["--no-progress"] if args.no_progress else []
-    if not onnx_is_current(build, Path(args.checkpoint)):
-        code = export_main(["--checkpoint", args.checkpoint, "--build", str(build), "--data", args.data, *progress])
-        if code:
-            raise SystemExit(code)
-    else:
-        print(f"ONNX up to date: {build / 'model.fp32.onnx'}, {build / 'model.fp16.onnx'}")
-    if args.precision == "int8":
-        if not int8_is_current(build):
-            code = calibrate_main(["--build", str(build), "--data", args.data, "--source", args.data, *progress])
-            if code:
-                raise SystemExit(code)
+    progress = not args.no_progress
+    checkpoint, data = Path(args.checkpoint), Path(args.data)
+    try:
+        if not onnx_is_current(build, checkpoint):
+            run_export(checkpoint, build, data, ExportOptions(progress=progress))
         else:
-            print(f"INT8 ONNX and calibration up to date: {build / 'model.int8.onnx'}")
+            print(f"ONNX up to date: {build / 'model.fp32.onnx'}, {build / 'model.fp16.onnx'}")
+        if args.precision == "int8":
+            if not int8_is_current(build):
+                run_calibration(build, data, data, CalibrationOptions(progress=progress))
+            else:
+                print(f"INT8 ONNX and calibration up to date: {build / 'model.int8.onnx'}")
+    except (*GATE_ERRORS, CalibrationGateError) as error:  # a gate failed: exit 1, as the stage's own CLI does
+        raise SystemExit(fail(error, 1)) from error
 
 
 # ---- cache key ----------------------------------------------------------------------------------------
@@ -253,9 +255,9 @@ def reusable(engine_path: Path, key: dict) -> bool:
         return False
     try:
         recorded = json.loads(sidecar.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
-    return (recorded.get("cache_key_sha256") == key_digest(key)
+    return (isinstance(recorded, dict) and recorded.get("cache_key_sha256") == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
 
 

@@ -73,7 +73,8 @@ def check_engine(engine_path: Path) -> str:
     sidecar = read_sidecar(engine_path)
     engine = engine_path.read_bytes()
     if hashlib.sha256(engine).hexdigest() != sidecar.get("engine_sha256"):
-        raise EngineCheckError("engine bytes differ from the sidecar's engine_sha256")
+        raise EngineCheckError("engine bytes differ from the sidecar's engine_sha256 (changed since it was "
+                               f"built); rebuild: {sidecar['rebuild']}")
     key = sidecar.get("cache_key", {})
     onnx_path = engine_path.parent / str(key.get("onnx"))
     if not onnx_path.is_file():

@@ -21,20 +21,13 @@ is one comparison per pixel in runtime/postprocess.py.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
-import onnx
-
-from export.onnx_export import DEFAULT_OPSET, export_onnx
-from runtime.ioutil import atomic_write_text, fail, temporary_sibling
+from export.onnx_export import DEFAULT_OPSET
+from export.stage import GATE_ERRORS, ExportOptions, run_export
+from runtime.ioutil import fail
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
-
-
-class ExportError(RuntimeError):
-    pass
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,127 +51,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def check_writable(build: Path) -> None:
-    try:
-        build.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=build, prefix=".write-test-"):
-            pass
-    except OSError as error:
-        raise ExportError(f"{build}: build folder is not writable ({error.strerror or error})") from error
-
-
-def load_checkpoint(path: Path):
-    from train.checkpoint import load_model
-
-    if not path.is_file() and str(path) == SHIPPED_CHECKPOINT:
-        raise ExportError(f"{path}: the shipped model is not there yet (it lands after `make train`); "
-                          "pass --checkpoint PATH")
-    model, spec, payload = load_model(path)
-    if model.batch_norm:  # BatchNorm is a training aid: the exported graph gets it folded into the convs
-        from export.bn_fold import fold_batchnorm
-
-        model = fold_batchnorm(model)
-        payload = {**payload, "arch": {**model.arch(), "batch_norm_folded": True}}
-    return model, spec, payload
-
-
-def slim(model_path: Path, out_path: Path) -> bool:
-    """onnxslim, keeping our metadata; False when it fails (the unslimmed graph is then kept)."""
-    try:
-        import onnxslim
-    except ImportError:
-        return False
-    original = onnx.load(str(model_path))
-    try:
-        slimmed = onnxslim.slim(original)
-    except Exception as error:  # onnxslim raises whatever its passes raise
-        print(f"warning: onnxslim failed ({type(error).__name__}); keeping the unslimmed graph",
-              file=sys.stderr)
-        return False
-    del slimmed.metadata_props[:]
-    slimmed.metadata_props.extend(original.metadata_props)
-    onnx.checker.check_model(slimmed)
-    slimmed = onnx.shape_inference.infer_shapes(slimmed, strict_mode=True)
-    onnx.save(slimmed, str(out_path))
-    return True
-
-
-def export_fp32(args: argparse.Namespace, build: Path) -> dict:
-    from export.parity import check_parity, val_frames
-
-    model, spec, payload = load_checkpoint(Path(args.checkpoint))
-    frames = val_frames(args.data, args.parity_frames)
-    final = build / "model.fp32.onnx"
-    raw, slimmed = temporary_sibling(final), temporary_sibling(final, ".slim.onnx")
-    try:
-        export_onnx(model, spec, payload["arch"], payload.get("summary", {}), raw, opset=args.opset,
-                    dynamic_batch=args.dynamic_batch)
-        report = check_parity(model, spec, raw, frames, min_frames=min(20, args.parity_frames))
-        if not report.passed:
-            raise ExportError(f"{args.checkpoint}: PARITY GATE FAILED, {report.line()}")
-        chosen, slim_note = raw, "not tried (--no-slim)"
-        if not args.no_slim and slim(raw, slimmed):
-            slim_report = check_parity(model, spec, slimmed, frames, min_frames=min(20, args.parity_frames))
-            if slim_report.passed:
-                chosen, report, slim_note = slimmed, slim_report, "kept (parity holds)"
-            else:
-                slim_note = f"discarded ({slim_report.line()})"
-        chosen.replace(final)
-    finally:
-        raw.unlink(missing_ok=True)
-        slimmed.unlink(missing_ok=True)
-    print(f"wrote {final}  (opset {args.opset}, onnxslim {slim_note})")
-    print(f"  {report.line()}")
-    from runtime.ioutil import sha256_file
-
-    result = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256_file(args.checkpoint),
-              "onnx": str(final), "opset": args.opset,
-              "dynamic_batch": args.dynamic_batch, "onnxslim": slim_note, "parity": report.to_dict()}
-    atomic_write_text(build / "parity.json", json.dumps(result, indent=1) + "\n")
-    return result
-
-
-def export_fp16(build: Path) -> Path:
-    from export.fp16 import write_fp16
-
-    final = build / "model.fp16.onnx"
-    write_fp16(build / "model.fp32.onnx", final)
-    print(f"wrote {final}  (FP16 weights and activations, FP32 input/output)")
-    return final
-
-
-def accuracy_gate(build: Path, data: str, progress: bool) -> None:
-    from export.accuracy import broken_floors, report_openvino_floors, run_gate
-
-    rows = run_gate(build, data, progress, precisions=("fp32", "fp16", "bf16"))
-    report_openvino_floors(rows)
-    broken = broken_floors(rows)
-    if broken:
-        (build / "model.fp16.onnx").unlink(missing_ok=True)
-        raise ExportError(f"ACCURACY GATE FAILED: {broken[0]}; removed {build / 'model.fp16.onnx'}")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    build = Path(args.build)
-    from export.ingraph import InGraphError
-    from export.parity import ParityError
     from kitti.data import DataError
     from train.checkpoint import CheckpointError
 
+    options = ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, parity_frames=args.parity_frames,
+                            slim=not args.no_slim, fp16=not args.no_fp16, accuracy=not args.no_accuracy,
+                            progress=not args.no_progress, in_graph=args.in_graph, video=Path(args.video))
     try:
-        check_writable(build)
-        export_fp32(args, build)
-        if not args.no_fp16:
-            export_fp16(build)
-            if not args.no_accuracy:
-                accuracy_gate(build, args.data, not args.no_progress)
-        if args.in_graph:
-            from export.ingraph import wrap_file
-
-            for precision in ("fp32",) if args.no_fp16 else ("fp32", "fp16"):
-                wrap_file(build / f"model.{precision}.onnx", Path(args.video))
-    except (ExportError, ParityError, InGraphError) as error:
+        run_export(Path(args.checkpoint), Path(args.build), Path(args.data), options)
+    except GATE_ERRORS as error:
         return fail(error, 1)
     except (CheckpointError, DataError, ValueError, OSError) as error:
         return fail(error)

@@ -47,8 +47,8 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
     """Val metrics of one ONNX on ONNX Runtime CPU (or OpenVINO CPU at `precision`), reusing a cached score
     of the same bytes."""
     from kitti.data import find_samples, split_samples
+    from kitti.evaluate import evaluate_samples, public_result
     from runtime.backends import OnnxRuntimeBackend, open_backend
-    from train.evaluate import evaluate_samples, public_result
 
     digest = sha256_file(scored_path)
     tag = "" if backend_name == "onnxruntime" else f".{backend_name}-{precision}"

@@ -59,6 +59,8 @@ def checked_summary(summary: object, source: str) -> dict | None:
     if split is not None:
         if not isinstance(split, dict):
             raise DataError(f"{source}: recorded training split 'summary.split' is not a mapping")
+        if split and "scheme" not in split:  # provenance names the scheme in every verdict
+            raise DataError(f"{source}: recorded training split has no 'summary.split.scheme'")
         for key, value in split.items():
             if key in ("scheme", "selected_on"):
                 if not isinstance(value, str):

@@ -136,14 +136,10 @@ class OnnxRuntimeBackend:
 
     @staticmethod
     def _gpu_name() -> str:
-        import subprocess
+        from runtime.machine import nvidia_smi
 
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=5)
-            return out.stdout.strip().splitlines()[0] or "cuda"
-        except (OSError, IndexError, subprocess.SubprocessError):
-            return "cuda"
+        names = nvidia_smi("gpu", ["name"], timeout_s=5)
+        return names[0][0] if names and names[0][0] else "cuda"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run([self.output_name], {self.input_name: batch})[0]

@@ -1,8 +1,11 @@
-"""What this CPU is, read once from /proc/cpuinfo: named beside every figure and keyed into cached measurements."""
+"""What this machine is: the CPU from /proc/cpuinfo, NVIDIA GPUs from nvidia-smi. Named beside every figure and
+keyed into cached measurements."""
 
 from __future__ import annotations
 
 import platform
+import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -37,3 +40,17 @@ def cpu_model() -> str:
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
     return set(cpuinfo_fields(cpuinfo).get("flags", "").split())
+
+
+def nvidia_smi(target: str, fields: Sequence[str], timeout_s: float = 10.0) -> list[list[str]]:
+    """`nvidia-smi --query-TARGET=FIELDS` ("gpu", "compute-apps") as rows of values, without units (memory in
+    MiB); [] where there is no NVIDIA driver or it does not answer."""
+    command = ["nvidia-smi", f"--query-{target}={','.join(fields)}", "--format=csv,noheader,nounits"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if result.returncode != 0:
+        return []
+    rows = [[part.strip() for part in line.split(",")] for line in result.stdout.splitlines() if line.strip()]
+    return [row for row in rows if len(row) == len(fields)]

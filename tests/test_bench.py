@@ -76,6 +76,29 @@ def test_figures_come_from_the_measurements(bench_report):
     assert len({r["eval_images"] for r in rows}) == 1
 
 
+def test_torch_and_onnx_runtime_fp32_of_the_same_weights_score_the_same(bench_report):
+    """The ORT FP32 file is the export of the torch row's weights: on the same images their MaxF agree (parity
+    gate territory). A file from other weights, another input size or other preprocessing would not."""
+    rows = measured(bench_report)
+    torch_fp32 = next(r for r in rows if (r["backend"], r["precision"], r["variant"]) == ("torch", "fp32", "eager"))
+    ort_fp32 = next(r for r in rows if (r["backend"], r["precision"]) == ("onnxruntime", "fp32")
+                    and r["device"] == "cpu")
+    assert (torch_fp32["model"], torch_fp32["input_size"]) == (ort_fp32["model"], ort_fp32["input_size"])
+    assert torch_fp32["eval_images"] == ort_fp32["eval_images"] > 0
+    assert abs(torch_fp32["maxf"] - ort_fp32["maxf"]) <= 0.05, (torch_fp32["maxf"], ort_fp32["maxf"])
+
+
+def test_end_to_end_contains_inference_in_every_row(bench_report):
+    """Each end-to-end frame is preprocess + inference + postprocess timed in the same run, so its p50 can be no
+    smaller than the p50 of any of its stages (order statistics of a larger sample per run). Compared within the
+    end-to-end runs: the inference-alone rows are separate runs, which a shared machine's load moves."""
+    for row in measured(bench_report):
+        stages = [row[f"e2e_{stage}_p50_ms"] for stage in ("preprocess", "inference", "postprocess")]
+        assert all(stage > 0 for stage in stages), row
+        assert row["e2e_p50_ms"] >= max(stages), row
+        assert row["e2e_p99_ms"] >= row["e2e_p50_ms"]
+
+
 def test_floors_are_ratios_of_this_run(bench_report):
     (check,) = bench_report["floors"]
     rows = measured(bench_report)

@@ -87,7 +87,7 @@ def test_fp16_emulation_rounds_every_tensor_through_fp16(exported):
 
 
 def test_parity_gate_fails_loudly_and_leaves_no_model(tmp_path, tiny_checkpoint, synthetic_kitti, monkeypatch, capsys):
-    import export.__main__ as export_cli
+    import export.stage as export_stage
 
     def broken_export(model, spec, arch, summary, out_path, **kwargs):
         proto = export_onnx(model, spec, arch, summary, out_path, **kwargs)
@@ -97,7 +97,7 @@ def test_parity_gate_fails_loudly_and_leaves_no_model(tmp_path, tiny_checkpoint,
         onnx.save(proto, str(out_path))
         return proto
 
-    monkeypatch.setattr(export_cli, "export_onnx", broken_export)
+    monkeypatch.setattr(export_stage, "export_onnx", broken_export)
     code = export_main(["--checkpoint", str(tiny_checkpoint), "--build", str(tmp_path), "--data",
                         str(synthetic_kitti), "--parity-frames", "3", "--no-fp16", "--no-progress"])
     assert code == 1

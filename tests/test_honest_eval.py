@@ -177,3 +177,15 @@ def test_batchnorm_checkpoint_exports_without_batchnorm_ops(synthetic_kitti, tmp
     graph = onnx.load(str(build / "model.fp32.onnx")).graph
     ops = {node.op_type for node in graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
+
+
+def test_a_recorded_split_without_its_scheme_is_refused_naming_the_field():
+    """Found by the checkpoint fuzzer (seed 133708593): a split record missing 'scheme' passed the check and
+    then failed inside the provenance line with a KeyError."""
+    from kitti.data import DataError
+    from kitti.splits import checked_summary
+
+    with pytest.raises(DataError, match=r"model\.pt: .*'summary\.split\.scheme'"):
+        checked_summary({"split": {"train": ["um_000000"], "selected_on": "val"}}, "model.pt")
+    record = {"scheme": "train/select/report", "train": ["um_000000"]}
+    assert checked_summary({"split": record}, "model.pt")["split"] is record

@@ -131,7 +131,9 @@ def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path)
     for case in (figures["overhead"]["video"], figures["overhead"]["memory"], figures["live"]):
         for loop in ("serial", "pipelined"):
             row = case[loop]
-            assert row["frames"] == 24 and row["fps"] > 0 and 0 < row["ratio"] < 5
+            # A loop cannot outrun inference alone: the frame rate over the inference-bound rate is at most 1,
+            # plus the drift of a shared machine's load between the baseline and the loop's block.
+            assert row["frames"] == 24 and row["fps"] > 0 and 0 < row["ratio"] <= 1.15, row
             assert row["non_inference_share"] == pytest.approx(1 - row["ratio"], abs=1e-3)
     assert figures["live"]["pipelined"]["frames_dropped"] > 0  # the camera runs twice as fast as inference
     targets = figures["latency_targets"]

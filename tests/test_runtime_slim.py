@@ -153,3 +153,54 @@ def test_imports_run_one_way_down_the_stages():
                            if name.split(".")[0] in STAGES and STAGES.index(name.split(".")[0]) > STAGES.index(stage)]
     assert not upward, "\n".join(upward)
     assert {p.parent.name for p in REPO.glob("*/__init__.py")} >= set(STAGES)
+
+
+def imported_names(path: Path) -> list[str]:
+    """Every module a file imports, at module level or inside functions."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
+def test_kitti_never_imports_torch():
+    """The KITTI home (data, split, metrics, the evaluator) scores any predictor: it must run without torch."""
+    offenders = [f"{path.name}: {name}" for path in sorted((REPO / "kitti").glob("*.py"))
+                 for name in imported_names(path) if name.split(".")[0] in ("torch", "torchvision")]
+    assert offenders == []
+
+
+def module_strings_after_dash_m(path: Path) -> list[str]:
+    """String literals that follow a "-m" literal in a list, tuple or call: a module named in a string."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        items = node.elts if isinstance(node, (ast.List, ast.Tuple)) else getattr(node, "args", None)
+        items = items if isinstance(items, list) else []
+        for first, second in zip(items, items[1:], strict=False):
+            if (isinstance(first, ast.Constant) and first.value == "-m" and isinstance(second, ast.Constant)
+                    and isinstance(second.value, str)):
+                found.append(f"{path.name}:{second.lineno} -m {second.value}")
+    return found
+
+
+def test_no_stage_names_another_module_in_a_string(tmp_path: Path):
+    """Children are started from imported module objects (bench.table.child_command), so a rename fails loudly."""
+    offenders = [hit for stage in STAGES for path in sorted((REPO / stage).glob("*.py"))
+                 for hit in module_strings_after_dash_m(path)]
+    assert offenders == []
+    spelled = tmp_path / "spelled.py"  # the check itself can fail
+    spelled.write_text('import sys\ncommand = [sys.executable, "-m", "bench.worker", "--json", "x"]\n')
+    assert module_strings_after_dash_m(spelled) == ["spelled.py:2 -m bench.worker"]
+
+
+def test_bench_children_are_named_by_module_objects_and_the_table_imports_no_torch():
+    """The table imports its workers for their names only: torch stays inside the torch worker's own process."""
+    code = ("import sys, bench.table as t, bench.torch_worker, bench.interleave, bench.worker, train.evaluate\n"
+            "assert t.child_command(bench.torch_worker, ['--probe'])[1:] == ['-m', 'bench.torch_worker', '--probe']\n"
+            "print('torch loaded:', 'torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "torch loaded: False" in result.stdout

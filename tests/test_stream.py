@@ -48,9 +48,9 @@ def test_kitti_video_to_mp4_masks_match_the_evaluator(tiny_onnx: Path, tmp_path:
     assert len(written) == len(source_frames) == 108
     assert written[0].shape == source_frames[0].shape == (376, 1242, 3)
 
+    from kitti.evaluate import predict_sample
     from runtime.backends import open_backend
     from runtime.preprocess import FramePreprocessor
-    from train.evaluate import predict_sample
 
     backend = open_backend(tiny_onnx, "cpu")
     preprocessor = FramePreprocessor(backend.spec)

@@ -492,3 +492,66 @@ def test_flavour_choice_without_gpu_needs_tensorrt_rtx_else_refuses_cleanly(monk
     assert engine.choose_flavour("auto", ORIN, "") == "tensorrt"  # a GPU and TensorRT: TensorRT first
     with pytest.raises(engine.MissingToolchain, match="TensorRT needs one"):
         engine.choose_flavour("tensorrt", None, "no driver")
+
+
+# ---- what makes the builder rebuild, and what refuses a damaged engine (stand-in TensorRT, real files) ---------
+
+
+def builds_of(trt) -> int:
+    return len(calls_named(trt, "Builder.build_serialized_network"))
+
+
+def test_standin_force_rebuilds_an_engine_whose_key_matches(build, capsys):
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    assert builds_of(trt) == 1 and "engine up to date" in capsys.readouterr().out
+    build_engine(engine_args(build, force=True), build, trt, ORIN, trt.__version__)
+    assert builds_of(trt) == 2 and "engine up to date" not in capsys.readouterr().out
+    assert reusable(engine, read_sidecar(engine)["cache_key"])  # the forced build wrote a complete sidecar
+
+
+def test_standin_tampered_engine_is_rebuilt_and_refused_by_the_checker_naming_the_rebuild(build, capsys):
+    from engine.check import EngineCheckError, check_engine
+    from engine.check import main as check_main
+
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    data = bytearray(engine.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, same sidecar: only engine_sha256 can tell
+    engine.write_bytes(bytes(data))
+    with pytest.raises(EngineCheckError, match=r"engine_sha256 .*; rebuild: python -m engine --precision fp16"):
+        check_engine(engine)
+    capsys.readouterr()
+    assert check_main([str(engine)]) == 1
+    (line,) = [text for text in capsys.readouterr().err.splitlines() if text.strip()]
+    assert line.startswith(f"error: {engine}: engine bytes differ") and "rebuild: python -m engine" in line
+    build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    assert builds_of(trt) == 2 and "engine up to date" not in capsys.readouterr().out
+    assert engine.read_bytes() != bytes(data)
+
+
+@pytest.mark.parametrize("content, refusal", [
+    ("{not json", "unreadable engine sidecar"), ("[1, 2]", "sidecar"), ('{"format": "other"}', "format"),
+    ("\udcff".encode("utf-8", "surrogateescape"), "unreadable engine sidecar")])
+def test_standin_corrupt_sidecar_is_rebuilt_by_the_builder_and_refused_in_one_line(build, content, refusal, capsys):
+    """The builder treats a sidecar it cannot read as no sidecar (rebuilds); the runtime and the checker refuse it
+    with one line naming the sidecar, before any GPU is looked for."""
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    trt = make_tensorrt(VERSIONS["10"])
+    engine = build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    if isinstance(content, bytes):
+        sidecar_path(engine).write_bytes(content)
+    else:
+        sidecar_path(engine).write_text(content)
+    with pytest.raises(ModelFileError, match=refusal) as error:
+        TensorRTBackend(engine)
+    assert str(sidecar_path(engine)) in str(error.value) and "\n" not in str(error.value)
+    from engine.check import main as check_main
+
+    capsys.readouterr()
+    assert check_main([str(engine)]) == 1
+    assert len([text for text in capsys.readouterr().err.splitlines() if text.strip()]) == 1
+    build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
+    assert builds_of(trt) == 2 and read_sidecar(engine)["engine_sha256"]

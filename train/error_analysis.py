@@ -7,13 +7,13 @@ negative (road missed) blue; pixels outside the ground truth's valid area are le
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from kitti.data import KittiSample, read_ground_truth, read_image
+from kitti.data import read_ground_truth, read_image
+from kitti.evaluate import ImageScore, predict_sample
 from kitti.metrics import RoadMetricAccumulator
 from runtime.ioutil import atomic_write_bytes
 
@@ -21,19 +21,6 @@ TRUE_POSITIVE_BGR = (0, 200, 0)
 FALSE_POSITIVE_BGR = (0, 0, 255)
 FALSE_NEGATIVE_BGR = (255, 80, 0)
 SHEET_TILE_WIDTH = 620
-
-
-@dataclass
-class ImageScore:
-    sample: KittiSample
-    accumulator: RoadMetricAccumulator
-
-    @property
-    def f1(self) -> float:
-        """F-measure of the argmax mask the runtime shows: 2 TP / (2 TP + FP + FN) = 2I / (I + U)."""
-        a = self.accumulator
-        total = a.iou_intersection + a.iou_union
-        return 2 * a.iou_intersection / total if total else 1.0
 
 
 def bootstrap_spread(scores: list[ImageScore], resamples: int = 200, seed: int = 0) -> dict[str, float]:
@@ -90,7 +77,6 @@ def write_png(path: Path, image: np.ndarray) -> None:
 def write_worst(predictor, scores: list[ImageScore], count: int, out_dir: str | Path) -> Path:
     """The `count` lowest-F1 images as overlays in out_dir, a contact sheet and worst.json; returns the sheet."""
     from runtime.preprocess import FramePreprocessor
-    from train.evaluate import predict_sample
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

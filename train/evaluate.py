@@ -10,44 +10,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-from kitti.data import (
-    CATEGORIES,
-    DataError,
-    KittiSample,
-    find_samples,
-    read_ground_truth,
-    read_image,
-    split_samples,
-)
+from kitti.data import DataError, KittiSample, find_samples, split_samples
+from kitti.evaluate import evaluate_samples
 from kitti.metrics import RoadMetricAccumulator
 from kitti.splits import checked_summary, provenance, three_way_split
-from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_text, fail, save_figure
-from runtime.postprocess import road_confidence, road_mask
-from runtime.preprocess import FramePreprocessor
-
-
-class TorchPredictor:
-    """A .pt checkpoint behind the same interface as the runtime's backends: spec + infer(batch) -> logits."""
-
-    name = "torch"
-    precision = "fp32"
-
-    def __init__(self, model, spec: PreprocessSpec, device: str = "cpu", summary: dict | None = None) -> None:
-        import torch
-
-        self.summary = summary  # the checkpoint's training summary, so it need not be read a second time
-        self.torch = torch
-        self.model = model.to(device).eval()
-        self.spec = spec
-        self.device = device
-
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        with self.torch.inference_mode():
-            return self.model(self.torch.from_numpy(batch).to(self.device)).float().cpu().numpy()
 
 
 def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto", precision: str = "auto"):
@@ -55,6 +22,7 @@ def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "
     path = Path(model_path)
     if path.suffix == ".pt":
         from train.checkpoint import load_model
+        from train.torch_predictor import TorchPredictor
 
         model, spec, payload = load_model(path)
         return TorchPredictor(model, spec, device, payload["summary"])
@@ -67,47 +35,6 @@ def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "
         raise ModelFileError(f"{path}: an in-graph model returns the road mask, not scores; evaluate the "
                              "float-output model it wraps (export.ingraph's mask gate ties the two)")
     return opened
-
-
-def predict_sample(predictor, preprocessor: FramePreprocessor, image_bgr: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(road confidence at native size, argmax road mask at native size) for one BGR image."""
-    logits = predictor.infer(preprocessor(image_bgr))[0]
-    native_hw = image_bgr.shape[:2]
-    road_index = predictor.spec.road_index
-    return road_confidence(logits, native_hw, road_index), road_mask(logits, native_hw, road_index)
-
-
-def evaluate_samples(predictor, samples: list[KittiSample], progress: bool = True,
-                     description: str = "eval", per_image: list | None = None) -> dict:
-    """Devkit metrics over all samples, and per category; counts are summed before metrics are taken.
-
-    `per_image`, when given, receives one ImageScore per sample (for error analysis and the bootstrap spread).
-    """
-    if not samples:
-        raise DataError("no images to evaluate")
-    preprocessor = FramePreprocessor(predictor.spec)
-    per_category = {category: RoadMetricAccumulator() for category in CATEGORIES}
-    for sample in tqdm(samples, desc=description, disable=not progress, leave=False):
-        image = read_image(sample.image_path)
-        gt_road, gt_valid = read_ground_truth(sample.gt_path, image.shape)
-        confidence, mask = predict_sample(predictor, preprocessor, image)
-        if per_image is None:
-            per_category[sample.category].add(confidence, gt_road, gt_valid, mask)
-            continue
-        from train.error_analysis import ImageScore
-
-        single = RoadMetricAccumulator()
-        single.add(confidence, gt_road, gt_valid, mask)
-        per_category[sample.category].merge(single)
-        per_image.append(ImageScore(sample, single))
-    total = RoadMetricAccumulator()
-    for accumulator in per_category.values():
-        total.merge(accumulator)
-    result = total.summary()
-    result["per_category"] = {c: a.summary() for c, a in per_category.items() if a.images}
-    result["_accumulator"] = total
-    return result
 
 
 def write_pr_curve(accumulator: RoadMetricAccumulator, title: str, path: str | Path) -> None:
@@ -127,10 +54,6 @@ def write_pr_curve(accumulator: RoadMetricAccumulator, title: str, path: str | P
     axis.legend(loc="lower left")
     figure.tight_layout()
     save_figure(figure, path)
-
-
-def public_result(result: dict) -> dict:
-    return {key: value for key, value in result.items() if not key.startswith("_")}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -166,7 +89,7 @@ def parse_worst(worst: list[str] | None) -> int:
 
 def recorded_summary(model_path: str | Path, predictor) -> dict | None:
     """The training summary the model carries (checkpoint summary, or ONNX roadseg.training metadata)."""
-    if isinstance(predictor, TorchPredictor):
+    if Path(model_path).suffix == ".pt":  # a TorchPredictor, which kept its checkpoint's summary
         return checked_summary(predictor.summary, str(model_path))
     text = getattr(predictor, "metadata", {}).get("roadseg.training")
     try:

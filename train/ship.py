@@ -17,11 +17,13 @@ from pathlib import Path
 import torch
 
 from kitti.data import DataError, find_samples
+from kitti.evaluate import evaluate_samples
 from kitti.splits import provenance
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
-from train.evaluate import TorchPredictor, add_spread, evaluate_samples, evaluation_samples
+from train.evaluate import add_spread, evaluation_samples
+from train.torch_predictor import TorchPredictor
 from train.train import machine_description
 
 

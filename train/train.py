@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from kitti.data import DataError, find_samples
+from kitti.evaluate import evaluate_samples
 from kitti.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
@@ -42,7 +43,6 @@ from train.checkpoint import (
 from train.configs import CONFIGS
 from train.cpu_precision import CPU_PRECISIONS, autocast, choose_cpu_precision
 from train.dataset import Augment, RoadDataset, load_kitti_arrays
-from train.evaluate import TorchPredictor, evaluate_samples
 from train.model import FCN8s, WeightsUnavailable, apply_pretrained, count_parameters
 from train.recipe import (
     AUGMENTS,
@@ -54,6 +54,7 @@ from train.recipe import (
     cosine_lambda,
     make_criterion,
 )
+from train.torch_predictor import TorchPredictor
 
 
 class EpochSampler(Sampler):
