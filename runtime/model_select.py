@@ -1,8 +1,8 @@
 """The default --model: the best artifact for this machine that `make export` / `make engine` left in build/.
 
 Order: a TensorRT engine when TensorRT and a working CUDA device are both present; else ONNX for
-ONNX Runtime's CUDA provider (in-graph pre/post first, then FP16 before FP32) when it has one; else the CPU order INT8-for-CPU > INT8 > FP32;
-else an ONNX model shipped in models/. Checking costs no TensorRT call: on a machine without a GPU,
+ONNX Runtime's CUDA provider (in-graph pre/post first, then FP16 before FP32) when it has one; else the CPU
+order INT8-for-CPU > INT8 > FP32; else an ONNX model shipped in models/. Checking costs no TensorRT call: on a machine without a GPU,
 TensorRT is never touched.
 """
 
