@@ -2,8 +2,8 @@
 
 Order: a TensorRT engine when TensorRT and a working CUDA device are both present; else ONNX for
 ONNX Runtime's CUDA provider (in-graph pre/post first, then FP16 before FP32) when it has one; else the CPU
-order INT8-for-CPU > INT8 > FP32; else an ONNX model shipped in models/. Checking costs no TensorRT call: on a machine without a GPU,
-TensorRT is never touched.
+order INT8-for-CPU > INT8 > FP32; else an ONNX model shipped in models/. Checking costs no TensorRT call:
+on a machine without a GPU, TensorRT is never touched.
 """
 
 from __future__ import annotations
