@@ -135,3 +135,15 @@ def test_evaluating_an_in_graph_model_is_one_line_not_a_traceback(tiny: Path, tm
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and "in-graph model returns the road mask" in lines[0]
+
+
+def test_export_writes_the_in_graph_form_by_default_only_where_it_wins(monkeypatch, capsys):
+    import runtime.backends
+    from export.__main__ import want_in_graph
+
+    monkeypatch.setattr(runtime.backends, "available_providers", lambda: ["CPUExecutionProvider"])
+    assert not want_in_graph("auto") and want_in_graph("yes") and not want_in_graph("no")
+    assert "not written (--in-graph auto: ONNX Runtime here has no CUDA provider" in capsys.readouterr().out
+    monkeypatch.setattr(runtime.backends, "available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert want_in_graph("auto") and not want_in_graph("no")
