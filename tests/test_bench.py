@@ -10,7 +10,7 @@ import pytest
 
 from bench.flops import fcn8s_flops, graph_flops
 from bench.ratios import row_label
-from bench.table import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks
+from bench.table import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks, floor_lines
 from tests.conftest import run_cli
 
 REQUIRED = ("model", "width", "backend", "precision", "device", "input_size", "size_mb", "maxf", "iou",
@@ -155,6 +155,11 @@ def test_floor_logic_on_hand_made_rows():
               "onnxruntime int8 accurate": {"min": 3.9, "median": 4.4, "max": 4.9, "blocks": 5}}
     check = floor_checks(rows, [config], {"m@64x96": blocks})[0]
     assert check["passed"] and check["fp32_speedup"] == 1.7 and check["int8_spread"]["min"] == 3.9
+    # Without INT8 rows (none calibrated, as on the GPU run): not judged, named as such, and not passed.
+    (check,) = floor_checks(rows[:2], [config])
+    assert not check["passed"]
+    (line,) = floor_lines([check])
+    assert line.startswith("NOT JUDGED m @ 64x96: no ORT INT8 row measured here"), line
 
 
 @pytest.mark.parametrize(("width", "size"), [(0.125, (96, 320)), (0.0625, (70, 100))])
