@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from stream_helpers import KITTI_VIDEO, tiny_onnx_model
@@ -105,6 +106,23 @@ def test_pipelining_is_chosen_unless_cpu_inference_fills_every_core(device, core
     from runtime.pipeline import pipelining_pays
 
     assert pipelining_pays(SimpleNamespace(device=device), cores) is expected
+
+
+@pytest.mark.parametrize(("device", "cores", "threads_after"), [("cpu", 2, 1), ("cpu", 16, 3), ("NVIDIA H100", 2, 3)])
+def test_opencv_leaves_the_cores_to_inference_only_where_inference_fills_them(device, cores, threads_after,
+                                                                              monkeypatch):
+    from types import SimpleNamespace
+
+    from runtime.pipeline import keep_opencv_off_inference_cores
+
+    before = cv2.getNumThreads()
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    try:
+        cv2.setNumThreads(3)
+        keep_opencv_off_inference_cores(SimpleNamespace(device=device))
+        assert cv2.getNumThreads() == threads_after
+    finally:
+        cv2.setNumThreads(before)
 
 
 @needs_video
