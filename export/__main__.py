@@ -58,9 +58,9 @@ def want_in_graph(choice: str) -> bool:
     on a CPU ONNX Runtime runs the cast and normalisation slower than the runtime's fused one, so auto skips it."""
     if choice != "auto":
         return choice == "yes"
-    from runtime.backends import available_providers
+    from runtime.backends import cuda_provider_available
 
-    wanted = "CUDAExecutionProvider" in available_providers()
+    wanted = cuda_provider_available()
     print(f"in-graph pre/post models: {'written' if wanted else 'not written'} (--in-graph auto: ONNX Runtime here "
           f"{'has' if wanted else 'has no'} CUDA provider; --in-graph yes|no decides)", flush=True)
     return wanted

@@ -52,6 +52,11 @@ def available_providers() -> list[str]:
     return list(onnxruntime.get_available_providers())
 
 
+def cuda_provider_available() -> bool:
+    """Whether ONNX Runtime here lists its CUDA provider (onnxruntime-gpu), i.e. whether GPU-first choices apply."""
+    return "CUDAExecutionProvider" in available_providers()
+
+
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 

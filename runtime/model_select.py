@@ -12,7 +12,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from runtime.backends import ENGINE_SUFFIXES, available_providers
+from runtime.backends import ENGINE_SUFFIXES, cuda_provider_available
 from runtime.contract import ModelFileError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def candidate_models(build_dir: str | Path | None = None, models_dir: str | Path
     build = Path(build_dir) if build_dir is not None else REPO_ROOT / "build"
     models = Path(models_dir) if models_dir is not None else REPO_ROOT / "models"
     found: list[Path] = []
-    order = CUDA_ORDER if "CUDAExecutionProvider" in available_providers() else CPU_ORDER
+    order = CUDA_ORDER if cuda_provider_available() else CPU_ORDER
     if build.is_dir():
         if tensorrt_usable():
             found += _rank_engines(build)

@@ -215,7 +215,7 @@ def test_default_model_choice(tmp_path: Path, monkeypatch):
     build, models = tmp_path / "build", tmp_path / "models"
     build.mkdir()
     models.mkdir()
-    monkeypatch.setattr(model_select, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr("runtime.backends.available_providers", lambda: ["CPUExecutionProvider"])
     monkeypatch.setattr(model_select, "tensorrt_usable", lambda: False)
     with pytest.raises(ModelFileError, match="run `make export`"):
         model_select.default_model(build, models)
@@ -230,14 +230,15 @@ def test_default_model_choice(tmp_path: Path, monkeypatch):
     (build / "model.int8.engine").touch()
     assert model_select.default_model(build, models) == build / "model.int8.engine"
     monkeypatch.setattr(model_select, "tensorrt_usable", lambda: False)
-    monkeypatch.setattr(model_select, "available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr("runtime.backends.available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     (build / "model.fp16.onnx").touch()
     assert model_select.default_model(build, models) == build / "model.fp16.onnx"
     (build / "model.fp32.ingraph.onnx").touch()  # on a GPU the in-graph form goes first
     assert model_select.default_model(build, models) == build / "model.fp32.ingraph.onnx"
     (build / "model.fp16.ingraph.onnx").touch()
     assert model_select.default_model(build, models) == build / "model.fp16.ingraph.onnx"
-    monkeypatch.setattr(model_select, "available_providers", lambda: ["CPUExecutionProvider"])
+    monkeypatch.setattr("runtime.backends.available_providers", lambda: ["CPUExecutionProvider"])
     assert model_select.default_model(build, models) == build / "model.int8_cpu.onnx"  # on a CPU it does not
 
 
