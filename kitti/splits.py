@@ -16,6 +16,8 @@ SCHEME = "train/select/report"
 PARTS = ("train", "select", "report")
 DEFAULT_REPORT_FRACTION = 0.2
 DEFAULT_SELECT_FRACTION = 0.15
+# selected_on of a model that nothing chose (train --keep last): the schedule's length was fixed beforehand
+LAST_EPOCH = "none (last epoch of a fixed schedule)"
 
 
 def three_way_split(samples: list[KittiSample], report_fraction: float = DEFAULT_REPORT_FRACTION,
@@ -106,7 +108,9 @@ def provenance(summary: dict | None, evaluated: list[KittiSample], all_samples: 
                 f"'{selected_part}', {record['scheme']}); not an honest estimate")
     else:
         verdict = "honest"
+        chosen_by = "nothing chose the epoch: the last of a fixed schedule" if selected_part == LAST_EPOCH \
+            else f"selection on '{selected_part}'"
         line = (f"honest: none of these {len(names)} images was trained on or used to choose the model "
-                f"({record['scheme']}, selection on '{selected_part}')")
+                f"({record['scheme']}, {chosen_by})")
     return {"verdict": verdict, "line": line, "scheme": record["scheme"], "selected_on": selected_part,
             "trained_on": len(trained), "used_for_selection": len(selected), "images": len(names)}

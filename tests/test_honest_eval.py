@@ -10,7 +10,7 @@ from conftest import KITTI_DIR, needs_kitti, run_cli
 
 from export.bn_fold import fold_batchnorm
 from kitti.data import find_samples, split_samples
-from kitti.splits import provenance, split_record, three_way_split
+from kitti.splits import LAST_EPOCH, provenance, split_record, three_way_split
 from runtime.machine import cpu_flags
 from train.cpu_precision import choose_cpu_precision
 from train.error_analysis import FALSE_NEGATIVE_BGR, FALSE_POSITIVE_BGR, overlay_errors
@@ -189,3 +189,34 @@ def test_a_recorded_split_without_its_scheme_is_refused_naming_the_field():
         checked_summary({"split": {"train": ["um_000000"], "selected_on": "val"}}, "model.pt")
     record = {"scheme": "train/select/report", "train": ["um_000000"]}
     assert checked_summary({"split": record}, "model.pt")["split"] is record
+
+
+def test_keep_last_trains_on_the_select_block_and_its_report_figure_stays_honest(synthetic_kitti, tmp_path):
+    """--keep last --select-fraction 0: the select block trains too, nothing chooses the epoch, so report is
+    still honest; with a select block, --keep last saves the last epoch even when an earlier one scored more."""
+    run = tmp_path / "run"
+    result = run_cli("-m", "train", "--config", "smoke", "--data", str(synthetic_kitti), "--output-dir", str(run),
+                     "--epochs", "2", "--max-steps-per-epoch", "2", "--no-progress", "--keep", "last",
+                     "--select-fraction", "0", "--ema", "0.5")
+    assert result.returncode == 0, result.stderr
+    payload = torch.load(run / "best.pt", weights_only=False)
+    summary = payload["summary"]
+    assert summary["selected_on"] == LAST_EPOCH and summary["epoch"] == 2 and "val" not in summary
+    assert not summary["split"]["select"] and "maxf" in summary["report"]
+    ema_weights = torch.load(run / "last.pt", weights_only=False)["ema"]["state"]
+    first = next(iter(payload["model"]))
+    assert torch.equal(payload["model"][first], ema_weights[first].to(payload["model"][first].dtype))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2] and "val_maxf" not in rows[0]
+    samples = find_samples(synthetic_kitti)
+    report = [s for s in samples if s.name in set(summary["split"]["report"])]
+    verdict = provenance(summary, report, samples)
+    assert verdict["verdict"] == "honest" and "fixed schedule" in verdict["line"]
+
+    watched = tmp_path / "watched"
+    result = run_cli("-m", "train", "--config", "smoke", "--data", str(synthetic_kitti), "--output-dir",
+                     str(watched), "--epochs", "3", "--max-steps-per-epoch", "1", "--no-progress", "--keep", "last")
+    assert result.returncode == 0, result.stderr
+    summary = torch.load(watched / "best.pt", weights_only=False)["summary"]
+    assert summary["epoch"] == 3 and summary["selected_on"] == LAST_EPOCH and summary["split"]["select"]
+    assert "maxf" in summary["val"]  # the select block was watched, not used to choose

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
-from kitti.splits import DEFAULT_SELECT_FRACTION, split_record, three_way_split
+from kitti.splits import DEFAULT_SELECT_FRACTION, LAST_EPOCH, split_record, three_way_split
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.machine import cpu_name
@@ -107,7 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the report block per category (scored once at the end, never used to choose)")
     parser.add_argument("--select-fraction", type=float, default=DEFAULT_SELECT_FRACTION,
                         help="the block before it that picks the best epoch (0: pick on the report block, "
-                        "which makes its figure optimistic)")
+                        "which makes its figure optimistic, unless --keep last)")
+    parser.add_argument("--keep", default="best", choices=("best", "last"),
+                        help="best.pt holds the epoch with the best select MaxF (best), or the last epoch of the "
+                        "fixed schedule, chosen by nothing (last: with --select-fraction 0 the select block "
+                        "trains too and the report figure stays honest)")
     parser.add_argument("--cpu-precision", default="auto", choices=CPU_PRECISIONS,
                         help="CPU training: bf16 autocast with FP32 master weights where the CPU has native "
                         "bf16 (auto), always, or never (fp32)")
@@ -236,8 +240,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
     figure, (loss_axis, metric_axis) = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
     loss_axis.plot(epochs, [row["train_loss"] for row in history], label="train loss")
     loss_axis.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
+    scored = [row for row in history if "val_maxf" in row]  # --keep last without a select block scores none
     for key in ("maxf", "iou", "ap"):
-        metric_axis.plot(epochs, [row[f"val_{key}"] for row in history], label=f"val {key}")
+        metric_axis.plot([row["epoch"] for row in scored], [row[f"val_{key}"] for row in scored], label=f"val {key}")
     metric_axis.set(xlabel="epoch", ylabel="fraction", title="KITTI val (native resolution)")
     for axis in (loss_axis, metric_axis):
         axis.grid(alpha=0.3)
@@ -278,10 +283,13 @@ def run(args: argparse.Namespace) -> int:
     samples = find_samples(args.data)
     parts = three_way_split(samples, args.val_fraction, args.select_fraction)
     train_samples, report_samples = parts["train"], parts["report"]
-    selected_on = "select" if parts["select"] else "report"
-    val_samples = parts[selected_on]  # what picks the best epoch
-    if not val_samples:
-        raise DataError("no images to select the best epoch on (too few per category)")
+    if args.keep == "last":
+        selected_on, val_samples = LAST_EPOCH, parts["select"]  # select, if any, is only watched
+    else:
+        selected_on = "select" if parts["select"] else "report"
+        val_samples = parts[selected_on]  # what picks the best epoch
+        if not val_samples:
+            raise DataError("no images to select the best epoch on (too few per category)")
     spec = PreprocessSpec(*args.input_size)
     images, labels = load_kitti_arrays(train_samples)
     if args.augment == "strong":
@@ -349,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"roadseg train: config {args.config}, width {args.width}, input {spec.input_height}x"
               f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {device}, "
               f"world size {world_size}; {len(train_samples)} train / {len(parts['select'])} select / "
-              f"{len(report_samples)} report images (best epoch chosen on {selected_on}); {init_note}; "
+              f"{len(report_samples)} report images (epoch chosen by: {selected_on}); {init_note}; "
               f"{precision.describe() if precision else 'CUDA'}", flush=True)
     recipe = {"batch_norm": args.batch_norm, "schedule": args.schedule, "ema": args.ema, "loss": args.loss,
               "augment": args.augment, "lr": args.lr, "epochs": args.epochs, "width": args.width,
@@ -372,6 +380,31 @@ def run(args: argparse.Namespace) -> int:
             payload["ema"] = ema.state_dict()
         return payload
 
+    watched = "select" if args.keep == "last" else selected_on
+
+    def save_best(epoch: int, metrics: dict | None) -> None:
+        """best.pt: the chosen weights (EMA ones when on) with the split and recipe that produced them."""
+        summary = {"config": args.config, "epoch": epoch + 1, "keep": args.keep,
+                   "train_images": len(train_samples), "val_fraction": args.val_fraction,
+                   "select_fraction": args.select_fraction, "selected_on": selected_on,
+                   "split": split_record(parts, selected_on), "recipe": recipe,
+                   "init": init_note, "command": args.command, "machine": machine_description(device)}
+        if metrics:
+            summary["val"] = {k: metrics[k] for k in ("maxf", "ap", "iou", "precision", "recall", "images")}
+        live_weights = ema.swapped_into(model) if metrics is None and ema is not None else None
+        atomic_torch_save(model_payload(model, spec, summary), best_path)
+        if live_weights is not None:
+            model.load_state_dict(live_weights)
+
+    def log_epoch(row: dict) -> None:
+        nonlocal state
+        history.append(row)
+        state = {"step": 0, "loss_sum": 0.0}
+        atomic_torch_save(training_state(row["epoch"]), last_path)
+        with log_path.open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        plot_curves(history, curves_path)
+
     for epoch in range(start_epoch, args.epochs):
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch, skip_samples=state["step"] * args.batch_size)
@@ -386,37 +419,36 @@ def run(args: argparse.Namespace) -> int:
                 print(f"interrupted: saved {last_path} (epoch {epoch}, step {state['step']}); "
                       f"continue with --resume {last_path}", flush=True)
             return 130
-        scored = (epoch + 1) % max(1, args.eval_every) == 0 or epoch + 1 == args.epochs
-        if is_main and not scored:
+        last_epoch = epoch + 1 == args.epochs
+        scored = (epoch + 1) % max(1, args.eval_every) == 0 or last_epoch
+        if is_main and not val_samples:  # --keep last with no select block: nothing to score, log the loss
+            if last_epoch:
+                save_best(epoch, None)
+            log_epoch({"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
+                       "lr": scheduler.get_last_lr()[0],
+                       "elapsed_s": round(elapsed_before + time.time() - started, 1)})
+        elif is_main and not scored:
             state = {"step": 0, "loss_sum": 0.0}
             atomic_torch_save(training_state(epoch + 1), last_path)
         elif is_main:
             live_weights = ema.swapped_into(model) if ema is not None else None
             model.eval()
             metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), val_samples,
-                                       progress=not args.no_progress, description=selected_on)
+                                       progress=not args.no_progress, description=watched)
             row = {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
                    "lr": scheduler.get_last_lr()[0], "val_maxf": metrics["maxf"], "val_ap": metrics["ap"],
                    "val_iou": metrics["iou"], "val_precision": metrics["precision"],
                    "val_recall": metrics["recall"], "elapsed_s": round(elapsed_before + time.time() - started, 1)}
-            history.append(row)
             if metrics["maxf"] > best_maxf:
                 best_maxf = metrics["maxf"]
-                summary = {"config": args.config, "epoch": epoch + 1, "val": {k: metrics[k] for k in
-                           ("maxf", "ap", "iou", "precision", "recall", "images")},
-                           "train_images": len(train_samples), "val_fraction": args.val_fraction,
-                           "select_fraction": args.select_fraction, "selected_on": selected_on,
-                           "split": split_record(parts, selected_on), "recipe": recipe,
-                           "init": init_note, "command": args.command, "machine": machine_description(device)}
-                atomic_torch_save(model_payload(model, spec, summary), best_path)
+                if args.keep == "best":
+                    save_best(epoch, metrics)
+            if args.keep == "last" and last_epoch:
+                save_best(epoch, metrics)
             if live_weights is not None:
                 model.load_state_dict(live_weights)
-            state = {"step": 0, "loss_sum": 0.0}
-            atomic_torch_save(training_state(epoch + 1), last_path)
-            with log_path.open("a") as log:
-                log.write(json.dumps(row) + "\n")
-            plot_curves(history, curves_path)
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {selected_on} MaxF "
+            log_epoch(row)
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {watched} MaxF "
                   f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {best_maxf * 100:.2f})  "
                   f"{row['elapsed_s']:.0f}s", flush=True)
         else:
@@ -424,7 +456,8 @@ def run(args: argparse.Namespace) -> int:
         if world_size > 1:
             dist.barrier()
     if is_main:
-        print(f"done: best {selected_on} MaxF {best_maxf * 100:.2f}; {best_path}, {log_path}, {curves_path}")
+        kept = "the last epoch" if args.keep == "last" else f"best {selected_on} MaxF {best_maxf * 100:.2f}"
+        print(f"done: {kept}; {best_path}, {log_path}, {curves_path}")
         if best_path.is_file() and report_samples:
             report_best_checkpoint(best_path, report_samples, device, progress=not args.no_progress)
     if world_size > 1:
