@@ -28,7 +28,9 @@ def run_row(run_dir: Path) -> dict:
     report = summary.get("report")
     return {"run": run_dir.name, "recipe": ", ".join(f"{k}={recipe[k]}" for k in RECIPE_KEYS if k in recipe),
             "precision": recipe.get("precision", "?").split(":")[0], "epochs": recipe.get("epochs"),
-            "best_epoch": summary.get("epoch"), "select_maxf": summary.get("val", {}).get("maxf"),
+            "best_epoch": summary.get("epoch"), "train_images": summary.get("train_images", "?"),
+            "kept": "last" if summary.get("keep") == "last" else "best",
+            "select_maxf": summary.get("val", {}).get("maxf"),
             "report": report, "minutes": history[-1]["elapsed_s"] / 60 if history else None}
 
 
@@ -37,16 +39,17 @@ def percent(value: float | None) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| run | recipe | precision | epochs (best) | select MaxF | report MaxF | report um / umm / uu | "
-             "report AP | report IoU | wall min |",
-             "|---|---|---|---|---:|---:|---|---:|---:|---:|"]
+    lines = ["| run | recipe | precision | train images | epochs (kept) | select MaxF | report MaxF | "
+             "report um / umm / uu | report AP | report IoU | wall min |",
+             "|---|---|---|---:|---|---:|---:|---|---:|---:|---:|"]
     for row in sorted(rows, key=lambda r: -(r["select_maxf"] or 0)):
         report = row["report"] or {}
         per_category = report.get("per_category", {})
         categories = " / ".join(percent(per_category.get(c, {}).get("maxf")) for c in ("um", "umm", "uu"))
         minutes = "-" if row["minutes"] is None else f"{row['minutes']:.1f}"
-        lines.append(f"| {row['run']} | {row['recipe']} | {row['precision']} | {row['epochs']} "
-                     f"({row['best_epoch']}) | {percent(row['select_maxf'])} | {percent(report.get('maxf'))} | "
+        lines.append(f"| {row['run']} | {row['recipe']} | {row['precision']} | {row['train_images']} | "
+                     f"{row['epochs']} ({row['kept']}: {row['best_epoch']}) | {percent(row['select_maxf'])} | "
+                     f"{percent(report.get('maxf'))} | "
                      f"{categories} | {percent(report.get('ap'))} | {percent(report.get('iou'))} | {minutes} |")
     return "\n".join(lines) + "\n"
 

@@ -18,7 +18,7 @@ import torch
 
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
-from kitti.splits import provenance
+from kitti.splits import LAST_EPOCH, provenance
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
@@ -56,6 +56,13 @@ def spread(metrics: dict) -> str:
     return f" +-{std * 100:.2f}" if std is not None else ""
 
 
+def chosen_by(summary: dict) -> str:
+    if summary.get("selected_on") == LAST_EPOCH:
+        epochs = summary.get('recipe', {}).get('epochs', '?')
+        return f"the last epoch of a fixed {epochs}-epoch schedule (nothing chose it)"
+    return f"best epoch chosen on '{summary.get('selected_on', 'val')}'"
+
+
 def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None,
               held_out: str | None = None) -> str:
     summary = payload["summary"]
@@ -73,8 +80,8 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         "|---|---|",
         f"| input size | {spec['input_height']}x{spec['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
         f"| initialisation | {stages[0]['init']} |",
-        f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; best epoch chosen on "
-        f"'{summary.get('selected_on', 'val')}'; scored below on {metrics['images']} images "
+        f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; {chosen_by(summary)}; "
+        f"scored below on {metrics['images']} images "
         f"(the last {summary.get('val_fraction', 0.2):.0%} of each category) |",
         f"| provenance of the figures below | {metrics['provenance']['line']} |",
         f"| wall time | {sum(stage['minutes'] for stage in stages):.1f} min in all on {machine} |",
