@@ -220,3 +220,20 @@ def test_keep_last_trains_on_the_select_block_and_its_report_figure_stays_honest
     summary = torch.load(watched / "best.pt", weights_only=False)["summary"]
     assert summary["epoch"] == 3 and summary["selected_on"] == LAST_EPOCH and summary["split"]["select"]
     assert "maxf" in summary["val"]  # the select block was watched, not used to choose
+
+    seed1 = tmp_path / "seed1"
+    result = run_cli("-m", "train", "--config", "smoke", "--data", str(synthetic_kitti), "--output-dir", str(seed1),
+                     "--epochs", "2", "--max-steps-per-epoch", "2", "--no-progress", "--keep", "last",
+                     "--select-fraction", "0", "--ema", "0.5", "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    shipped = tmp_path / "models" / "m.pt"
+    shipped.parent.mkdir()
+    ship = ["-m", "train.ship", "--run", str(run), "--out", str(shipped), "--data", str(synthetic_kitti),
+            "--accuracy", str(tmp_path / "none.md"), "--no-progress", "--other-seeds"]
+    result = run_cli(*ship, str(seed1))
+    assert result.returncode == 0, result.stderr
+    card = shipped.with_suffix(".md").read_text()
+    assert "the last epoch of a fixed 2-epoch schedule (nothing chose it)" in card
+    assert "| provenance of the figures below | honest:" in card and "Mean over 2 seeds" in card
+    refused = run_cli(*ship, str(watched))  # another recipe is no seed spread
+    assert refused.returncode != 0 and "not the same recipe" in refused.stderr and "Traceback" not in refused.stderr

@@ -63,8 +63,34 @@ def chosen_by(summary: dict) -> str:
     return f"best epoch chosen on '{summary.get('selected_on', 'val')}'"
 
 
+def seed_spread(metrics: dict, summary: dict, run_dir: Path, other_runs: list[Path]) -> str:
+    """The report figure of this file beside those of the same recipe trained with other seeds: the spread a
+    retrain gives, which the bootstrap over images does not show."""
+    rows = [(f"{run_dir.name} (this file)", metrics)]
+    for other in other_runs:
+        other_summary = read_checkpoint(other / "best.pt")["summary"]
+        if not other_summary.get("report"):
+            raise CheckpointError(f"{other / 'best.pt'}: no report figure in its summary (did training finish?)")
+        for key in ("recipe", "train_images", "selected_on"):
+            if other_summary.get(key) != summary.get(key):
+                raise CheckpointError(f"{other / 'best.pt'}: not the same recipe as {run_dir} ('{key}' differs)")
+        rows.append((f"{other.name}: `{other_summary.get('command', '?')}`", other_summary["report"]))
+    lines = ["| run | report MaxF | um | umm | uu | AP | IoU |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, report in rows:
+        per_category = report.get("per_category", {})
+        lines.append(f"| {name} | {percent(report['maxf'])} | "
+                     + " | ".join(percent(per_category.get(c, {}).get("maxf")) for c in ("um", "umm", "uu"))
+                     + f" | {percent(report['ap'])} | {percent(report['iou'])} |")
+    values = [report["maxf"] for _, report in rows]
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+    lines += ["", f"Mean over {len(values)} seeds: MaxF {mean * 100:.2f}, std {std * 100:.2f} pt "
+              "(every row on the same report images, none of which trained or chose any of these models)."]
+    return "\n".join(lines)
+
+
 def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None,
-              held_out: str | None = None) -> str:
+              held_out: str | None = None, seeds: str | None = None) -> str:
     summary = payload["summary"]
     stages = training_stages(run_dir)
     machine = summary.get("machine") or machine_description(torch.device("cpu"))
@@ -111,6 +137,8 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
                      f"{spread(values)} | "
                      f"{percent(values['ap'])} | {percent(values['iou'])} | {percent(values['precision'])} | "
                      f"{percent(values['recall'])} |")
+    if seeds:
+        lines += ["", "## The same recipe with other seeds", "", seeds]
     if held_out:
         lines += ["", "## Held-out estimate (images never in ../shared/data)", "", held_out]
     if accuracy:
@@ -131,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
     parser.add_argument("--held-out", help="a Markdown table of the model scored on images outside --data "
                         "(e.g. by another team on hidden data), added to the card as given")
+    parser.add_argument("--other-seeds", nargs="*", default=[], metavar="RUN",
+                        help="runs of the same recipe with other seeds: their report figures go on the card")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     run_dir, out = Path(args.run), Path(args.out)
@@ -147,13 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         add_spread(metrics, scores)
         metrics["split"] = "report"
         metrics["provenance"] = provenance(payload["summary"], samples, all_samples)
+        other_runs = [Path(run) for run in args.other_seeds]
+        seeds = seed_spread(metrics, payload["summary"], run_dir, other_runs) if other_runs else None
     except (CheckpointError, DataError, OSError) as error:
         return fail(error)
     accuracy_path = Path(args.accuracy)
     accuracy = accuracy_path.read_text().strip() if accuracy_path.is_file() else None
     held_out = Path(args.held_out).read_text().strip() if args.held_out else None
     card = out.with_suffix(".md")
-    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out))
+    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out, seeds))
     print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): {metrics['split']} MaxF {metrics['maxf'] * 100:.2f}, "
           f"IoU {metrics['iou'] * 100:.2f}; card {card}")
     return 0
