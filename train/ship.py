@@ -114,7 +114,7 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
         "",
         "## Training stages",
         "",
-        "| # | command | epochs | best epoch | best select (older runs: val) MaxF | wall time |",
+        "| # | command | epochs | kept epoch | its select MaxF (older runs: val) | wall time |",
         "|---|---|---|---|---|---|",
     ]
     for number, stage in enumerate(stages, 1):
