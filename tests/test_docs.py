@@ -121,8 +121,8 @@ def test_evaluate_command_scores_the_shipped_model(command, tmp_path):
     metrics = json.loads(out.read_text())
     assert metrics["images"] == 46
     assert metrics["maxf"] >= 0.95, "the shipped model is below the MaxF floor of 0.95 on val"
-    # these images chose the shipped model (best epoch on the old val block): the figure must say so
-    assert metrics["provenance"]["verdict"] == "selection-biased" and "OPTIMISTIC" in result.stdout
+    # the shipped model was neither trained nor chosen on the report block: the figure must say it is honest
+    assert metrics["provenance"]["verdict"] == "honest" and "provenance: honest" in result.stdout
     assert (tmp_path / "worst" / "contact_sheet.png").stat().st_size > 10_000
     assert len(list((tmp_path / "worst").glob("0*_u*.png"))) == 3
 
