@@ -237,3 +237,10 @@ def test_keep_last_trains_on_the_select_block_and_its_report_figure_stays_honest
     assert "| provenance of the figures below | honest:" in card and "Mean over 2 seeds" in card
     refused = run_cli(*ship, str(watched))  # another recipe is no seed spread
     assert refused.returncode != 0 and "not the same recipe" in refused.stderr and "Traceback" not in refused.stderr
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    payload = torch.load(seed1 / "best.pt", weights_only=False)
+    payload["summary"]["report"] = {"maxf": "high"}
+    torch.save(payload, unfinished / "best.pt")
+    refused = run_cli(*ship, str(unfinished))
+    assert refused.returncode != 0 and "no report figure" in refused.stderr and "Traceback" not in refused.stderr

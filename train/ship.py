@@ -58,7 +58,7 @@ def spread(metrics: dict) -> str:
 
 def chosen_by(summary: dict) -> str:
     if summary.get("selected_on") == LAST_EPOCH:
-        epochs = summary.get('recipe', {}).get('epochs', '?')
+        epochs = summary.get("recipe", {}).get("epochs", "?")
         return f"the last epoch of a fixed {epochs}-epoch schedule (nothing chose it)"
     return f"best epoch chosen on '{summary.get('selected_on', 'val')}'"
 
@@ -69,12 +69,13 @@ def seed_spread(metrics: dict, summary: dict, run_dir: Path, other_runs: list[Pa
     rows = [(f"{run_dir.name} (this file)", metrics)]
     for other in other_runs:
         other_summary = read_checkpoint(other / "best.pt")["summary"]
-        if not other_summary.get("report"):
+        report = other_summary.get("report")
+        if not isinstance(report, dict) or not all(isinstance(report.get(k), float) for k in ("maxf", "ap", "iou")):
             raise CheckpointError(f"{other / 'best.pt'}: no report figure in its summary (did training finish?)")
         for key in ("recipe", "train_images", "selected_on"):
             if other_summary.get(key) != summary.get(key):
                 raise CheckpointError(f"{other / 'best.pt'}: not the same recipe as {run_dir} ('{key}' differs)")
-        rows.append((f"{other.name}: `{other_summary.get('command', '?')}`", other_summary["report"]))
+        rows.append((f"{other.name}: `{other_summary.get('command', '?')}`", report))
     lines = ["| run | report MaxF | um | umm | uu | AP | IoU |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, report in rows:
         per_category = report.get("per_category", {})
