@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cpu: ONNX Runtime CPU; auto: as runtime/stream.py picks (a measured CPU choice "
                         "where OpenVINO is installed)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="OpenVINO CPU precision hint for float models")
+                        help="OpenVINO CPU precision hint (for an INT8 file: its float rest)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     parser.add_argument("--video", default=str(REPO_ROOT / DEFAULT_VIDEO), help="the KITTI raw video")
     parser.add_argument("--overhead-frames", type=int, default=480, help="frames per loop for the overhead floor")

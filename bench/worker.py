@@ -208,7 +208,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--provider", default="cpu", help="ONNX Runtime provider: cpu, cuda or tensorrt")
     parser.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "openvino"),
                         help="for .onnx: ONNX Runtime (with --provider) or OpenVINO on the CPU")
-    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision hint: fp32 or bf16")
+    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision: fp32, bf16, int8 or int8+bf16")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--runs", type=int, default=50)

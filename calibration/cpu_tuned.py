@@ -3,8 +3,8 @@
 TensorRT wants symmetric s8 Q/DQ (calibration.quantize, flavour "tensorrt"); ONNX Runtime on an AVX-512 VNNI
 CPU runs a different graph fastest, so the CPU file is quantized separately from the same calibration set:
 u8 activations, ReLU and MaxPool quantized too (no float round trips between convs), the transposed-conv
-upsamplers rewritten into their exact sub-pixel form and kept float with the logits path, the first conv
-float. Measured by the benchmark (bench/table.py) on the shipped model at 192x640: 8.6 -> 6.4 ms p50.
+upsamplers rewritten into their exact sub-pixel form and kept float with the logits path. Measured by the
+benchmark (bench/table.py) on the shipped model at 192x640: 8.6 -> 6.4 ms p50.
 """
 
 from __future__ import annotations
@@ -31,11 +31,6 @@ from runtime.contract import PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
 CPU_TUNED_OPS = ["Conv", "Relu", "MaxPool"]
-
-
-def first_conv(model_path: Path) -> str:
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    return next(node.name for node in graph.node if node.op_type == "Conv")
 
 
 def subpixel_conv_transposes(model_path: Path, out_path: Path) -> int:
@@ -98,10 +93,11 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
     Measured on the w0.25 model at 192x640 (ORT 1.32 profile, 2 threads): quantizing ReLU and MaxPool as
     well lets ORT fold ReLU into the conv's output range and pool in u8, which removes the 34 float
     DequantizeLinear/QuantizeLinear round trips between convs that calibration's u8 model keeps
-    (~18% of its run time; 9.6 -> 7.5 ms p50 in the benchmark). The first conv (3 input channels,
-    K = 27) runs at ~70 GOPS as QLinearConv; in FP32 it is 2.4x faster but then needs a layout reorder,
-    so the two come out even (6.4 vs 6.5 ms for the whole model); it stays float, which spares the
-    quantization of the raw input.
+    (~18% of its run time; 9.6 -> 7.5 ms p50 in the benchmark). The first conv is quantized too: on an
+    AVX-512 VNNI CPU without AMX a float first conv came out even (6.4 vs 6.5 ms for the whole model), but
+    on an Intel Xeon with AMX (2 threads, interleaved) quantizing it took the whole model from 10.9 to
+    9.7 ms on ONNX Runtime and from 4.2 to 3.9 ms on OpenVINO, which otherwise runs that conv in float and
+    reorders its output to u8 for the next one.
     """
     with tempfile.TemporaryDirectory(prefix="roadseg-cpu-quant-") as scratch:
         temp_out, cache = Path(scratch) / "model.onnx", Path(scratch) / "ranges.json"
@@ -110,7 +106,7 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
         prepared = rewritten
         options = quantization_options("cpu", method, percentile)
         options["op_types_to_quantize"] = CPU_TUNED_OPS
-        options["nodes_to_exclude"] = [first_conv(prepared)] + upsampling_path_convs(prepared)
+        options["nodes_to_exclude"] = upsampling_path_convs(prepared)
         ranges = calibrate_ranges(prepared, tensors, method, False, percentile, CPU_TUNED_OPS, bins)
         save_tensors_data(ranges, cache)
         quantize_static(str(prepared), str(temp_out), None, calibration_cache_path=str(cache), **options)

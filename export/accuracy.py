@@ -7,7 +7,8 @@ build/scores/, so re-running the gate after one artifact changed scores only tha
 through its CPU emulation graph (export/fp16.py says why ONNX Runtime's CPU FP16 would not be faithful).
 
 Where OpenVINO is installed, the same files are also scored as OpenVINO runs them on this CPU: FP32 (f32
-hint), bf16 (where the CPU has native bf16; within 0.1 pt) and each INT8 file (within 0.5 pt). A file can
+hint), bf16 (where the CPU has native bf16; within 0.1 pt) and each INT8 file (within 0.5 pt; where bf16 is
+native also as int8+bf16, its float rest in bf16, within the same 0.5 pt of FP32). A file can
 pass on ONNX Runtime and a precision fail on OpenVINO, so those rows remove no file: a failed OpenVINO row
 is recorded in accuracy.json, and the runtime's `--backend auto` never picks that combination.
 """
@@ -24,7 +25,7 @@ from runtime.contract import INT8_FP16_NAME
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR
 
-FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5}
+FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5, "int8+bf16": 0.5}
 FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
 
 
@@ -148,7 +149,7 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
 
 def openvino_artifacts(artifacts: list[Artifact], precisions: tuple[str, ...] | None) -> list[Artifact]:
     """The same files as OpenVINO runs them on this CPU: every precision it offers for each, gated alike."""
-    from runtime.openvino_backend import cpu_precisions, openvino_installed
+    from runtime.openvino_backend import cpu_precisions, hint, openvino_installed
 
     if not openvino_installed():
         print("  OpenVINO rows skipped: OpenVINO is not installed (make setup-openvino)")
@@ -160,10 +161,9 @@ def openvino_artifacts(artifacts: list[Artifact], precisions: tuple[str, ...] | 
         for precision in cpu_precisions(artifact.precision):
             if precisions is not None and precision not in precisions:
                 continue
-            hint = "f32" if precision != "bf16" else "bf16"
-            label = artifact.label.replace(" ONNX", "") + f" on OpenVINO {hint}"
-            rows.append(Artifact(label, artifact.path, precision, artifact.path, f"OpenVINO CPU ({hint} hint)",
-                                 backend="openvino"))
+            label = artifact.label.replace(" ONNX", "") + f" on OpenVINO {hint(precision)}"
+            rows.append(Artifact(label, artifact.path, precision, artifact.path,
+                                 f"OpenVINO CPU ({hint(precision)} hint)", backend="openvino"))
     return rows
 
 

@@ -1,14 +1,15 @@
 """`--backend auto` on a CPU: the fastest installed backend for this model on this machine, measured.
 
-Where more than one CPU backend is installed (ONNX Runtime, OpenVINO), a short probe times each candidate
-on the model, interleaved round by round so that other load on the machine hits every candidate alike, and
-the fastest median wins. The result is cached per (model sha256, machine, library versions, threads) in a
-small JSON file (ROADSEG_CACHE_DIR, else $XDG_CACHE_HOME/roadseg, else ~/.cache/roadseg); the file is
-validated on read like any other untrusted input and re-probed when it does not hold.
+Where more than one CPU backend is installed (ONNX Runtime, OpenVINO), a short probe times each candidate on
+the model, interleaved round by round so that other load on the machine hits every candidate alike, and the
+fastest median wins. The result is cached per (model sha256, machine, library versions, threads) in a small
+JSON file (ROADSEG_CACHE_DIR, else $XDG_CACHE_HOME/roadseg, else ~/.cache/roadseg); the file is validated on
+read like any other untrusted input and re-probed when it does not hold.
 
 Only combinations that keep accuracy are candidates: the file's own precision on either backend, and
-OpenVINO's bf16 hint only where `make export` gated it (a passing row for this file's sha256 in
-accuracy.json beside the model). A machine with one CPU backend opens it exactly as before, with no probe.
+OpenVINO's bf16 hint (bf16 for a float file, int8+bf16 for an INT8 one) only where `make export` or `make
+calibrate` gated it (a passing row for this file's sha256 in accuracy.json beside the model). A machine with
+one CPU backend opens it exactly as before, with no probe.
 """
 
 from __future__ import annotations
@@ -27,14 +28,14 @@ from runtime.backends import Backend, open_backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, sha256_file
 from runtime.machine import cpu_name
-from runtime.openvino_backend import openvino_installed
+from runtime.openvino_backend import INT8_BF16, bf16_supported, openvino_installed
 
 CACHE_FORMAT = "roadseg-backend-probe-v1"
 CACHE_NAME = "backend-probe.json"
 PROBE_WARMUP, PROBE_ROUNDS = 3, 12
 MAX_CACHE_ENTRIES = 64
 BACKENDS = ("onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "int8", INT8_BF16)
 
 
 @dataclass(frozen=True)
@@ -87,13 +88,11 @@ def gated_openvino_precisions(model: Path, digest: str) -> set[str]:
 
 
 def candidates(model: Path, file_precision: str, digest: str) -> list[tuple[str, str]]:
-    found = [("onnxruntime", file_precision)]
-    if file_precision == "int8":
-        found.append(("openvino", "int8"))
-    else:
-        found.append(("openvino", "fp32"))
-        if "bf16" in gated_openvino_precisions(model, digest):
-            found.append(("openvino", "bf16"))
+    own, bf16 = ("int8", INT8_BF16) if file_precision == "int8" else ("fp32", "bf16")
+    found = [("onnxruntime", file_precision), ("openvino", own)]
+    # The gate may have run on another machine: bf16 is offered only where this CPU computes it natively.
+    if bf16 in gated_openvino_precisions(model, digest) and bf16_supported():
+        found.append(("openvino", bf16))
     return found
 
 

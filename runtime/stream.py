@@ -95,8 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "OpenVINO is installed and the model runs on the CPU, the faster of the two as measured by "
                        "a short cached probe. cpu/cuda: ONNX Runtime with that provider")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="OpenVINO CPU inference precision for float models (auto: fp32, or bf16 when the "
-                       "probe measured it faster and `make export` gated it); INT8 comes from an INT8 --model")
+                       help="OpenVINO CPU inference precision (auto: f32 math, or bf16 when the probe measured "
+                       "it faster and the gate passed it); INT8 comes from an INT8 --model, whose float rest bf16 "
+                       "puts in bf16 (int8+bf16)")
     model.add_argument("--threads", type=int, default=0, metavar="N", help="CPU inference threads (0: all)")
     out = parser.add_argument_group("outputs")
     show = out.add_mutually_exclusive_group()

@@ -41,7 +41,7 @@ def test_every_row_has_the_interface_columns(bench_report):
     for row in bench_report["rows"]:
         assert set(REQUIRED) <= set(row), row
         assert row["backend"] in ("torch", "onnxruntime", "openvino", "tensorrt")
-        assert row["precision"] in ("fp32", "fp16", "bf16", "int8")
+        assert row["precision"] in ("fp32", "fp16", "bf16", "int8", "int8+bf16")
     kinds = {(r["backend"], r["precision"], r["variant"]) for r in measured(bench_report)}
     assert ("torch", "fp32", "eager") in kinds
     assert ("onnxruntime", "fp32", "") in kinds
@@ -58,6 +58,19 @@ def test_unavailable_backends_are_skipped_with_a_reason(bench_report):
         assert len(row["skipped"]) > 15 and not row["skipped"].startswith("failed"), row
         assert row["p50_ms"] is None and row["maxf"] is None
     assert "skipped:" in bench_report["_stdout"]
+
+
+def test_openvino_rows_cover_every_precision_this_cpu_offers(bench_report):
+    from runtime.openvino_backend import bf16_supported, openvino_installed
+
+    if not openvino_installed():
+        pytest.skip("OpenVINO is not installed (make setup-openvino)")
+    rows = [r for r in bench_report["rows"] if r["backend"] == "openvino"]
+    measured_kinds = {(r["precision"], r["variant"]) for r in rows if r["skipped"] is None}
+    for variant in INT8_VARIANTS.values():
+        assert ("int8", variant) in measured_kinds
+        assert (("int8+bf16", variant) in measured_kinds) == bf16_supported()
+    assert (("bf16", "bf16 hint") in measured_kinds) == bf16_supported()
 
 
 def test_figures_come_from_the_measurements(bench_report):

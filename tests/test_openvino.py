@@ -86,6 +86,47 @@ def test_bf16_only_where_the_cpu_has_it(tiny_onnx: Path, monkeypatch):
         open_backend(tiny_onnx, "onnxruntime", precision="bf16")
 
 
+SHIPPED_INT8 = Path(__file__).resolve().parents[1] / "models" / "fcn8s_vgg16_w0.25_cpu.int8_cpu.onnx"
+
+
+def test_an_int8_file_runs_its_float_rest_in_bf16_only_when_asked_and_native(monkeypatch):
+    """int8 keeps f32 for the layers the Q/DQ file leaves float; int8+bf16 (or bf16) puts them in bf16, on
+    CPUs with native bf16 only; both give the ONNX Runtime masks on a real frame."""
+    from runtime import openvino_backend
+
+    default = open_backend(SHIPPED_INT8, "openvino")
+    assert (default.precision, default.provider) == ("int8", "OpenVINO CPU f32")
+    batch = np.random.default_rng(0).uniform(-2, 2, (1, 3, *default.spec.size_hw)).astype(np.float32)
+    expected = open_backend(SHIPPED_INT8, "onnxruntime").infer(batch).argmax(1)
+    assert (default.infer(batch).argmax(1) == expected).mean() > 0.99
+    if openvino_backend.bf16_supported():
+        for asked in ("bf16", "int8+bf16"):
+            mixed = open_backend(SHIPPED_INT8, "openvino", precision=asked)
+            assert (mixed.precision, mixed.provider) == ("int8+bf16", "OpenVINO CPU bf16")
+            assert (mixed.infer(batch).argmax(1) == expected).mean() > 0.99
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "INT8"])
+    with pytest.raises(ModelFileError, match="no native bf16"):
+        open_backend(SHIPPED_INT8, "openvino", precision="int8+bf16")
+
+
+def test_int8_plus_bf16_needs_an_int8_file_and_unknown_precisions_are_refused(tiny_onnx: Path):
+    with pytest.raises(ModelFileError, match=r"int8\+bf16 needs an INT8 Q/DQ file"):
+        open_backend(tiny_onnx, "openvino", precision="int8+bf16")
+    with pytest.raises(ModelFileError, match="--precision fp8: expected one of"):
+        open_backend(tiny_onnx, "openvino", precision="fp8")
+
+
+def test_each_result_is_its_own_array_written_in_place(tiny_onnx: Path):
+    """Results must not alias each other (the pipelined loop holds one while the next runs), and the
+    no-copy path must give what the request computed."""
+    ov = open_backend(tiny_onnx, "openvino")
+    batch = np.random.default_rng(1).standard_normal((1, 3, *ov.spec.size_hw)).astype(np.float32)
+    first, second = ov.infer(batch), ov.infer(batch)
+    assert not np.shares_memory(first, second) and first.flags.writeable
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, open_backend(tiny_onnx, "onnxruntime").infer(batch), atol=1e-4)
+
+
 def test_a_file_openvino_cannot_read_is_one_clear_error(tmp_path: Path):
     bad = tmp_path / "garbage.onnx"
     bad.write_bytes(b"not a model")
@@ -142,6 +183,23 @@ def test_bf16_is_a_candidate_only_after_its_gate_passed(tiny_onnx: Path, tmp_pat
     assert ("openvino", "bf16") in backend_choice.candidates(model, "fp32", digest)
     (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [{**row, "passed": True, "sha256": "0" * 64}]}))
     assert ("openvino", "bf16") not in backend_choice.candidates(model, "fp32", digest)
+
+
+def test_int8_plus_bf16_is_a_candidate_only_after_its_gate_passed_and_where_bf16_is_native(tmp_path: Path,
+                                                                                             monkeypatch):
+    from runtime import openvino_backend
+
+    model = tmp_path / "model.int8_cpu.onnx"
+    model.write_bytes(SHIPPED_INT8.read_bytes())
+    digest = backend_choice.sha256_file(model)
+    assert backend_choice.candidates(model, "int8", digest) == [("onnxruntime", "int8"), ("openvino", "int8")]
+    row = {"backend": "openvino", "precision": "int8+bf16", "sha256": digest, "passed": True}
+    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [row]}))
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "BF16", "INT8"])
+    assert ("openvino", "int8+bf16") in backend_choice.candidates(model, "int8", digest)
+    # The gate ran on a bf16 machine; this one has none: not offered, so OpenVINO int8 stays a candidate.
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "INT8"])
+    assert ("openvino", "int8+bf16") not in backend_choice.candidates(model, "int8", digest)
 
 
 @needs_video

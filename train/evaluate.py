@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pr-curve", help="write a precision-recall PNG here")
     parser.add_argument("--device", default="cpu", help="torch device for .pt models")
     parser.add_argument("--backend", default="auto", help="runtime backend for .onnx / engines")
-    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision hint (fp32, bf16)")
+    parser.add_argument("--precision", default="auto", help="OpenVINO CPU precision (fp32, bf16, int8, int8+bf16)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
