@@ -276,10 +276,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
-    parser.add_argument("--backend", default="cpu", choices=("auto", "cpu", "cuda", "tensorrt", "onnxruntime",
-                                                             "openvino"),
-                        help="cpu: ONNX Runtime CPU; auto: as runtime/stream.py picks (a measured CPU choice "
-                        "where OpenVINO is installed)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "onnxruntime",
+                                                              "openvino"),
+                        help="auto (the default, as runtime/stream.py's): as the runtime picks, a measured CPU "
+                        "choice where OpenVINO is installed; cpu: ONNX Runtime CPU")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="OpenVINO CPU precision hint (for an INT8 file: its float rest)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")

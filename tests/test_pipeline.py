@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -140,8 +141,9 @@ def test_bench_stream_measures_both_loops_and_writes_its_figures(tmp_path: Path)
     result = subprocess.run([sys.executable, "-m", "bench.stream", "--model", str(model), "--video",
                              str(KITTI_VIDEO), "--overhead-frames", "24", "--live-frames", "24", "--blocks", "2",
                              "--frames", "400", "--target-frames", "24", "--json", str(out)], cwd=REPO,
-                            capture_output=True, text=True,
-                            timeout=600)
+                            capture_output=True, text=True, timeout=600,
+                            # --backend auto (the default) may probe: its cache goes to the test's folder
+                            env={**os.environ, "ROADSEG_CACHE_DIR": str(tmp_path / "cache")})
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
     figures = json.loads(out.read_text())
