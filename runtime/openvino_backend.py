@@ -7,8 +7,8 @@ Precision on CPU is a choice, not an accident: OpenVINO's own default on CPUs wi
 BF16) runs float models in bf16, so the inference precision hint is always set explicitly. `fp32` means
 f32 math; `bf16` is offered only where the CPU reports BF16 among its optimization capabilities; INT8 comes
 from the Q/DQ files that `make calibrate` writes. An INT8 file's non-quantized layers (the logits path) run in
-f32 (`int8`) or, where bf16 is native, in bf16 (`int8+bf16`: on an AMX Xeon ~5 % faster, because the last
-float layers then run on AMX too and the u8 <-> f32 reorders shrink); each is gated separately.
+f32 (`int8`) or, where bf16 is native, in bf16 (`int8+bf16`, gated separately; on a 2-core AMX Xeon the two
+were within each other's noise in `make bench`, and `--backend auto` keeps whichever its probe measures faster).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 
 from runtime.contract import PRECISION_KEY, ModelFileError, parse_preprocess
 
-CPU_PRECISIONS = ("fp32", "bf16")
 INT8_BF16 = "int8+bf16"  # an INT8 Q/DQ file whose float rest runs in bf16
 BF16_HINTED = ("bf16", INT8_BF16)
 INSTALL_HINT = "pip install -r requirements/runtime-openvino.txt (or make setup-openvino)"
