@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
-from onnxruntime.quantization import quantize_static
+from onnxruntime.quantization import QuantType, quantize_static
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from calibration.quantize import (
@@ -24,6 +24,7 @@ from calibration.quantize import (
     DEFAULT_PERCENTILE,
     ENTROPY_BINS,
     calibrate_ranges,
+    input_name,
     quantization_options,
 )
 from export.onnx_export import set_metadata
@@ -93,11 +94,11 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
     Measured on the w0.25 model at 192x640 (ORT 1.32 profile, 2 threads): quantizing ReLU and MaxPool as
     well lets ORT fold ReLU into the conv's output range and pool in u8, which removes the 34 float
     DequantizeLinear/QuantizeLinear round trips between convs that calibration's u8 model keeps
-    (~18% of its run time; 9.6 -> 7.5 ms p50 in the benchmark). The first conv is quantized too: on an
-    AVX-512 VNNI CPU without AMX a float first conv came out even (6.4 vs 6.5 ms for the whole model), but
-    on an Intel Xeon with AMX (2 threads, interleaved) quantizing it took the whole model from 10.9 to
-    9.7 ms on ONNX Runtime and from 4.2 to 3.9 ms on OpenVINO, which otherwise runs that conv in float and
-    reorders its output to u8 for the next one.
+    (~18% of its run time; 9.6 -> 7.5 ms p50 in the benchmark). The first conv is quantized too, its
+    input as symmetric s8: on an AVX-512 VNNI CPU without AMX a float first conv came out even (6.4 vs
+    6.5 ms for the whole model), but on an Intel Xeon with AMX (2 threads, interleaved against torch)
+    OpenVINO otherwise runs that conv in float and reorders its output to u8 for the next one: 3.56 ->
+    3.28 ms (9.86x -> 10.30x torch eager FP32); ONNX Runtime 3.60x -> 3.76x.
     """
     with tempfile.TemporaryDirectory(prefix="roadseg-cpu-quant-") as scratch:
         temp_out, cache = Path(scratch) / "model.onnx", Path(scratch) / "ranges.json"
@@ -107,6 +108,11 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
         options = quantization_options("cpu", method, percentile)
         options["op_types_to_quantize"] = CPU_TUNED_OPS
         options["nodes_to_exclude"] = upsampling_path_convs(prepared)
+        # The normalised image is signed: as u8 it would need a nonzero zero point, which TensorRT's parser
+        # rejects (every ONNX artifact must pass it). Symmetric s8 for the input alone; the ReLU outputs that
+        # feed every later conv are >= 0, so their u8 zero point is 0 anyway.
+        options["extra_options"]["TensorQuantOverrides"] = {
+            input_name(prepared): [{"quant_type": QuantType.QInt8, "symmetric": True}]}
         ranges = calibrate_ranges(prepared, tensors, method, False, percentile, CPU_TUNED_OPS, bins)
         save_tensors_data(ranges, cache)
         quantize_static(str(prepared), str(temp_out), None, calibration_cache_path=str(cache), **options)
