@@ -23,9 +23,10 @@ from pathlib import Path
 
 from runtime.contract import INT8_FP16_NAME
 from runtime.ioutil import atomic_write_text, fail, sha256_file
+from runtime.openvino_backend import INT8_BF16
 from runtime.paths import DEFAULT_KITTI_DIR
 
-FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5, "int8+bf16": 0.5}
+FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5, INT8_BF16: 0.5}
 FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
 
 
