@@ -106,25 +106,52 @@ def quantize_cpu_tuned(prepared: Path, out_path: Path, tensors, method: str, met
         subpixel_conv_transposes(prepared, rewritten)
         prepared = rewritten
         options = quantization_options("cpu", method, percentile)
-        options["op_types_to_quantize"] = CPU_TUNED_OPS
-        options["nodes_to_exclude"] = upsampling_path_convs(prepared)
+        ops = cpu_tuned_ops(prepared)
+        options["op_types_to_quantize"] = ops
+        options["nodes_to_exclude"] = upsampling_path_convs(prepared) + logits_path_adds(prepared, ops)
         # The normalised image is signed: as u8 it would need a nonzero zero point, which TensorRT's parser
         # rejects (every ONNX artifact must pass it). Symmetric s8 for the input alone; the ReLU outputs that
         # feed every later conv are >= 0, so their u8 zero point is 0 anyway.
         options["extra_options"]["TensorQuantOverrides"] = {
             input_name(prepared): [{"quant_type": QuantType.QInt8, "symmetric": True}]}
-        ranges = calibrate_ranges(prepared, tensors, method, False, percentile, CPU_TUNED_OPS, bins)
+        ranges = calibrate_ranges(prepared, tensors, method, False, percentile, ops, bins)
         save_tensors_data(ranges, cache)
         quantize_static(str(prepared), str(temp_out), None, calibration_cache_path=str(cache), **options)
         model = onnx.load(str(temp_out))
     stamp = {**metadata, PRECISION_KEY: "int8",
              CALIBRATION_KEY: json.dumps({"method": method, "flavour": "cpu-tuned", "percentile": percentile,
-                                          "ops": CPU_TUNED_OPS, "float_nodes": options["nodes_to_exclude"],
+                                          "ops": ops, "float_nodes": options["nodes_to_exclude"],
                                           "manifest_sha256": identity}, sort_keys=True)}
     set_metadata(model, stamp)
     onnx.checker.check_model(model)
     atomic_write_bytes(out_path, model.SerializeToString())
     return out_path
+
+
+def cpu_tuned_ops(model_path: Path) -> list[str]:
+    """CPU_TUNED_OPS plus what an inverted-residual encoder (EfficientNet-Lite) adds: ReLU6 as Clip, folded
+    into its conv's output range like ReLU, and the residual Adds, so a block runs u8 from end to end."""
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    present = {node.op_type for node in graph.node}
+    ops = list(CPU_TUNED_OPS)
+    if "Clip" in present:
+        ops.append("Clip")
+    if set(logits_path_adds(model_path, ["Add"])) != {node.name for node in graph.node if node.op_type == "Add"}:
+        ops.append("Add")
+    return ops
+
+
+def logits_path_adds(model_path: Path, ops: list[str]) -> list[str]:
+    """The skip Adds downstream of the first upsampler (kept float with it) when Adds are quantized at all."""
+    if "Add" not in ops:
+        return []
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    downstream: set[str] = set()
+    for node in graph.node:  # ONNX graphs are stored in topological order
+        if node.name.endswith("_subpixel") or any(name in downstream for name in node.input):
+            downstream.update(node.output)
+    return [node.name for node in graph.node
+            if node.op_type == "Add" and any(name in downstream for name in node.input)]
 
 
 def upsampling_path_convs(model_path: Path) -> list[str]:
@@ -133,6 +160,7 @@ def upsampling_path_convs(model_path: Path) -> list[str]:
     convs are well under 1% of the FLOPs)."""
     graph = onnx.load(str(model_path), load_external_data=False).graph
     upsamplers = {node.name for node in graph.node if node.op_type == "Conv" and node.name.endswith("_subpixel")}
-    feeds = {i for node in graph.node if node.name in upsamplers or node.op_type == "Add" for i in node.input}
+    skip_adds = set(logits_path_adds(model_path, ["Add"]))  # not an encoder's residual Adds
+    feeds = {i for node in graph.node if node.name in upsamplers or node.name in skip_adds for i in node.input}
     return [node.name for node in graph.node
             if node.name in upsamplers or (node.op_type == "Conv" and node.output[0] in feeds)]

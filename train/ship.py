@@ -19,10 +19,12 @@ import torch
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
 from kitti.splits import LAST_EPOCH, provenance
+from runtime.contract import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from train.checkpoint import CheckpointError, atomic_torch_save, load_model, model_payload, read_checkpoint
 from train.evaluate import add_spread, evaluation_samples
+from train.model import LITE_ARCHES
 from train.torch_predictor import TorchPredictor
 from train.train import machine_description
 
@@ -90,8 +92,23 @@ def seed_spread(metrics: dict, summary: dict, run_dir: Path, other_runs: list[Pa
     return "\n".join(lines)
 
 
+def describe_architecture(arch: dict) -> str:
+    if arch["name"] in LITE_ARCHES:
+        variant = LITE_ARCHES[arch["name"]].capitalize()
+        return f"FCN-8s on an EfficientNet-{variant} encoder initialised from ImageNet"
+    return f"FCN-8s with a VGG16 encoder at width {arch['width']}"
+
+
+def describe_normalisation(spec: dict) -> str:
+    if tuple(spec["mean"]) == IMAGENET_MEAN_RGB and tuple(spec["std"]) == IMAGENET_STD_RGB:
+        return "ImageNet mean/std"
+    pixel_mean = ", ".join(f"{value * 255:.0f}" for value in spec["mean"])
+    pixel_std = ", ".join(f"{value * 255:.0f}" for value in spec["std"])
+    return f"(pixel - ({pixel_mean})) / ({pixel_std})"
+
+
 def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: str | None,
-              held_out: str | None = None, seeds: str | None = None) -> str:
+              held_out: str | None = None, seeds: str | None = None, failure_modes: str | None = None) -> str:
     summary = payload["summary"]
     stages = training_stages(run_dir)
     machine = summary.get("machine") or machine_description(torch.device("cpu"))
@@ -99,13 +116,14 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
     lines = [
         f"# Model card: {out.name}",
         "",
-        f"FCN-8s with a VGG16 encoder at width {payload['arch']['width']} "
-        f"({payload['arch']['num_classes']} classes: not_road, road), trained by this repository's own "
-        "training code on the KITTI Road dev split. Weights are stored in fp16 and widened to fp32 on load.",
+        f"{describe_architecture(payload['arch'])} ({payload['arch']['num_classes']} classes: not_road, road), "
+        "trained by this repository's own training code on the KITTI Road dev split. Weights are stored in fp16 "
+        "and widened to fp32 on load.",
         "",
         "| field | value |",
         "|---|---|",
-        f"| input size | {spec['input_height']}x{spec['input_width']} (HxW), ImageNet mean/std, RGB, NCHW |",
+        f"| input size | {spec['input_height']}x{spec['input_width']} (HxW), {describe_normalisation(spec)}, "
+        f"{spec['color_order']}, {spec['layout']} |",
         f"| initialisation | {stages[0]['init']} |",
         f"| split | KITTI Road dev data: {summary.get('train_images', '?')} train images; {chosen_by(summary)}; "
         f"scored below on {metrics['images']} images "
@@ -138,6 +156,8 @@ def card_text(out: Path, payload: dict, metrics: dict, run_dir: Path, accuracy: 
                      f"{spread(values)} | "
                      f"{percent(values['ap'])} | {percent(values['iou'])} | {percent(values['precision'])} | "
                      f"{percent(values['recall'])} |")
+    if failure_modes:
+        lines += ["", "## Failure modes that remain (the worst report images, `make eval`)", "", failure_modes]
     if seeds:
         lines += ["", "## The same recipe with other seeds", "", seeds]
     if held_out:
@@ -160,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
     parser.add_argument("--held-out", help="a Markdown table of the model scored on images outside --data "
                         "(e.g. by another team on hidden data), added to the card as given")
+    parser.add_argument("--failure-modes", help="a Markdown file saying what the worst-images sheet shows, "
+                        "added to the card as given")
     parser.add_argument("--other-seeds", nargs="*", default=[], metavar="RUN",
                         help="runs of the same recipe with other seeds: their report figures go on the card")
     parser.add_argument("--no-progress", action="store_true")
@@ -185,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     accuracy_path = Path(args.accuracy)
     accuracy = accuracy_path.read_text().strip() if accuracy_path.is_file() else None
     held_out = Path(args.held_out).read_text().strip() if args.held_out else None
+    failure_modes = Path(args.failure_modes).read_text().strip() if args.failure_modes else None
     card = out.with_suffix(".md")
-    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out, seeds))
+    atomic_write_text(card, card_text(out, payload, metrics, run_dir, accuracy, held_out, seeds, failure_modes))
     print(f"shipped {out} ({out.stat().st_size / 1e6:.1f} MB): {metrics['split']} MaxF {metrics['maxf'] * 100:.2f}, "
           f"IoU {metrics['iou'] * 100:.2f}; card {card}")
     return 0
