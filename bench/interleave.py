@@ -4,6 +4,10 @@ just before it, in alternating blocks, every contender in a process of its own.
     python -m bench.interleave --checkpoint models/fcn8s_vgg16_w0.25_cpu.pt --size 192x640 \\
         --candidate 'onnxruntime int8|onnxruntime|auto|build/model.int8_cpu.onnx' [--rounds 7] [--runs 5] --json OUT
 
+Two models side by side (each candidate at its own input size, against the same torch baseline):
+`--other-sizes --candidate 'A|onnxruntime|auto|a.onnx' --candidate 'B|onnxruntime|auto|b.onnx'`; their latency
+ratio is the ratio of their block medians, both measured in the same alternating rounds.
+
 A round is, for every candidate in turn: one torch block, then the candidate's block (each block: one
 untimed run, then --runs timed ones on the same real frame). The ratio of a pair is torch's block median over
 the candidate's; a change in the machine's speed between rows of `make bench` (seconds apart) no longer
@@ -143,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         for text in args.candidate:
             label = parse_candidate(text)[0]
             contenders.append(Contender(label, text, args))
-            if contenders[-1].size != args.size:
+            if contenders[-1].size != args.size and not args.other_sizes:
                 raise BenchError(f"{label}: input {contenders[-1].size} is not --size {args.size}")
         results = {c.label: {"torch_ms": [], "ms": [], "ratios": []} for c in contenders[1:]}
         for _ in range(args.rounds):
@@ -159,7 +163,8 @@ def run(args: argparse.Namespace) -> dict:
     finally:
         for contender in contenders:
             contender.close()
-    return {"size": args.size, "threads": args.threads, "rounds": args.rounds, "runs_per_block": args.runs,
+    sizes = {c.label: c.size for c in contenders}
+    return {"size": args.size, "sizes": sizes, "threads": args.threads, "rounds": args.rounds, "runs_per_block": args.runs,
             "processes": "one per contender", "candidates": results}
 
 
@@ -171,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--random-width", type=float)
     parser.add_argument("--size", required=True)
     parser.add_argument("--candidate", action="append", default=[], help="LABEL|BACKEND|PRECISION|FILE")
+    parser.add_argument("--other-sizes", action="store_true",
+                        help="candidates may run at their own input size (comparing models, not files of one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--runs", type=int, default=5, help="timed runs per block")
