@@ -50,9 +50,9 @@ def build_model(checkpoint: str | None, random_width: float | None, size: tuple[
     from train.model import FCN8s
 
     if checkpoint:
-        from train.checkpoint import load_model
+        from export.stage import load_checkpoint  # BatchNorm folded, as export writes it
 
-        model, spec, payload = load_model(checkpoint)
+        model, spec, payload = load_checkpoint(Path(checkpoint))
         summary = {**payload.get("summary", {}), "benchmark_size": list(size)}
         arch = payload["arch"]
     else:

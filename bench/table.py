@@ -244,7 +244,7 @@ def build_files(build: Path, config: Config) -> dict[str, Path]:
         file_arch, file_size, metadata = onnx_description(fp32)
     except ValueError:
         return {}
-    if file_size != config.size or float(file_arch.get("width", -1)) != config.width:
+    if file_size != config.size or float(file_arch.get("width", 1.0)) != config.width:
         return {}
     if config.training is not None and metadata.get(TRAINING_KEY) != config.training:
         print(f"  {fp32} is the export of another training run than {config.checkpoint}: not used", flush=True)
@@ -311,7 +311,7 @@ def plan_configs(args: argparse.Namespace, torch_info: dict | None) -> list[Conf
         raise BenchError(f"{checkpoint}: not found (and no {build / 'model.fp32.onnx'}); "
                          "pass --checkpoint or run `make export`")
     name = checkpoint.stem if checkpoint.is_file() else (build / "model.fp32.onnx").name
-    shipped = Config(name, float(arch["width"]), int(arch.get("num_classes", 2)), size,
+    shipped = Config(name, float(arch.get("width", 1.0)), int(arch.get("num_classes", 2)), size,
                      checkpoint=str(checkpoint) if checkpoint.is_file() else None,
                      floors=True, list_skipped=True, training=training)
     configs = [shipped]

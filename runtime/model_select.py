@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runtime.backends import ENGINE_SUFFIXES, cuda_provider_available
 from runtime.contract import ModelFileError
+from runtime.paths import SHIPPED_CHECKPOINT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CPU_ORDER = ("model.int8_cpu.onnx", "model.int8.onnx", "model.fp32.onnx")
@@ -69,13 +70,15 @@ def candidate_models(build_dir: str | Path | None = None, models_dir: str | Path
 
 
 def _rank_shipped(models: Path, order: tuple[str, ...]) -> list[Path]:
-    """models/STEM.VARIANT.onnx in this machine's order (model.VARIANT.onnx names), then any other ONNX."""
+    """models/STEM.VARIANT.onnx in this machine's order (model.VARIANT.onnx names), the default model's files
+    before another shipped model's of the same variant, then any other ONNX."""
     variants = [name.removeprefix("model.").removesuffix(".onnx") for name in order]
     shipped = sorted(p for p in models.glob("*.onnx") if p.is_file())
+    default_stem = Path(SHIPPED_CHECKPOINT).stem
 
-    def rank(path: Path) -> tuple[int, str]:
-        variant = path.name.removesuffix(".onnx").rsplit(".", 1)[-1]
-        return (variants.index(variant) if variant in variants else len(variants)), path.name
+    def rank(path: Path) -> tuple[int, bool, str]:
+        stem, _, variant = path.name.removesuffix(".onnx").rpartition(".")
+        return (variants.index(variant) if variant in variants else len(variants)), stem != default_stem, path.name
 
     return sorted(shipped, key=rank)
 
