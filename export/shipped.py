@@ -142,9 +142,9 @@ def masks(model_path: Path, frames: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     if has_fp16:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the FP16 rounding
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: frames[i : i + 1]})[0].argmax(1) for i in range(len(frames))])
+    ort_session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = ort_session.get_inputs()[0].name
+    return np.concatenate([ort_session.run(None, {name: frames[i : i + 1]})[0].argmax(1) for i in range(len(frames))])
 
 
 def check_pair(shipped: Path, fresh: Path, frames: np.ndarray) -> list[str]:

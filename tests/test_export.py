@@ -76,9 +76,9 @@ def test_fp16_emulation_rounds_every_tensor_through_fp16(exported):
     casts = [n for n in emulated.graph.node if n.op_type == "Cast"]
     computing = [n for n in emulated.graph.node if n.op_type in ("Conv", "ConvTranspose", "Relu", "Add", "MaxPool")]
     assert len(casts) >= 2 * len(computing)
-    session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
     shape = [d.dim_value for d in emulated.graph.input[0].type.tensor_type.shape.dim]
-    logits = session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
+    logits = ort_session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
     assert np.array_equal(logits, logits.astype(np.float16).astype(np.float32))
     reference = ort.InferenceSession(str(exported / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
     full = reference.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
@@ -166,8 +166,8 @@ def test_dynamic_batch_and_configurable_opset(tmp_path):
     proto = export_onnx(model, spec, model.arch(), {}, path, opset=18, dynamic_batch=True)
     assert proto.opset_import[0].version == 18
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(1).normal(size=(3, 3, 64, 96)).astype(np.float32)
-    together = session.run(None, {"image": batch})[0]
-    alone = np.concatenate([session.run(None, {"image": batch[i : i + 1]})[0] for i in range(3)])
+    together = ort_session.run(None, {"image": batch})[0]
+    alone = np.concatenate([ort_session.run(None, {"image": batch[i : i + 1]})[0] for i in range(3)])
     assert together.shape == (3, 2, 64, 96) and np.allclose(together, alone, atol=1e-5)

@@ -1,5 +1,5 @@
-"""Issue 12: CPU bf16 selection, the train/select/report split and provenance, error overlays, recipe parts,
-BatchNorm folding for export."""
+"""Honest evaluation and CPU training: CPU bf16 selection, the train/select/report split and provenance, error
+overlays, recipe parts, BatchNorm folding for export."""
 
 import json
 

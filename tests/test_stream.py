@@ -1,4 +1,4 @@
-"""The streaming runtime end to end: real ONNX Runtime sessions, real video files, real processes."""
+"""The streaming runtime end to end: real ONNX Runtime InferenceSessions, real video files, real processes."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 TensorRT cannot be installed on the CI machines, so these tests check the calls the builder makes per
 version and precision, the cache key and the rebuild logic. They do not prove a real engine builds or
-runs: that needs a GPU with TensorRT (see the issue's device check). Tests named test_standin_* only.
+runs: that needs a GPU with TensorRT (tests/test_tensorrt_rtx_real.py builds real engines).
+Tests named test_standin_* only.
 """
 
 from __future__ import annotations
