@@ -30,12 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from bench import interleave, prepare, torch_worker, worker
 from bench.flops import model_flops
+from bench.jobs import Config, Job
 from bench.openvino_rows import openvino_jobs
 from bench.ratios import interleave_command, speedup, spread_text, summarize
 from bench.worker import BenchError
@@ -53,38 +53,6 @@ PREPARE_RECIPE = 3  # bump when bench/prepare.py makes different files: cached f
 NOISY_SPREAD = 1.5  # p90 above 1.5x p50: other load on the machine disturbed the row
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
-
-
-@dataclass
-class Config:
-    """One (model, input size) and the ONNX files that run it."""
-
-    model: str
-    width: float
-    num_classes: int
-    size: str
-    checkpoint: str | None = None
-    random_width: float | None = None
-    accuracy: bool = True
-    floors: bool = False
-    list_skipped: bool = False  # skipped rows are listed once per main configuration, not per sweep size
-    heavy: bool = False  # the full-width model: fewer timed runs
-    training: str | None = None  # the checkpoint's training summary (JSON), to match build/'s export
-    files: dict[str, Path] = field(default_factory=dict)
-    origin: str = ""
-
-
-@dataclass
-class Job:
-    config: Config
-    backend: str
-    precision: str
-    device: str
-    variant: str = ""
-    file: Path | None = None
-    provider: str = "cpu"
-    extra: list[str] = field(default_factory=list)
-    skipped: str | None = None
 
 
 # ---------------------------------------------------------------- arguments and environment
