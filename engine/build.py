@@ -47,6 +47,7 @@ from engine.trt_builder import (
 )
 from runtime.artifacts import (
     CALIBRATION_MANIFEST_FILE,
+    ENGINE_CACHE_KEY,
     ENGINE_PRECISIONS,
     FP16_ONNX,
     FP32_ONNX,
@@ -266,7 +267,7 @@ def reusable(engine_path: Path, key: dict) -> bool:
         recorded = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
-    return (isinstance(recorded, dict) and recorded.get("cache_key_sha256") == key_digest(key)
+    return (isinstance(recorded, dict) and recorded.get(ENGINE_CACHE_KEY) == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
 
 
@@ -280,7 +281,7 @@ def write_engine(engine_path: Path, built: BuiltEngine, key: dict, metadata: dic
 
     atomic_write_bytes(engine_path, built.engine)
     sidecar = {"format": SIDECAR_FORMAT, "flavour": key["flavour"], "cache_key": key,
-               "cache_key_sha256": key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
+               ENGINE_CACHE_KEY: key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
                "engine_bytes": len(built.engine), "io": built.io,
                "metadata": {**metadata, PRECISION_KEY: key["precision"]}, "rebuild": rebuild}
     atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=1, sort_keys=True) + "\n")

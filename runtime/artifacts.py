@@ -25,7 +25,7 @@ class Artifact:
     precision: str | None = None  # one of runtime.contract.PRECISIONS; None for tables and manifests
     variant: str = ""  # which INT8 flavour: tensorrt (s8 Q/DQ), strongly_typed (FP16 rest), cpu (tuned for x86)
     in_graph: bool = False  # uint8 BGR frame in, road mask out (export/ingraph.py)
-    provenance_key: str | None = None  # the metadata key naming what it was made from
+    provenance_key: str | None = None  # the metadata (or engine sidecar) key naming what it was made from
 
 
 ONNX_SUFFIX = ".onnx"
@@ -43,9 +43,12 @@ def _ingraph(core: Artifact) -> Artifact:
                     core.variant, True, core.provenance_key)
 
 
+ENGINE_CACHE_KEY = "cache_key_sha256"  # in the engine's JSON sidecar: ONNX sha256, calibration, TensorRT, GPU
+
+
 def _engine(precision: str) -> Artifact:
     return Artifact(f"{precision}_engine", f"model.{precision}{ENGINE_SUFFIX}", "engine", precision,
-                    provenance_key=SOURCE_ONNX_SHA256_KEY)
+                    provenance_key=ENGINE_CACHE_KEY)
 
 
 FP32 = _onnx("fp32", "export", "fp32", provenance=TRAINING_KEY)
