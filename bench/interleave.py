@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> dict:
         for contender in contenders:
             contender.close()
     sizes = {c.label: c.size for c in contenders}
-    return {"size": args.size, "sizes": sizes, "threads": args.threads, "rounds": args.rounds, "runs_per_block": args.runs,
-            "processes": "one per contender", "candidates": results}
+    return {"size": args.size, "sizes": sizes, "threads": args.threads, "rounds": args.rounds,
+            "runs_per_block": args.runs, "processes": "one per contender", "candidates": results}
 
 
 def main(argv: list[str] | None = None) -> int:

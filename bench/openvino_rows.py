@@ -9,16 +9,15 @@ installs it.
 
 from __future__ import annotations
 
+from bench.jobs import Config, Job
 from runtime.openvino_backend import INSTALL_HINT, INT8_BF16, bf16_supported, openvino_installed
 
 HINT_VARIANTS = {"fp32": "f32 hint", "bf16": "bf16 hint"}
 NO_BF16 = "this CPU has no native bf16 (OpenVINO lists no BF16 capability: no AMX or AVX-512 BF16)"
 
 
-def openvino_jobs(config, int8_variants: dict[str, str]) -> list:
-    """Jobs (bench.table.Job) for `config`'s files on OpenVINO, or skipped ones saying why."""
-    from bench.table import Job
-
+def openvino_jobs(config: Config, int8_variants: dict[str, str]) -> list[Job]:
+    """Jobs for `config`'s files on OpenVINO, or skipped ones saying why."""
     files = config.files
     installed = openvino_installed()
     bf16 = installed and bf16_supported()

@@ -24,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 from calibration.cpu_tuned import quantize_cpu_tuned
+from runtime.artifacts import FP32_ONNX, INT8_CPU_ONNX, INT8_ONNX
+from runtime.contract import SOURCE_ONNX_SHA256_KEY
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR
 
@@ -73,7 +75,7 @@ def prepare(args: argparse.Namespace) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     model, spec, arch, summary = build_model(args.checkpoint, args.random_width, parse_size(args.size))
-    fp32 = out / "model.fp32.onnx"
+    fp32 = out / FP32_ONNX
     export_onnx(model, spec, arch, summary, fp32)
     del model  # the full model's weights are 537 MB; quantization needs the memory more
     base = roadseg_metadata(spec, arch, summary, "int8")
@@ -81,14 +83,14 @@ def prepare(args: argparse.Namespace) -> dict:
     size = spec.size_hw
     calib = build_calibration_set(args.calibration_source, spec, out / "calibration",
                                   args.calibration_frames, progress=not args.no_progress)
-    stamp = {**base, "roadseg.source_onnx_sha256": sha256_file(fp32)}
+    stamp = {**base, SOURCE_ONNX_SHA256_KEY: sha256_file(fp32)}
     with tempfile.TemporaryDirectory(prefix="roadseg-bench-prep-") as scratch:
         prepared = preprocess_for_quantization(fp32, Path(scratch) / "model.prep.onnx")
-        quantize_int8(prepared, out / "model.int8.onnx", calib.tensors(), args.method, "tensorrt", metadata=stamp,
+        quantize_int8(prepared, out / INT8_ONNX, calib.tensors(), args.method, "tensorrt", metadata=stamp,
                       calibration_identity=calib.identity)
-        quantize_cpu_tuned(prepared, out / "model.int8_cpu.onnx", calib.tensors(), args.method, stamp,
+        quantize_cpu_tuned(prepared, out / INT8_CPU_ONNX, calib.tensors(), args.method, stamp,
                            calib.identity)
-        files.update(int8_tensorrt="model.int8.onnx", int8_cpu="model.int8_cpu.onnx")
+        files.update(int8_tensorrt=INT8_ONNX, int8_cpu=INT8_CPU_ONNX)
     record = {"checkpoint": args.checkpoint, "random_width": args.random_width, "arch": arch,
               "input_size": f"{size[0]}x{size[1]}", "method": args.method,
               "calibration_requested": args.calibration_frames, "calibration_frames": calib.count,

@@ -1,4 +1,4 @@
-"""Issue 13's latency targets, measured through the real loops on the KITTI drive (part of `make bench-stream`):
+"""The runtime's latency targets, measured through the real loops on the KITTI drive (part of `make bench-stream`):
 
 - writing an annotated mp4: end-to-end p50 <= 1.15 x inference p50;
 - without outputs: end-to-end p50 <= 1.10 x inference p50.

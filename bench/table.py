@@ -30,16 +30,18 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
 from bench import interleave, prepare, torch_worker, worker
 from bench.flops import model_flops
+from bench.jobs import Config, Job
 from bench.openvino_rows import openvino_jobs
 from bench.ratios import interleave_command, speedup, spread_text, summarize
 from bench.worker import BenchError
 from runtime import machine
+from runtime.artifacts import FP16_ONNX, FP32_ONNX, INT8_CPU_ONNX, INT8_ONNX
+from runtime.contract import TRAINING_KEY
 from runtime.ioutil import atomic_write_text, fail, save_figure, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 from train import evaluate
@@ -53,38 +55,6 @@ PREPARE_RECIPE = 3  # bump when bench/prepare.py makes different files: cached f
 NOISY_SPREAD = 1.5  # p90 above 1.5x p50: other load on the machine disturbed the row
 ORT_CPU_FP16_REASON = ("ONNX Runtime's CPU provider has no FP16 convolution kernels on x86: it inserts casts "
                        "and runs FP32 (see export/fp16.py); FP16 is a GPU precision")
-
-
-@dataclass
-class Config:
-    """One (model, input size) and the ONNX files that run it."""
-
-    model: str
-    width: float
-    num_classes: int
-    size: str
-    checkpoint: str | None = None
-    random_width: float | None = None
-    accuracy: bool = True
-    floors: bool = False
-    list_skipped: bool = False  # skipped rows are listed once per main configuration, not per sweep size
-    heavy: bool = False  # the full-width model: fewer timed runs
-    training: str | None = None  # the checkpoint's training summary (JSON), to match build/'s export
-    files: dict[str, Path] = field(default_factory=dict)
-    origin: str = ""
-
-
-@dataclass
-class Job:
-    config: Config
-    backend: str
-    precision: str
-    device: str
-    variant: str = ""
-    file: Path | None = None
-    provider: str = "cpu"
-    extra: list[str] = field(default_factory=list)
-    skipped: str | None = None
 
 
 # ---------------------------------------------------------------- arguments and environment
@@ -223,7 +193,6 @@ def machine_info(threads: int, torch_info: dict | None, numpy_peak: dict) -> dic
 # ---------------------------------------------------------------- configurations and their files
 
 
-TRAINING_KEY = "roadseg.training"  # export.onnx_export writes the checkpoint's training summary here
 
 
 def onnx_description(path: Path) -> tuple[dict, str, dict[str, str]]:
@@ -237,7 +206,7 @@ def onnx_description(path: Path) -> tuple[dict, str, dict[str, str]]:
 
 def build_files(build: Path, config: Config) -> dict[str, Path]:
     """The build folder's files when they are this configuration's model (same training run) and size."""
-    fp32 = build / "model.fp32.onnx"
+    fp32 = build / FP32_ONNX
     if not fp32.is_file():
         return {}
     try:
@@ -249,8 +218,8 @@ def build_files(build: Path, config: Config) -> dict[str, Path]:
     if config.training is not None and metadata.get(TRAINING_KEY) != config.training:
         print(f"  {fp32} is the export of another training run than {config.checkpoint}: not used", flush=True)
         return {}
-    names = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8_tensorrt": "model.int8.onnx",
-             "int8_cpu": "model.int8_cpu.onnx"}
+    names = {"fp32": FP32_ONNX, "fp16": FP16_ONNX, "int8_tensorrt": INT8_ONNX,
+             "int8_cpu": INT8_CPU_ONNX}
     files = {key: build / name for key, name in names.items() if (build / name).is_file()}
     for engine in sorted(build.glob("*.engine")) + sorted(build.glob("*.plan")):
         files[f"engine:{engine.name}"] = engine
@@ -305,12 +274,12 @@ def plan_configs(args: argparse.Namespace, torch_info: dict | None) -> list[Conf
     training = None
     if described:
         arch, size, training = described["arch"], described["input_size"], described.get("training")
-    elif (build / "model.fp32.onnx").is_file():  # no torch: the exported model is all there is
-        arch, size, _ = onnx_description(build / "model.fp32.onnx")
+    elif (build / FP32_ONNX).is_file():  # no torch: the exported model is all there is
+        arch, size, _ = onnx_description(build / FP32_ONNX)
     else:
-        raise BenchError(f"{checkpoint}: not found (and no {build / 'model.fp32.onnx'}); "
+        raise BenchError(f"{checkpoint}: not found (and no {build / FP32_ONNX}); "
                          "pass --checkpoint or run `make export`")
-    name = checkpoint.stem if checkpoint.is_file() else (build / "model.fp32.onnx").name
+    name = checkpoint.stem if checkpoint.is_file() else (build / FP32_ONNX).name
     shipped = Config(name, float(arch.get("width", 1.0)), int(arch.get("num_classes", 2)), size,
                      checkpoint=str(checkpoint) if checkpoint.is_file() else None,
                      floors=True, list_skipped=True, training=training)
@@ -704,7 +673,7 @@ def probe_torch(args: argparse.Namespace, env: dict[str, str]) -> dict | None:
     command = ["--probe", "--threads", str(args.threads), "--matmul-size", str(args.matmul_size)]
     if Path(args.checkpoint).is_file():
         command += ["--checkpoint", args.checkpoint]
-    elif not (Path(args.build) / "model.fp32.onnx").is_file():
+    elif not (Path(args.build) / FP32_ONNX).is_file():
         raise BenchError(f"--checkpoint {args.checkpoint}: not found")
     return run_child(torch_worker, command, env)
 

@@ -54,7 +54,7 @@ def probe(args: argparse.Namespace) -> dict:
 
         payload = read_checkpoint(args.checkpoint)
         spec = PreprocessSpec.from_json(payload["preprocess"])
-        # The exported ONNX carries the same JSON (export.onnx_export.TRAINING_KEY): the benchmark uses it to
+        # The exported ONNX carries the same JSON (runtime.contract.TRAINING_KEY): the benchmark uses it to
         # tell whether build/ holds this checkpoint's export or an older one.
         result["checkpoint"] = {"arch": payload["arch"], "input_size": f"{spec.input_height}x{spec.input_width}",
                                 "training": json.dumps(payload.get("summary", {}), sort_keys=True, default=str)}

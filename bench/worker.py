@@ -170,10 +170,10 @@ def ort_matmul_gflops(threads: int, size: int = 4096, repeats: int = 3) -> float
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     a = np.random.default_rng(0).standard_normal((size, size), dtype=np.float32)
-    session.run(None, {"a": a})
-    best = min(_timed(lambda: session.run(None, {"a": a})) for _ in range(repeats))
+    ort_session.run(None, {"a": a})
+    best = min(_timed(lambda: ort_session.run(None, {"a": a})) for _ in range(repeats))
     return round(2.0 * size**3 / best / 1e9, 1)
 
 

@@ -35,6 +35,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.calibrate import save_tensors_data
 
 from export.onnx_export import set_metadata
+from runtime.artifacts import INT8_ONNX
 from runtime.contract import CALIBRATION_KEY, PRECISION_KEY
 from runtime.ioutil import atomic_write_bytes
 
@@ -142,7 +143,7 @@ def quantize_int8(prepared_path: str | Path, out_path: str | Path, tensors: np.n
     symmetric = flavour == "tensorrt"
     ranges = calibrate_ranges(prepared_path, tensors, method, symmetric, percentile, QUANTIZED_OPS, bins)
     with tempfile.TemporaryDirectory(prefix="roadseg-quant-") as scratch:
-        temp_out, cache = Path(scratch) / "model.int8.onnx", Path(scratch) / "ranges.json"
+        temp_out, cache = Path(scratch) / INT8_ONNX, Path(scratch) / "ranges.json"
         save_tensors_data(ranges, cache)
         quantize_static(str(prepared_path), str(temp_out), None, calibration_cache_path=str(cache), **options)
         model = onnx.load(str(temp_out))

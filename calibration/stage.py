@@ -32,7 +32,8 @@ from calibration.quantize import (
     write_calibration_tables,
 )
 from calibration.strongly_typed import write_int8_fp16
-from runtime.contract import INT8_FP16_NAME, ModelFileError, parse_preprocess
+from runtime.artifacts import ACCURACY_MD_FILE, FP32_ONNX, INT8_CPU_ONNX, INT8_FP16_ONNX, INT8_ONNX, int8_candidate_name
+from runtime.contract import SOURCE_ONNX_SHA256_KEY, ModelFileError, parse_preprocess
 
 
 class GateError(RuntimeError):
@@ -71,23 +72,23 @@ def run_calibration(build: Path, source: Path, data: Path,
     with tempfile.TemporaryDirectory(prefix="roadseg-prep-") as scratch:
         prepared = preprocess_for_quantization(fp32, Path(scratch) / "model.prep.onnx")
         best, _ = compare_methods(options, build, data, fp32, metadata, calib, prepared)
-        promote(build / "calibration" / "candidates" / f"model.int8.{best}.onnx", build / "model.int8.onnx")
-        write_int8_fp16(build / "model.int8.onnx", build / INT8_FP16_NAME)
-        stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
-        quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", calib.tensors(), best, stamp, calib.identity,
+        promote(build / "calibration" / "candidates" / int8_candidate_name(best), build / INT8_ONNX)
+        write_int8_fp16(build / INT8_ONNX, build / INT8_FP16_ONNX)
+        stamp = {**metadata, SOURCE_ONNX_SHA256_KEY: sha256_file(fp32)}
+        quantize_cpu_tuned(prepared, build / INT8_CPU_ONNX, calib.tensors(), best, stamp, calib.identity,
                            options.percentile, options.histogram_bins)
-    print(f"wrote {build / 'model.int8.onnx'} (TensorRT Q/DQ, {best}), {build / INT8_FP16_NAME} (the same "
-          f"with an FP16 rest, for strongly typed TensorRT) and {build / 'model.int8_cpu.onnx'} (CPU-tuned u8 Q/DQ)")
+    print(f"wrote {build / INT8_ONNX} (TensorRT Q/DQ, {best}), {build / INT8_FP16_ONNX} (the same "
+          f"with an FP16 rest, for strongly typed TensorRT) and {build / INT8_CPU_ONNX} (CPU-tuned u8 Q/DQ)")
     ranges = activation_ranges(fp32, calib.tensors(), best, options.percentile, options.histogram_bins)
     table = write_calibration_tables(ranges, build / "calibration" / "trt", best, calib.identity)
     print(f"wrote TensorRT calibration tables for {len(absolute_max(ranges))} tensors: {table.parent}")
     rows = accuracy_gate(build, data, options.progress)
-    return CalibrationResult(best, calib.identity, build / "model.int8.onnx", build / INT8_FP16_NAME,
-                             build / "model.int8_cpu.onnx", rows)
+    return CalibrationResult(best, calib.identity, build / INT8_ONNX, build / INT8_FP16_ONNX,
+                             build / INT8_CPU_ONNX, rows)
 
 
 def read_fp32(build: Path) -> tuple[Path, dict[str, str]]:
-    path = build / "model.fp32.onnx"
+    path = build / FP32_ONNX
     if not path.is_file():
         raise CalibrationError(f"{path}: not found; run `make export` first")
     try:
@@ -120,8 +121,8 @@ def compare_methods(options: CalibrationOptions, build: Path, data: Path, fp32: 
     candidates = build / "calibration" / "candidates"
     artifacts = [Artifact("FP32 ONNX", fp32, "fp32", fp32, "ONNX Runtime CPU")]
     for method in options.methods:
-        path = candidates / f"model.int8.{method}.onnx"
-        stamp = {**metadata, "roadseg.source_onnx_sha256": sha256_file(fp32)}
+        path = candidates / int8_candidate_name(method)
+        stamp = {**metadata, SOURCE_ONNX_SHA256_KEY: sha256_file(fp32)}
         quantize_int8(prepared, path, tensors, method, "tensorrt", options.percentile, stamp, calib.identity,
                       options.histogram_bins)
         artifacts.append(Artifact(f"INT8 {method}", path, "int8", path, "ONNX Runtime CPU (s8s8 Q/DQ)"))
@@ -163,6 +164,6 @@ def accuracy_gate(build: Path, data: Path, progress: bool) -> list[dict]:
             if row["precision"] == "int8":
                 Path(row["file"]).unlink(missing_ok=True)
         raise GateError(f"ACCURACY GATE FAILED: {broken_floors(rows)[0]}; removed the INT8 file(s) "
-                        f"that broke it (table: {build / 'accuracy.md'})")
-    print(f"wrote {build / 'accuracy.md'}")
+                        f"that broke it (table: {build / ACCURACY_MD_FILE})")
+    print(f"wrote {build / ACCURACY_MD_FILE}")
     return rows

@@ -35,7 +35,6 @@ import onnx
 
 from engine.trt_builder import (
     INT8_MODES,
-    PRECISIONS,
     BuildOptions,
     BuiltEngine,
     EngineBuildError,
@@ -46,7 +45,18 @@ from engine.trt_builder import (
     rtx_targets,
     trtexec_command,
 )
-from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT
+from runtime.artifacts import (
+    CALIBRATION_MANIFEST_FILE,
+    ENGINE_CACHE_KEY,
+    ENGINE_PRECISIONS,
+    FP16_ONNX,
+    FP32_ONNX,
+    INT8_FP16_ONNX,
+    INT8_ONNX,
+    TENSORRT_RANGES_FILE,
+    engine_name,
+)
+from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT, SOURCE_ONNX_SHA256_KEY
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import GpuInfo, probe_cuda, sidecar_path
@@ -85,7 +95,7 @@ def parse_profile(text: str | None) -> tuple | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--precision", default="fp16", choices=PRECISIONS)
+    parser.add_argument("--precision", default="fp16", choices=ENGINE_PRECISIONS)
     parser.add_argument("--int8-mode", default="qdq", choices=INT8_MODES,
                         help="qdq: the Q/DQ ONNX (all versions); calibrator: FP32 ONNX + IInt8EntropyCalibrator2 "
                              "with the calibration cache (TensorRT <= 10)")
@@ -141,7 +151,7 @@ def rebuild_command(args: argparse.Namespace, flavour: str | None = None) -> str
 
 def onnx_is_current(build: Path, checkpoint: Path) -> bool:
     parity = build / "parity.json"
-    if not (build / "model.fp32.onnx").is_file() or not (build / "model.fp16.onnx").is_file():
+    if not (build / FP32_ONNX).is_file() or not (build / FP16_ONNX).is_file():
         return False
     if not parity.is_file() or not checkpoint.is_file():
         return not checkpoint.is_file() and parity.is_file()  # no checkpoint here: trust what was built
@@ -150,13 +160,13 @@ def onnx_is_current(build: Path, checkpoint: Path) -> bool:
 
 
 def int8_is_current(build: Path) -> bool:
-    int8 = build / "model.int8.onnx"
-    if not int8.is_file() or not (build / "calibration" / "manifest.json").is_file():
+    int8 = build / INT8_ONNX
+    if not int8.is_file() or not (build / CALIBRATION_MANIFEST_FILE).is_file():
         return False
-    if not (build / "model.int8_fp16.onnx").is_file():
+    if not (build / INT8_FP16_ONNX).is_file():
         return False  # a build/ from before the strongly typed INT8 file existed
     metadata = {p.key: p.value for p in onnx.load(str(int8), load_external_data=False).metadata_props}
-    return metadata.get("roadseg.source_onnx_sha256") == sha256_file(build / "model.fp32.onnx")
+    return metadata.get(SOURCE_ONNX_SHA256_KEY) == sha256_file(build / FP32_ONNX)
 
 
 def torch_available() -> bool:
@@ -188,12 +198,12 @@ def ensure_onnx(args: argparse.Namespace, build: Path) -> None:
         if not onnx_is_current(build, checkpoint):
             run_export(checkpoint, build, data, ExportOptions(progress=progress))
         else:
-            print(f"ONNX up to date: {build / 'model.fp32.onnx'}, {build / 'model.fp16.onnx'}")
+            print(f"ONNX up to date: {build / FP32_ONNX}, {build / FP16_ONNX}")
         if args.precision == "int8":
             if not int8_is_current(build):
                 run_calibration(build, data, data, CalibrationOptions(progress=progress))
             else:
-                print(f"INT8 ONNX and calibration up to date: {build / 'model.int8.onnx'}")
+                print(f"INT8 ONNX and calibration up to date: {build / INT8_ONNX}")
     except (*GATE_ERRORS, CalibrationGateError) as error:  # a gate failed: exit 1, as the stage's own CLI does
         raise SystemExit(fail(error, 1)) from error
 
@@ -206,17 +216,17 @@ def calibration_identity(build: Path, options: BuildOptions) -> str | None:
     (another calibration method changes them, not the set), as "MANIFEST+ranges:RANGES"."""
     if options.precision != "int8":
         return None
-    manifest = build / "calibration" / "manifest.json"
+    manifest = build / CALIBRATION_MANIFEST_FILE
     if manifest.is_file():
         identity = sha256_file(manifest)
     else:  # the shipped INT8 files (models/) carry their calibration set's manifest sha256 in their metadata
-        recorded = onnx_metadata(build / "model.int8.onnx").get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
-            (build / "model.int8.onnx").is_file() else None
+        recorded = onnx_metadata(build / INT8_ONNX).get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
+            (build / INT8_ONNX).is_file() else None
         identity = json.loads(recorded).get("manifest_sha256") if recorded else None
         if not identity:
             raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
     if options.int8_mode == "calibrator":
-        ranges = build / "calibration" / "trt" / "ranges.json"
+        ranges = build / TENSORRT_RANGES_FILE
         if not ranges.is_file():
             raise EngineBuildError(f"{ranges}: no calibration ranges; run `make calibrate`")
         identity += f"+ranges:{sha256_file(ranges)}"
@@ -257,7 +267,7 @@ def reusable(engine_path: Path, key: dict) -> bool:
         recorded = json.loads(sidecar.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         return False
-    return (isinstance(recorded, dict) and recorded.get("cache_key_sha256") == key_digest(key)
+    return (isinstance(recorded, dict) and recorded.get(ENGINE_CACHE_KEY) == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
 
 
@@ -271,7 +281,7 @@ def write_engine(engine_path: Path, built: BuiltEngine, key: dict, metadata: dic
 
     atomic_write_bytes(engine_path, built.engine)
     sidecar = {"format": SIDECAR_FORMAT, "flavour": key["flavour"], "cache_key": key,
-               "cache_key_sha256": key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
+               ENGINE_CACHE_KEY: key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
                "engine_bytes": len(built.engine), "io": built.io,
                "metadata": {**metadata, PRECISION_KEY: key["precision"]}, "rebuild": rebuild}
     atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
@@ -323,7 +333,7 @@ def calibration_cache_bytes(build: Path, trt_version: str) -> bytes:
     """TensorRT's native cache for this version, written from the calibrate stage's |max| table."""
     from calibration.quantize import trt_cache_text
 
-    ranges = build / "calibration" / "trt" / "ranges.json"
+    ranges = build / TENSORRT_RANGES_FILE
     if not ranges.is_file():
         raise EngineBuildError(f"{ranges}: no calibration ranges; run `make calibrate`")
     amax = json.loads(ranges.read_text())["amax"]
@@ -346,7 +356,7 @@ def build_engine(args: argparse.Namespace, build: Path, trt, gpu: GpuInfo | None
         raise EngineBuildError(f"{onnx_path}: not found; run `make export calibrate`")
     targets = rtx_targets(trt, options) if flavour == TENSORRT_RTX else []
     key = cache_key(onnx_path, options, calibration_identity(build, options), trt_version, gpu, flavour, targets)
-    engine_path = build / f"model.{options.precision}.engine"
+    engine_path = build / engine_name(options.precision)
     if reusable(engine_path, key) and not args.force:
         print(f"engine up to date: {engine_path} (cache key {key_digest(key)[:12]} matches)")
         return engine_path

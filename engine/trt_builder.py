@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.artifacts import ENGINE_PRECISIONS, FP16_ONNX, FP32_ONNX, INT8_FP16_ONNX, INT8_ONNX
 from runtime.trt_flavour import (
     TENSORRT,
     TENSORRT_RTX,
@@ -35,7 +36,6 @@ from runtime.trt_flavour import (
     strongly_typed,
 )
 
-PRECISIONS = ("fp32", "fp16", "int8")
 INT8_MODES = ("qdq", "calibrator")
 
 
@@ -57,8 +57,8 @@ class BuildOptions:
     compute_capabilities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise EngineBuildError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
+        if self.precision not in ENGINE_PRECISIONS:
+            raise EngineBuildError(f"--precision {self.precision}: expected one of {', '.join(ENGINE_PRECISIONS)}")
         if self.int8_mode not in INT8_MODES:
             raise EngineBuildError(f"--int8-mode {self.int8_mode}: expected qdq or calibrator")
         if self.workspace_mib <= 0:
@@ -97,13 +97,13 @@ def onnx_for(precision: str, int8_mode: str, typed: bool, build: Path) -> Path:
         if typed:
             raise EngineBuildError("--int8-mode calibrator: strongly typed TensorRT (11.x, TensorRT-RTX) has no "
                                    "implicit INT8 calibration; use --int8-mode qdq (the Q/DQ model)")
-        return build / "model.fp32.onnx"
+        return build / FP32_ONNX
     if precision == "int8":
         # Strongly typed: the Q/DQ model whose float rest is FP16 (calibration/strongly_typed.py says why).
-        return build / ("model.int8_fp16.onnx" if typed else "model.int8.onnx")
+        return build / (INT8_FP16_ONNX if typed else INT8_ONNX)
     if precision == "fp16" and typed:
-        return build / "model.fp16.onnx"
-    return build / "model.fp32.onnx"
+        return build / FP16_ONNX
+    return build / FP32_ONNX
 
 
 def rtx_targets(trt, options: BuildOptions) -> list[str]:

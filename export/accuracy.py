@@ -21,7 +21,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.contract import INT8_FP16_NAME
+from runtime.artifacts import (
+    ACCURACY_JSON_FILE,
+    ACCURACY_MD_FILE,
+    FP16_ONNX,
+    FP32_ONNX,
+    INT8_CPU_ONNX,
+    INT8_FP16_ONNX,
+    INT8_ONNX,
+)
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.openvino_backend import INT8_BF16
 from runtime.paths import DEFAULT_KITTI_DIR
@@ -128,11 +136,11 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
     from export.fp16 import write_emulation
 
     candidates = [
-        ("FP32 ONNX", build / "model.fp32.onnx", "fp32", "ONNX Runtime CPU"),
-        ("FP16 ONNX", build / "model.fp16.onnx", "fp16", "ONNX Runtime CPU, FP16 emulation"),
-        ("INT8 Q/DQ ONNX (TensorRT)", build / "model.int8.onnx", "int8", "ONNX Runtime CPU (s8s8 Q/DQ)"),
-        ("INT8 Q/DQ ONNX (CPU)", build / "model.int8_cpu.onnx", "int8", "ONNX Runtime CPU (u8s8 Q/DQ)"),
-        ("INT8 Q/DQ + FP16 rest (TensorRT 11/RTX)", build / INT8_FP16_NAME, "int8",
+        ("FP32 ONNX", build / FP32_ONNX, "fp32", "ONNX Runtime CPU"),
+        ("FP16 ONNX", build / FP16_ONNX, "fp16", "ONNX Runtime CPU, FP16 emulation"),
+        ("INT8 Q/DQ ONNX (TensorRT)", build / INT8_ONNX, "int8", "ONNX Runtime CPU (s8s8 Q/DQ)"),
+        ("INT8 Q/DQ ONNX (CPU)", build / INT8_CPU_ONNX, "int8", "ONNX Runtime CPU (u8s8 Q/DQ)"),
+        ("INT8 Q/DQ + FP16 rest (TensorRT 11/RTX)", build / INT8_FP16_ONNX, "int8",
          "ONNX Runtime CPU, FP16 emulation"),
     ]
     artifacts = []
@@ -144,7 +152,7 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
             scored = write_emulation(path, build / "scoring" / f"{path.stem}.cpu-emulation.onnx")
         artifacts.append(Artifact(label, path, precision, scored, runs_as))
     if not artifacts or artifacts[0].precision != "fp32":
-        raise AccuracyError(f"{build / 'model.fp32.onnx'}: not found; run `make export` first")
+        raise AccuracyError(f"{build / FP32_ONNX}: not found; run `make export` first")
     return artifacts + openvino_artifacts(artifacts, precisions)
 
 
@@ -184,7 +192,7 @@ def report_openvino_floors(rows: list[dict]) -> None:
 def run_gate(build: Path, kitti_dir: str | Path, progress: bool = True,
              precisions: tuple[str, ...] | None = None) -> list[dict]:
     rows = gate_rows(standard_artifacts(build, precisions), kitti_dir, build, progress)
-    write_table(rows, build / "accuracy.json", "Accuracy of every artifact on KITTI Road val")
+    write_table(rows, build / ACCURACY_JSON_FILE, "Accuracy of every artifact on KITTI Road val")
     for row in rows:
         drop = "" if row["drop_pt"] is None else f"  drop {row['drop_pt']:+.3f} pt"
         verdict = "ok" if row["passed"] else "BELOW FLOOR"
@@ -205,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(error)
     broken = broken_floors(rows)
     if broken:
-        return fail(f"accuracy gate failed: {broken[0]} (table: {Path(args.build) / 'accuracy.md'})")
+        return fail(f"accuracy gate failed: {broken[0]} (table: {Path(args.build) / ACCURACY_MD_FILE})")
     return 0
 
 

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, PreprocessSpec
+from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, TRAINING_KEY, PreprocessSpec
 from runtime.ioutil import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is needed to export, not to stamp metadata (calibration imports set_metadata)
     import torch
 
-TRAINING_KEY = "roadseg.training"
 COMMIT_KEY = "roadseg.source_commit"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"

@@ -73,8 +73,8 @@ def check_parity(model: torch.nn.Module, spec: PreprocessSpec, onnx_path: str | 
         raise ParityError(f"parity gate needs at least {min_frames} real frames, got {len(frames)}")
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    ort_session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    name = ort_session.get_inputs()[0].name
     preprocess = FramePreprocessor(spec)
     agree = pixels = 0
     max_diff, low, high = 0.0, np.inf, -np.inf
@@ -83,7 +83,7 @@ def check_parity(model: torch.nn.Module, spec: PreprocessSpec, onnx_path: str | 
         batch = preprocess(read_image(path))
         with torch.inference_mode():
             reference = model(torch.from_numpy(batch)).numpy()
-        candidate = session.run(None, {name: batch})[0]
+        candidate = ort_session.run(None, {name: batch})[0]
         if candidate.shape != reference.shape:
             raise ParityError(f"{onnx_path}: output shape {candidate.shape} != PyTorch {reference.shape}")
         agree += int((candidate.argmax(1) == reference.argmax(1)).sum())

@@ -27,12 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.artifacts import onnx_name
+from runtime.contract import COMMIT_KEY, SOURCE_ONNX_SHA256_KEY
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import SHIPPED_CHECKPOINT
 
 VARIANTS = ("fp16", "int8", "int8_fp16", "int8_cpu")
 MAX_SHIPPED_BYTES = 25 * 1024 * 1024
-VOLATILE_METADATA = {"roadseg.source_commit", "roadseg.source_onnx_sha256"}
+VOLATILE_METADATA = {COMMIT_KEY, SOURCE_ONNX_SHA256_KEY}
 MASK_AGREEMENT = 0.999
 FRAMES = 8
 
@@ -53,7 +55,7 @@ def manifest_path(checkpoint: Path) -> Path:
 def write(build: Path, checkpoint: Path) -> list[Path]:
     files = {}
     for variant, target in shipped_paths(checkpoint).items():
-        source = build / f"model.{variant}.onnx"
+        source = build / onnx_name(variant)
         if not source.is_file():
             raise ShippedError(f"{source}: not found; run `make export calibrate` first")
         if source.stat().st_size > MAX_SHIPPED_BYTES:
@@ -93,11 +95,11 @@ def verify(checkpoint: Path) -> dict[str, Path]:
 def ensure_from_models(build: Path, checkpoint: Path) -> None:
     """build/model.VARIANT.onnx from models/ (no torch needed); unchanged files are not rewritten."""
     for variant, source in verify(checkpoint).items():
-        target = build / f"model.{variant}.onnx"
+        target = build / onnx_name(variant)
         if not target.is_file() or sha256_file(target) != sha256_file(source):
             atomic_write_bytes(target, source.read_bytes())
     print(f"ONNX from {checkpoint.parent}/ (shipped with {checkpoint.name}, no PyTorch here): "
-          f"{', '.join(f'model.{v}.onnx' for v in VARIANTS)} in {build}/")
+          f"{', '.join(onnx_name(v) for v in VARIANTS)} in {build}/")
 
 
 # ---- check --------------------------------------------------------------------------------------------
@@ -142,9 +144,9 @@ def masks(model_path: Path, frames: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     if has_fp16:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the FP16 rounding
-    session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate([session.run(None, {name: frames[i : i + 1]})[0].argmax(1) for i in range(len(frames))])
+    ort_session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = ort_session.get_inputs()[0].name
+    return np.concatenate([ort_session.run(None, {name: frames[i : i + 1]})[0].argmax(1) for i in range(len(frames))])
 
 
 def check_pair(shipped: Path, fresh: Path, frames: np.ndarray) -> list[str]:
@@ -170,7 +172,7 @@ def check(build: Path, checkpoint: Path) -> list[str]:
     frames = np.ascontiguousarray(np.load(tensors, mmap_mode="r")[:FRAMES], np.float32)
     lines = []
     for variant, shipped in paths.items():
-        fresh = build / f"model.{variant}.onnx"
+        fresh = build / onnx_name(variant)
         if not fresh.is_file():
             raise ShippedError(f"{fresh}: not found; run `make calibrate` first")
         problems = check_pair(shipped, fresh, frames)

@@ -17,6 +17,7 @@ import onnx
 from export.ingraph import InGraphError, wrap_file
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityError
+from runtime.artifacts import FP16_ONNX, FP32_ONNX, onnx_name
 from runtime.ioutil import atomic_write_text, sha256_file, temporary_sibling
 from runtime.paths import DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
@@ -53,14 +54,14 @@ def run_export(checkpoint: Path, build: Path, data: Path, options: ExportOptions
     """Export, gate and write the ONNX files of `checkpoint` into `build`, gated on the KITTI folder `data`."""
     check_writable(build)
     parity = export_fp32(checkpoint, build, data, options)
-    result = ExportResult(build / "model.fp32.onnx", parity)
+    result = ExportResult(build / FP32_ONNX, parity)
     if options.fp16:
         result.fp16 = export_fp16(build)
         if options.accuracy:
             accuracy_gate(build, data, options.progress)
     if options.in_graph:
         for precision in ("fp32", "fp16") if options.fp16 else ("fp32",):
-            result.in_graph.append(wrap_file(build / f"model.{precision}.onnx", Path(options.video)))
+            result.in_graph.append(wrap_file(build / onnx_name(precision), Path(options.video)))
     return result
 
 
@@ -114,7 +115,7 @@ def export_fp32(checkpoint: Path, build: Path, data: Path, options: ExportOption
 
     model, spec, payload = load_checkpoint(checkpoint)
     frames = val_frames(data, options.parity_frames)
-    final = build / "model.fp32.onnx"
+    final = build / FP32_ONNX
     raw, slimmed = temporary_sibling(final), temporary_sibling(final, ".slim.onnx")
     try:
         export_onnx(model, spec, payload["arch"], payload.get("summary", {}), raw, opset=options.opset,
@@ -145,8 +146,8 @@ def export_fp32(checkpoint: Path, build: Path, data: Path, options: ExportOption
 def export_fp16(build: Path) -> Path:
     from export.fp16 import write_fp16
 
-    final = build / "model.fp16.onnx"
-    write_fp16(build / "model.fp32.onnx", final)
+    final = build / FP16_ONNX
+    write_fp16(build / FP32_ONNX, final)
     print(f"wrote {final}  (FP16 weights and activations, FP32 input/output)")
     return final
 
@@ -158,5 +159,5 @@ def accuracy_gate(build: Path, data: Path, progress: bool) -> None:
     report_openvino_floors(rows)
     broken = broken_floors(rows)
     if broken:
-        (build / "model.fp16.onnx").unlink(missing_ok=True)
-        raise ExportError(f"ACCURACY GATE FAILED: {broken[0]}; removed {build / 'model.fp16.onnx'}")
+        (build / FP16_ONNX).unlink(missing_ok=True)
+        raise ExportError(f"ACCURACY GATE FAILED: {broken[0]}; removed {build / FP16_ONNX}")

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.artifacts import ACCURACY_JSON_FILE
 from runtime.backends import Backend, open_backend
-from runtime.contract import ModelFileError
+from runtime.contract import PRECISIONS, ModelFileError
 from runtime.ioutil import atomic_write_text, sha256_file
 from runtime.machine import cpu_name
 from runtime.openvino_backend import INT8_BF16, bf16_supported, openvino_installed
@@ -35,7 +36,8 @@ CACHE_NAME = "backend-probe.json"
 PROBE_WARMUP, PROBE_ROUNDS = 3, 12
 MAX_CACHE_ENTRIES = 64
 BACKENDS = ("onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16", "int8", INT8_BF16)
+# What OpenVINO runs on a CPU: every model precision but FP16 (a GPU artifact), and an INT8 file with a bf16 rest.
+OPENVINO_PRECISIONS = (*(precision for precision in PRECISIONS if precision != "fp16"), INT8_BF16)
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,14 @@ def gated_openvino_precisions(model: Path, digest: str) -> set[str]:
     """OpenVINO precisions that passed the accuracy gate for exactly these bytes (accuracy.json beside the
     model, written by `make export`/`make calibrate`); anything unreadable counts as not gated."""
     try:
-        rows = json.loads((model.parent / "accuracy.json").read_text()).get("rows", [])
+        rows = json.loads((model.parent / ACCURACY_JSON_FILE).read_text()).get("rows", [])
     except (OSError, ValueError, AttributeError):
         return set()
     if not isinstance(rows, list):
         return set()
     return {row["precision"] for row in rows
             if isinstance(row, dict) and row.get("backend") == "openvino" and row.get("sha256") == digest
-            and row.get("passed") is True and row.get("precision") in PRECISIONS}
+            and row.get("passed") is True and row.get("precision") in OPENVINO_PRECISIONS}
 
 
 def candidates(model: Path, file_precision: str, digest: str) -> list[tuple[str, str]]:
@@ -124,7 +126,8 @@ def read_cache(path: Path) -> dict:
 
 
 def valid_entry(entry: object) -> bool:
-    if not isinstance(entry, dict) or entry.get("backend") not in BACKENDS or entry.get("precision") not in PRECISIONS:
+    if (not isinstance(entry, dict) or entry.get("backend") not in BACKENDS
+            or entry.get("precision") not in OPENVINO_PRECISIONS):
         return False
     timings = entry.get("timings_ms")
     if not isinstance(timings, dict) or not timings or len(timings) > 8:
@@ -172,7 +175,7 @@ def open_auto(model: str | Path, threads: int | None, spinning: bool) -> tuple[B
     model = Path(model)
     backend = open_backend(model, "auto", threads, spinning)
     if backend.name != "onnxruntime" or backend.device != "cpu" or not openvino_installed() \
-            or backend.precision not in PRECISIONS:  # an FP16 file is a GPU artifact: as before
+            or backend.precision not in OPENVINO_PRECISIONS:  # an FP16 file is a GPU artifact: as before
         return backend, None
     if getattr(backend, "in_graph", False):  # the OpenVINO backend takes the float-input form only
         return backend, Choice(backend.name, backend.precision, {}, why="in-graph pre/post model: ONNX Runtime")

@@ -61,9 +61,9 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 def load_gpu_libraries(ort) -> None:
-    """Load CUDA/cuDNN from pip's nvidia-* wheels (as torch installs them) before a GPU session is made.
+    """Load CUDA/cuDNN from pip's nvidia-* wheels (as torch installs them) before a GPU InferenceSession is made.
 
-    onnxruntime-gpu links them at session creation through the system loader, which does not search
+    onnxruntime-gpu links them when an InferenceSession is created through the system loader, which does not search
     site-packages: without this a machine whose CUDA came with torch silently runs on the CPU provider.
     Where the libraries are system-wide (JetPack, a CUDA install) or the build has no preload_dlls, it changes
     nothing.
@@ -73,7 +73,7 @@ def load_gpu_libraries(ort) -> None:
         return
     try:
         preload(msvc=False)
-    except Exception:  # a best effort: the session itself reports a provider that cannot start
+    except Exception:  # a best effort: the InferenceSession itself reports a provider that cannot start
         pass
 
 
@@ -103,25 +103,25 @@ class OnnxRuntimeBackend:
         if any(p in GPU_PROVIDERS for p in providers):
             load_gpu_libraries(ort)
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.ort_session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as error:  # ORT raises its own exception types for foreign or corrupt files
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.metadata = dict(self.ort_session.get_modelmeta().custom_metadata_map)
         self.spec = parse_preprocess(self.metadata, path)
         self.in_graph = parse_io_form(self.metadata, path)
-        check_graph_io(self.spec, [ort_tensor_info(i) for i in self.session.get_inputs()],
-                       [ort_tensor_info(o) for o in self.session.get_outputs()], path, self.in_graph)
+        check_graph_io(self.spec, [ort_tensor_info(i) for i in self.ort_session.get_inputs()],
+                       [ort_tensor_info(o) for o in self.ort_session.get_outputs()], path, self.in_graph)
         self.precision = parse_precision(self.metadata, path)
-        self.provider = self.session.get_providers()[0]
+        self.provider = self.ort_session.get_providers()[0]
         if provider in ("cuda", "tensorrt") and self.provider != providers[0]:
             # ORT falls back to the next provider when one cannot start (no CUDA/cuDNN/TensorRT libraries): a
             # forced backend must not quietly report CPU or CUDA timings under the other's name.
             raise ModelFileError(f"--backend {provider}: ONNX Runtime could not start {providers[0]} (it fell back "
                                  f"to {self.provider}); check the CUDA/cuDNN/TensorRT libraries it needs")
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()
-        self.input_name = self.session.get_inputs()[0].name
-        self.output_name = self.session.get_outputs()[0].name
+        self.input_name = self.ort_session.get_inputs()[0].name
+        self.output_name = self.ort_session.get_outputs()[0].name
         self.path = path
 
     @staticmethod
@@ -147,7 +147,7 @@ class OnnxRuntimeBackend:
         return names[0][0] if names and names[0][0] else "cuda"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
+        return self.ort_session.run([self.output_name], {self.input_name: batch})[0]
 
 
 def model_description(metadata: dict[str, str]) -> dict:

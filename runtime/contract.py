@@ -35,9 +35,7 @@ IO_KEY = "roadseg.io"
 IN_GRAPH_IO = "uint8_bgr_nhwc_to_road_mask"
 
 SIDECAR_FORMAT = "roadseg-engine-v1"
-# The Q/DQ INT8 file whose unquantized rest is FP16: what strongly typed builders (TensorRT 11, -RTX) take for INT8.
-INT8_FP16_NAME = "model.int8_fp16.onnx"
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")  # the one list; engine and OpenVINO subsets derive from it
 COLOR_ORDERS = ("RGB",)
 LAYOUTS = ("NCHW",)
 

@@ -12,17 +12,18 @@ import importlib.util
 import os
 from pathlib import Path
 
+from runtime.artifacts import FP16_INGRAPH_ONNX, FP16_ONNX, FP32_INGRAPH_ONNX, FP32_ONNX, INT8_CPU_ONNX, INT8_ONNX
 from runtime.backends import ENGINE_SUFFIXES, cuda_provider_available
 from runtime.contract import ModelFileError
 from runtime.paths import SHIPPED_CHECKPOINT
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CPU_ORDER = ("model.int8_cpu.onnx", "model.int8.onnx", "model.fp32.onnx")
+CPU_ORDER = (INT8_CPU_ONNX, INT8_ONNX, FP32_ONNX)
 # On a GPU the in-graph form wins (H100, CUDA provider: end-to-end 2.07 vs 3.05 ms FP16, 1.86 vs 2.54 ms FP32):
 # only the resize stays on the CPU. On a CPU it loses (ONNX Runtime runs the cast/normalise slower than the
 # runtime's fused one), so CPU_ORDER keeps the float-input files.
-CUDA_ORDER = ("model.fp16.ingraph.onnx", "model.fp32.ingraph.onnx", "model.fp16.onnx", "model.fp32.onnx",
-              "model.int8.onnx")
+CUDA_ORDER = (FP16_INGRAPH_ONNX, FP32_INGRAPH_ONNX, FP16_ONNX, FP32_ONNX,
+              INT8_ONNX)
 ENGINE_PRECISION_ORDER = ("int8", "fp16", "fp32")
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runtime.artifacts import CALIBRATION_MANIFEST_FILE, FP16_ONNX, FP32_ONNX, INT8_CPU_ONNX, INT8_FP16_ONNX, INT8_ONNX
+
 REQUIRE_ENV = "ROADSEG_REQUIRE_TENSORRT_RTX"
 
 
@@ -37,19 +39,19 @@ def make_tiny_artifacts(build: Path) -> Path:
 
     torch.manual_seed(0)
     model = FCN8s(num_classes=2, width=0.125).eval()
-    fp32 = build / "model.fp32.onnx"
+    fp32 = build / FP32_ONNX
     export_onnx(model, PreprocessSpec(64, 192), model.arch(), {"config": "test"}, fp32)
-    write_fp16(fp32, build / "model.fp16.onnx")
+    write_fp16(fp32, build / FP16_ONNX)
     tensors = np.random.default_rng(0).standard_normal((4, 3, 64, 192)).astype(np.float32)
     prepared = preprocess_for_quantization(fp32, build / "prep.onnx")
     import onnx
 
     # As `python -m calibration` does: every INT8 file carries the FP32 file's contract.
     stamp = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
-    quantize_int8(prepared, build / "model.int8.onnx", tensors, "minmax", metadata=stamp)
-    write_int8_fp16(build / "model.int8.onnx", build / "model.int8_fp16.onnx")
-    quantize_cpu_tuned(prepared, build / "model.int8_cpu.onnx", tensors, "minmax", stamp, "")
+    quantize_int8(prepared, build / INT8_ONNX, tensors, "minmax", metadata=stamp)
+    write_int8_fp16(build / INT8_ONNX, build / INT8_FP16_ONNX)
+    quantize_cpu_tuned(prepared, build / INT8_CPU_ONNX, tensors, "minmax", stamp, "")
     (build / "calibration").mkdir()
-    (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
+    (build / CALIBRATION_MANIFEST_FILE).write_text('{"format": "roadseg-calibration-v1"}\n')
     np.save(build / "calibration" / "tensors.npy", tensors)
     return build

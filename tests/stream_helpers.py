@@ -19,7 +19,7 @@ TINY_SIZE_HW = (96, 320)
 
 def tiny_onnx_model(base: Path) -> Path:
     """A real FCN-8s (width 0.125, random weights, fixed seed) exported with the real exporter; built once
-    per test session and shared through the session's base temp folder."""
+    per pytest run and shared through its base temp folder."""
     path = base / "roadseg_tiny_model" / "tiny.onnx"
     if path.is_file():
         return path

@@ -23,6 +23,15 @@ from calibration.quantize import preprocess_for_quantization, quantize_int8, trt
 from export.onnx_export import export_onnx, roadseg_metadata
 from kitti.data import write_synthetic_kitti
 from kitti.frames import stratified_quota
+from runtime.artifacts import (
+    ACCURACY_JSON_FILE,
+    CALIBRATION_MANIFEST_FILE,
+    FP32_ONNX,
+    INT8_CPU_ONNX,
+    INT8_FP16_ONNX,
+    INT8_ONNX,
+    TENSORRT_RANGES_FILE,
+)
 from runtime.backends import open_backend
 from runtime.contract import PRECISION_KEY, PreprocessSpec
 
@@ -37,7 +46,7 @@ def kitti(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_fp32(tmp_path_factory) -> Path:
     model = random_fcn8s()
-    path = tmp_path_factory.mktemp("onnx") / "model.fp32.onnx"
+    path = tmp_path_factory.mktemp("onnx") / FP32_ONNX
     export_onnx(model, SPEC, model.arch(), {"config": "test"}, path)
     return path
 
@@ -94,13 +103,13 @@ def test_bad_calibration_image_is_one_line_and_writes_no_manifest(tmp_path, dama
     victim.write_bytes(b"" if damage == "empty" else b"\x89PNG\r\n\x1a\n garbage")
     build = tmp_path / "build"
     build.mkdir()
-    (build / "model.fp32.onnx").write_bytes(tiny_fp32.read_bytes())
+    (build / FP32_ONNX).write_bytes(tiny_fp32.read_bytes())
     code = calibrate_main(["--build", str(build), "--source", str(kitti), "--size", "6", "--no-progress"])
     assert code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and str(victim) in lines[0]
     assert ("empty" in lines[0]) if damage == "empty" else ("cannot decode" in lines[0])
-    assert not (build / "calibration" / "manifest.json").exists() and not (build / "model.int8.onnx").exists()
+    assert not (build / CALIBRATION_MANIFEST_FILE).exists() and not (build / INT8_ONNX).exists()
 
 
 def test_missing_calibration_source_is_one_line(tmp_path):
@@ -149,7 +158,7 @@ def test_trt_cache_text_is_tensorrt_format():
 def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_fp32, capsys, monkeypatch):
     build = tmp_path / "build"
     build.mkdir()
-    (build / "model.fp32.onnx").write_bytes(tiny_fp32.read_bytes())
+    (build / FP32_ONNX).write_bytes(tiny_fp32.read_bytes())
     args = ["--build", str(build), "--source", str(kitti), "--data", str(kitti), "--size", "4", "--no-progress",
             "--histogram-bins", "256"]  # fewer bins than the default 2048 keep the test quick
     assert calibrate_main(args) == 0
@@ -159,10 +168,10 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     best = max((r for r in table["rows"] if r["precision"] == "int8"), key=lambda r: r["maxf"])
     assert best["method"] == table["best_method"]
     assert (build / "calibration_methods.md").read_text().count("| INT8") == 3
-    accuracy = json.loads((build / "accuracy.json").read_text())
+    accuracy = json.loads((build / ACCURACY_JSON_FILE).read_text())
     files = [r for r in accuracy["rows"] if r["backend"] == "onnxruntime"]
     assert [r["precision"] for r in files] == ["fp32", "int8", "int8", "int8"]
-    strongly_typed = next(r for r in files if r["file"].endswith("model.int8_fp16.onnx"))
+    strongly_typed = next(r for r in files if r["file"].endswith(INT8_FP16_ONNX))
     assert strongly_typed["runs_as"].endswith("FP16 emulation") and strongly_typed["passed"]
     from runtime.openvino_backend import cpu_precisions, openvino_installed
 
@@ -170,10 +179,10 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     openvino_rows = [r["precision"] for r in accuracy["rows"] if r["backend"] == "openvino"]
     assert openvino_rows[: len(cpu_precisions("fp32"))] == (cpu_precisions("fp32") if openvino_installed() else [])
     assert all(r["passed"] and r["images"] == files[0]["images"] for r in accuracy["rows"])
-    for name in ("model.int8.onnx", "model.int8_cpu.onnx", "model.int8_fp16.onnx"):
+    for name in (INT8_ONNX, INT8_CPU_ONNX, INT8_FP16_ONNX):
         props = {p.key: p.value for p in onnx.load(str(build / name)).metadata_props}
         assert props[PRECISION_KEY] == "int8"
-    ranges = json.loads((build / "calibration" / "trt" / "ranges.json").read_text())
+    ranges = json.loads((build / TENSORRT_RANGES_FILE).read_text())
     assert ranges["amax"]["image"] > 0 and (build / "calibration" / "trt" / "calibration.cache").is_file()
     # An impossible floor: the gate fails loudly and the INT8 files that broke it are gone.
     import export.accuracy
@@ -183,8 +192,8 @@ def test_calibrate_compares_methods_keeps_best_and_gates(tmp_path, kitti, tiny_f
     assert calibrate_main([*args, "--methods", "minmax"]) == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "ACCURACY GATE FAILED" in lines[0]
-    assert not (build / "model.int8.onnx").exists() and not (build / "model.int8_cpu.onnx").exists()
-    assert not (build / "model.int8_fp16.onnx").exists()
+    assert not (build / INT8_ONNX).exists() and not (build / INT8_CPU_ONNX).exists()
+    assert not (build / INT8_FP16_ONNX).exists()
 
 
 def test_subpixel_rewrite_of_the_upsamplers_is_float_equivalent(tiny_fp32, tmp_path):

@@ -190,3 +190,101 @@ def test_stream_image_glob_command(command, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     frames = read_video(out)
     assert len(frames) == 20 and frames[0].shape[1] > 2 * 1200  # side by side: two images wide
+
+
+# --- The README is a manual: short, and every command in it runs or parses -------------------------------------
+
+README = REPO / "README.md"
+README_MAX_CHARS = 15_000
+
+
+def test_readme_is_a_short_manual():
+    size = len(README.read_text())
+    assert size <= README_MAX_CHARS, f"README.md has {size} characters; longer text belongs in docs/*.md"
+
+
+def readme_commands() -> list[str]:
+    """Every command the README shows: each line of a ```bash block and each inline `make ...`/`python ...`."""
+    text = README.read_text()
+    commands = [command for doc, command in doc_commands() if doc == README.name]
+    commands += re.findall(r"`((?:make|python|\.venv/bin/python) [^`]+)`", text)
+    return sorted(set(commands))
+
+
+def make_argv(command: str) -> list[str]:
+    """`make a b VAR=x` -> a dry run of the same targets and variables."""
+    return ["make", "-n", *shlex.split(command)[1:]]
+
+
+def python_help_argv(command: str) -> tuple[list[str], list[str]]:
+    """`python -m mod args` or `python path.py args` -> (the `--help` command line, the options the command uses)."""
+    parts = shlex.split(command)[1:]
+    target = parts[:2] if parts[0] == "-m" else parts[:1]
+    options = [part.split("=")[0] for part in parts[len(target):] if part.startswith("--")]
+    return [*target, "--help"], options
+
+
+def test_readme_lists_commands_and_the_checks_can_fail():
+    commands = readme_commands()
+    assert any(c.startswith("make ") for c in commands) and any("python" in c for c in commands)
+    assert make_argv("make engine PRECISION=int8") == ["make", "-n", "engine", "PRECISION=int8"]
+    assert python_help_argv(".venv/bin/python -m export.shipped check --x 1") == (
+        ["-m", "export.shipped", "--help"], ["--x"])
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("make ")])
+def test_every_readme_make_command_parses(command):
+    """`make -n` resolves the targets and variables without running them: a renamed target fails here."""
+    result = subprocess.run(make_argv(command), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{command}: {result.stderr[-1000:]}"
+
+
+@pytest.mark.parametrize("command", [c for c in readme_commands() if "python" in c.split()[0]])
+def test_every_readme_python_command_parses(command):
+    """Each module or script the README runs answers --help, and every option the README gives it is one it has."""
+    argv, options = python_help_argv(command)
+    result = run_cli(*argv, timeout=120)
+    assert result.returncode == 0, f"{command}: {result.stderr[-1000:]}"
+    unknown = [option for option in options if option not in result.stdout]
+    assert not unknown, f"{command}: options missing from its --help: {unknown}"
+
+
+# --- The product speaks of the product, never of how it was made ------------------------------------------------
+
+# Third-party API names that contain the word: ONNX Runtime's InferenceSession has no word boundary inside it, so
+# only these need saying. Each is stripped before the check.
+API_NAMES = (
+    'scope="session"',  # pytest fixture scope
+    "pytest_sessionfinish(session",  # pytest hook: pluggy passes arguments by name
+    "session.exitstatus",  # the object pytest passes to that hook
+    '"session.intra_op.allow_spinning"',  # an ONNX Runtime option key
+)
+WORK_LOG_WORDS = re.compile(r"\bsessions?\b|\bissues?(?:\s+#?\d+)?\b|\bPR\s*#?\d+|\bpull request\b"
+                            r"|\bticket\s*#?\d+|#\d{1,4}\b", re.IGNORECASE)
+def product_files() -> list:
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    return [REPO / name for name in tracked.splitlines()
+            if name.endswith((".py", ".md")) or name in ("Makefile", ".ci/run")]
+
+
+def work_log_hits(text: str) -> list[str]:
+    for name in API_NAMES:
+        text = text.replace(name, "")
+    return [match.group(0) for match in WORK_LOG_WORDS.finditer(text)]
+
+
+def test_the_vocabulary_check_can_fail():
+    word, ticket, number = "sess" + "ion", "iss" + "ue", "#" + "12"  # spelled apart: this file is checked too
+    assert work_log_hits(f"measured in the third {word} ({ticket} 14)") == [word, f"{ticket} 14"]
+    assert work_log_hits(f"see {ticket}s {number} and PR {number}") == [f"{ticket}s {number}", f"PR {number}"]
+    assert work_log_hits(f'ort.Inference{word.title()}(path); @pytest.fixture(scope="{word}")') == []
+
+
+def test_no_work_log_vocabulary_in_the_product():
+    offenders = []
+    for path in product_files():
+        name = str(path.relative_to(REPO))
+        hits = work_log_hits(name) + (work_log_hits(path.read_text()) if path.is_file() else [])
+        if hits:
+            offenders.append(f"{name}: {sorted(set(hits))}")
+    assert not offenders, "\n".join(offenders)

@@ -1,4 +1,4 @@
-"""FCN-8s on EfficientNet-Lite0: the ImageNet weights are real and untrusted, the graph exports clean, BatchNorm folds."""
+"""FCN-8s on EfficientNet-Lite0: the ImageNet weights are real and untrusted, and BatchNorm folds exactly."""
 
 from pathlib import Path
 

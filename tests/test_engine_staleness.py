@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime.artifacts import INT8_FP16_ONNX, INT8_ONNX
 from runtime.ioutil import sha256_file
 
 
@@ -55,7 +56,7 @@ def test_stages_rerun_only_when_their_inputs_change(tmp_path: Path, tiny_checkpo
                      data=str(synthetic_kitti), no_progress=True)
     ensure_onnx(args, build)
     assert stage_calls == {"export": 1, "calibration": 1}
-    first_int8 = sha256_file(build / "model.int8.onnx")
+    first_int8 = sha256_file(build / INT8_ONNX)
 
     capsys.readouterr()
     ensure_onnx(args, build)  # nothing changed
@@ -75,8 +76,8 @@ def test_stages_rerun_only_when_their_inputs_change(tmp_path: Path, tiny_checkpo
     ensure_onnx(args, build)
     assert stage_calls == {"export": 2, "calibration": 2}  # new FP32 ONNX, so the INT8 files are stale too
     assert json.loads((build / "parity.json").read_text())["checkpoint_sha256"] == sha256_file(checkpoint)
-    assert sha256_file(build / "model.int8.onnx") != first_int8
+    assert sha256_file(build / INT8_ONNX) != first_int8
 
-    (build / "model.int8_fp16.onnx").unlink()  # an INT8 set with a file missing is recalibrated, not re-exported
+    (build / INT8_FP16_ONNX).unlink()  # an INT8 set with a file missing is recalibrated, not re-exported
     ensure_onnx(args, build)
     assert stage_calls == {"export": 2, "calibration": 3}

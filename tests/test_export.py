@@ -14,6 +14,7 @@ from export.__main__ import main as export_main
 from export.fp16 import emulation_graph
 from export.onnx_export import export_onnx
 from export.parity import check_parity, val_frames
+from runtime.artifacts import ACCURACY_JSON_FILE, ACCURACY_MD_FILE, FP16_ONNX, FP32_ONNX
 from runtime.backends import open_backend
 from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, PreprocessSpec
 
@@ -36,7 +37,7 @@ def exported(tmp_path_factory, tiny_checkpoint, synthetic_kitti):
 def test_export_writes_fp32_onnx_with_contract_and_passes_checker(exported, tiny_checkpoint):
     from train.checkpoint import load_model
 
-    model = onnx.load(str(exported / "model.fp32.onnx"))
+    model = onnx.load(str(exported / FP32_ONNX))
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == 17
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -46,12 +47,12 @@ def test_export_writes_fp32_onnx_with_contract_and_passes_checker(exported, tiny
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, *spec.size_hw]
-    backend = open_backend(exported / "model.fp32.onnx", backend="cpu")
+    backend = open_backend(exported / FP32_ONNX, backend="cpu")
     assert backend.spec == spec  # the runtime reads the contract from the file
 
 
 def test_export_writes_fp16_with_fp32_io_and_accuracy_table(exported):
-    model = onnx.load(str(exported / "model.fp16.onnx"))
+    model = onnx.load(str(exported / FP16_ONNX))
     assert {p.key: p.value for p in model.metadata_props}[PRECISION_KEY] == "fp16"
     assert model.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
@@ -59,28 +60,28 @@ def test_export_writes_fp16_with_fp32_io_and_accuracy_table(exported):
     assert conv_weights and all(i.data_type == TensorProto.FLOAT16 for i in conv_weights)
     import json
 
-    table = json.loads((exported / "accuracy.json").read_text())
+    table = json.loads((exported / ACCURACY_JSON_FILE).read_text())
     assert [r["precision"] for r in table["rows"] if r["backend"] == "onnxruntime"] == ["fp32", "fp16"]
     from runtime.openvino_backend import cpu_precisions, openvino_installed
 
     # Where OpenVINO is installed, the FP32 file is also gated as it runs it (bf16 only on native-bf16 CPUs).
     expected = cpu_precisions("fp32") if openvino_installed() else []
     assert [r["precision"] for r in table["rows"] if r["backend"] == "openvino"] == expected
-    assert all(r["passed"] for r in table["rows"]) and (exported / "accuracy.md").is_file()
+    assert all(r["passed"] for r in table["rows"]) and (exported / ACCURACY_MD_FILE).is_file()
     parity = json.loads((exported / "parity.json").read_text())
     assert parity["parity"]["passed"] and len(parity["checkpoint_sha256"]) == 64
 
 
 def test_fp16_emulation_rounds_every_tensor_through_fp16(exported):
-    emulated = emulation_graph(onnx.load(str(exported / "model.fp16.onnx")))
+    emulated = emulation_graph(onnx.load(str(exported / FP16_ONNX)))
     casts = [n for n in emulated.graph.node if n.op_type == "Cast"]
     computing = [n for n in emulated.graph.node if n.op_type in ("Conv", "ConvTranspose", "Relu", "Add", "MaxPool")]
     assert len(casts) >= 2 * len(computing)
-    session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
     shape = [d.dim_value for d in emulated.graph.input[0].type.tensor_type.shape.dim]
-    logits = session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
+    logits = ort_session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
     assert np.array_equal(logits, logits.astype(np.float16).astype(np.float32))
-    reference = ort.InferenceSession(str(exported / "model.fp32.onnx"), providers=["CPUExecutionProvider"])
+    reference = ort.InferenceSession(str(exported / FP32_ONNX), providers=["CPUExecutionProvider"])
     full = reference.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
     difference = np.abs(full - logits).max()
     assert 0 < difference < 0.05 * (np.abs(full).max() + 1)  # FP16 noise: present, and small
@@ -151,12 +152,12 @@ def test_onnx_without_our_metadata_is_refused(tmp_path, capsys):
     from calibration.__main__ import main as calibrate_main
 
     model = random_fcn8s()
-    torch.onnx.export(model, (torch.zeros(1, 3, 64, 96),), str(tmp_path / "model.fp32.onnx"), dynamo=True,
+    torch.onnx.export(model, (torch.zeros(1, 3, 64, 96),), str(tmp_path / FP32_ONNX), dynamo=True,
                       external_data=False, input_names=["image"], output_names=["logits"])
     assert calibrate_main(["--build", str(tmp_path), "--no-progress"]) == 2
     assert "not a roadseg model" in only_error_line(capsys.readouterr().err)
     with pytest.raises(ValueError, match="not a roadseg model"):
-        open_backend(tmp_path / "model.fp32.onnx", backend="cpu")
+        open_backend(tmp_path / FP32_ONNX, backend="cpu")
 
 
 def test_dynamic_batch_and_configurable_opset(tmp_path):
@@ -166,8 +167,8 @@ def test_dynamic_batch_and_configurable_opset(tmp_path):
     proto = export_onnx(model, spec, model.arch(), {}, path, opset=18, dynamic_batch=True)
     assert proto.opset_import[0].version == 18
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch axis
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ort_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     batch = np.random.default_rng(1).normal(size=(3, 3, 64, 96)).astype(np.float32)
-    together = session.run(None, {"image": batch})[0]
-    alone = np.concatenate([session.run(None, {"image": batch[i : i + 1]})[0] for i in range(3)])
+    together = ort_session.run(None, {"image": batch})[0]
+    alone = np.concatenate([ort_session.run(None, {"image": batch[i : i + 1]})[0] for i in range(3)])
     assert together.shape == (3, 2, 64, 96) and np.allclose(together, alone, atol=1e-5)

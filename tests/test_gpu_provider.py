@@ -1,6 +1,6 @@
 """ONNX Runtime's GPU providers as the runtime asks for them, checked with the real CPU build of ONNX Runtime.
 
-A real onnxruntime-gpu session on a GPU ran on the lent H100 (README, "the slim runtime on a GPU"); here the one
+A real onnxruntime-gpu InferenceSession on a GPU was measured on an H100 (docs/benchmarks.md); here the one
 behaviour that needs no GPU is checked: a provider that cannot start is named, never silently replaced.
 """
 
@@ -24,7 +24,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture()
 def claims_cuda(monkeypatch) -> None:
     """ONNX Runtime lists the CUDA provider (as onnxruntime-gpu does on a machine whose CUDA libraries are
-    missing), while the session can only start on the CPU: what a broken GPU install looks like."""
+    missing), while the InferenceSession can only start on the CPU: what a broken GPU install looks like."""
     monkeypatch.setattr(onnxruntime, "get_available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
 

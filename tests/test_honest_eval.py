@@ -1,5 +1,5 @@
-"""Issue 12: CPU bf16 selection, the train/select/report split and provenance, error overlays, recipe parts,
-BatchNorm folding for export."""
+"""Honest evaluation and CPU training: CPU bf16 selection, the train/select/report split and provenance, error
+overlays, recipe parts, BatchNorm folding for export."""
 
 import json
 
@@ -11,6 +11,7 @@ from conftest import KITTI_DIR, needs_kitti, run_cli
 from export.bn_fold import fold_batchnorm
 from kitti.data import find_samples, split_samples
 from kitti.splits import LAST_EPOCH, provenance, split_record, three_way_split
+from runtime.artifacts import FP32_ONNX
 from runtime.machine import cpu_flags
 from train.cpu_precision import choose_cpu_precision
 from train.error_analysis import FALSE_NEGATIVE_BGR, FALSE_POSITIVE_BGR, overlay_errors
@@ -174,7 +175,7 @@ def test_batchnorm_checkpoint_exports_without_batchnorm_ops(synthetic_kitti, tmp
                      "--data", str(synthetic_kitti), "--parity-frames", "3", "--no-fp16", "--no-slim",
                      "--no-progress", timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    graph = onnx.load(str(build / "model.fp32.onnx")).graph
+    graph = onnx.load(str(build / FP32_ONNX)).graph
     ops = {node.op_type for node in graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
 

@@ -57,7 +57,7 @@ def test_fp32_wrapped_model_takes_uint8_frames_and_gives_the_same_masks(tiny: Pa
     preprocess = FramePreprocessor(backend.spec, uint8_input=True)
     batch = preprocess(drive[40])
     assert batch.dtype == np.uint8 and batch.shape == (1, 96, 320, 3)
-    mask, probability = backend.session.run(None, {FRAME_INPUT: batch})
+    mask, probability = backend.ort_session.run(None, {FRAME_INPUT: batch})
     assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1} and 0.05 < mask.mean() < 0.95
     # The probability output agrees with the mask (two classes: road wins where its probability is above 1/2).
     assert ((probability > 0.5) == (mask == 1)).mean() > 0.999

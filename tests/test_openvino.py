@@ -15,6 +15,7 @@ import pytest
 from stream_helpers import KITTI_VIDEO, run_stream, tiny_onnx_model
 
 from runtime import backend_choice
+from runtime.artifacts import ACCURACY_JSON_FILE, FP32_ONNX, INT8_CPU_ONNX
 from runtime.backends import open_backend
 from runtime.contract import ModelFileError
 from runtime.openvino_backend import openvino_installed
@@ -172,16 +173,16 @@ def test_a_cached_answer_for_this_model_is_used_as_recorded(tiny_onnx: Path, pro
 
 
 def test_bf16_is_a_candidate_only_after_its_gate_passed(tiny_onnx: Path, tmp_path: Path):
-    model = tmp_path / "model.fp32.onnx"
+    model = tmp_path / FP32_ONNX
     model.write_bytes(tiny_onnx.read_bytes())
     digest = backend_choice.sha256_file(model)
     assert ("openvino", "bf16") not in backend_choice.candidates(model, "fp32", digest)
     row = {"backend": "openvino", "precision": "bf16", "sha256": digest, "passed": False}
-    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [row]}))
+    (tmp_path / ACCURACY_JSON_FILE).write_text(json.dumps({"rows": [row]}))
     assert ("openvino", "bf16") not in backend_choice.candidates(model, "fp32", digest)
-    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [{**row, "passed": True}]}))
+    (tmp_path / ACCURACY_JSON_FILE).write_text(json.dumps({"rows": [{**row, "passed": True}]}))
     assert ("openvino", "bf16") in backend_choice.candidates(model, "fp32", digest)
-    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [{**row, "passed": True, "sha256": "0" * 64}]}))
+    (tmp_path / ACCURACY_JSON_FILE).write_text(json.dumps({"rows": [{**row, "passed": True, "sha256": "0" * 64}]}))
     assert ("openvino", "bf16") not in backend_choice.candidates(model, "fp32", digest)
 
 
@@ -189,12 +190,12 @@ def test_int8_plus_bf16_is_a_candidate_only_after_its_gate_passed_and_where_bf16
                                                                                              monkeypatch):
     from runtime import openvino_backend
 
-    model = tmp_path / "model.int8_cpu.onnx"
+    model = tmp_path / INT8_CPU_ONNX
     model.write_bytes(SHIPPED_INT8.read_bytes())
     digest = backend_choice.sha256_file(model)
     assert backend_choice.candidates(model, "int8", digest) == [("onnxruntime", "int8"), ("openvino", "int8")]
     row = {"backend": "openvino", "precision": "int8+bf16", "sha256": digest, "passed": True}
-    (tmp_path / "accuracy.json").write_text(json.dumps({"rows": [row]}))
+    (tmp_path / ACCURACY_JSON_FILE).write_text(json.dumps({"rows": [row]}))
     monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "BF16", "INT8"])
     assert ("openvino", "int8+bf16") in backend_choice.candidates(model, "int8", digest)
     # The gate ran on a bf16 machine; this one has none: not offered, so OpenVINO int8 stays a candidate.

@@ -136,25 +136,6 @@ def test_frame_preprocessor_matches_the_training_normaliser(synthetic_kitti):
 STAGES = ("runtime", "kitti", "train", "export", "calibration", "engine", "bench")
 
 
-def test_imports_run_one_way_down_the_stages():
-    """runtime <- kitti <- train <- export <- calibration <- engine <- bench: a module may import its own stage or an
-    earlier one, never a later one, so there is no cycle between the folders and runtime/ ships alone."""
-    upward = []
-    for stage in STAGES:
-        for path in sorted((REPO / stage).glob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    names = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-                elif isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                else:
-                    continue
-                upward += [f"{path.relative_to(REPO)} imports {name}" for name in names
-                           if name.split(".")[0] in STAGES and STAGES.index(name.split(".")[0]) > STAGES.index(stage)]
-    assert not upward, "\n".join(upward)
-    assert {p.parent.name for p in REPO.glob("*/__init__.py")} >= set(STAGES)
-
-
 def imported_names(path: Path) -> list[str]:
     """Every module a file imports, at module level or inside functions."""
     names = []

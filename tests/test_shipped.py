@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from export import shipped
 from export.shipped import MAX_SHIPPED_BYTES, ShippedError, check, verify, write
+from runtime.artifacts import FP16_ONNX, INT8_ONNX, onnx_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +42,7 @@ def test_write_then_check_passes_and_names_each_file(release):
 def test_check_accepts_rounding_noise_but_not_a_changed_weight(release):
     """Robust to non-determinism (float noise far below the tolerance), not blind to a real change."""
     build, checkpoint = release
-    fresh = build / "model.fp16.onnx"
+    fresh = build / FP16_ONNX
     model = onnx.load(str(fresh))
     weight = next(i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16 and len(i.dims) == 4)
     values = numpy_helper.to_array(weight)
@@ -57,7 +58,7 @@ def test_check_accepts_rounding_noise_but_not_a_changed_weight(release):
 
 def test_check_catches_a_changed_graph(release):
     build, checkpoint = release
-    fresh = build / "model.int8.onnx"
+    fresh = build / INT8_ONNX
     model = onnx.load(str(fresh))
     model.graph.node[-1].name = "renamed"
     onnx.save(model, str(fresh))
@@ -89,7 +90,7 @@ def test_engine_without_torch_takes_the_shipped_files(release, tmp_path, monkeyp
     target.mkdir()
     engine.ensure_onnx(args, target)
     for variant, source in shipped.shipped_paths(checkpoint).items():
-        assert (target / f"model.{variant}.onnx").read_bytes() == source.read_bytes()
+        assert (target / onnx_name(variant)).read_bytes() == source.read_bytes()
     with pytest.raises(engine.EngineBuildError, match="models/ ships FP16 and Q/DQ INT8 only"):
         engine.ensure_onnx(Namespace(**{**vars(args), "precision": "fp32"}), target)
 

@@ -1,4 +1,4 @@
-"""The streaming runtime end to end: real ONNX Runtime sessions, real video files, real processes."""
+"""The streaming runtime end to end: real ONNX Runtime InferenceSessions, real video files, real processes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,16 @@ from stream_helpers import (
 )
 
 from runtime import model_select
+from runtime.artifacts import (
+    FP16_ENGINE,
+    FP16_INGRAPH_ONNX,
+    FP16_ONNX,
+    FP32_INGRAPH_ONNX,
+    FP32_ONNX,
+    INT8_CPU_ONNX,
+    INT8_ENGINE,
+    INT8_ONNX,
+)
 from runtime.contract import ModelFileError
 from runtime.stream import main
 
@@ -221,25 +231,25 @@ def test_default_model_choice(tmp_path: Path, monkeypatch):
         model_select.default_model(build, models)
     (models / "shipped.onnx").touch()
     assert model_select.default_model(build, models) == models / "shipped.onnx"
-    for name in ("model.fp32.onnx", "model.int8.onnx", "model.fp16.engine"):
+    for name in (FP32_ONNX, INT8_ONNX, FP16_ENGINE):
         (build / name).touch()
-    assert model_select.default_model(build, models) == build / "model.int8.onnx"  # no CUDA: no engine
-    (build / "model.int8_cpu.onnx").touch()
-    assert model_select.default_model(build, models) == build / "model.int8_cpu.onnx"
+    assert model_select.default_model(build, models) == build / INT8_ONNX  # no CUDA: no engine
+    (build / INT8_CPU_ONNX).touch()
+    assert model_select.default_model(build, models) == build / INT8_CPU_ONNX
     monkeypatch.setattr(model_select, "tensorrt_usable", lambda: True)
-    (build / "model.int8.engine").touch()
-    assert model_select.default_model(build, models) == build / "model.int8.engine"
+    (build / INT8_ENGINE).touch()
+    assert model_select.default_model(build, models) == build / INT8_ENGINE
     monkeypatch.setattr(model_select, "tensorrt_usable", lambda: False)
     monkeypatch.setattr("runtime.backends.available_providers",
                         lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    (build / "model.fp16.onnx").touch()
-    assert model_select.default_model(build, models) == build / "model.fp16.onnx"
-    (build / "model.fp32.ingraph.onnx").touch()  # on a GPU the in-graph form goes first
-    assert model_select.default_model(build, models) == build / "model.fp32.ingraph.onnx"
-    (build / "model.fp16.ingraph.onnx").touch()
-    assert model_select.default_model(build, models) == build / "model.fp16.ingraph.onnx"
+    (build / FP16_ONNX).touch()
+    assert model_select.default_model(build, models) == build / FP16_ONNX
+    (build / FP32_INGRAPH_ONNX).touch()  # on a GPU the in-graph form goes first
+    assert model_select.default_model(build, models) == build / FP32_INGRAPH_ONNX
+    (build / FP16_INGRAPH_ONNX).touch()
+    assert model_select.default_model(build, models) == build / FP16_INGRAPH_ONNX
     monkeypatch.setattr("runtime.backends.available_providers", lambda: ["CPUExecutionProvider"])
-    assert model_select.default_model(build, models) == build / "model.int8_cpu.onnx"  # on a CPU it does not
+    assert model_select.default_model(build, models) == build / INT8_CPU_ONNX  # on a CPU it does not
 
 
 def test_unreachable_display_is_refused_before_qt_can_abort(tiny_onnx: Path, tmp_path: Path, monkeypatch, capsys):

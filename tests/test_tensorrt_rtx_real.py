@@ -21,11 +21,20 @@ from rtx_helpers import real_tensorrt_rtx
 
 from engine.build import build_engine, onnx_io
 from engine.check import EngineCheckError, check_engine
-from engine.trt_builder import PRECISIONS, BuildOptions, EngineBuildError, build_serialized, onnx_for
+from engine.trt_builder import BuildOptions, EngineBuildError, build_serialized, onnx_for
+from runtime.artifacts import (
+    ENGINE_PRECISIONS,
+    FP16_ONNX,
+    FP32_ONNX,
+    INT8_CPU_ONNX,
+    INT8_ENGINE,
+    INT8_FP16_ONNX,
+    INT8_ONNX,
+)
 from runtime.tensorrt_backend import read_sidecar, sidecar_path
 from runtime.trt_flavour import release, rtx_engine_version
 
-TENSORRT_FILES = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8_fp16.onnx")
+TENSORRT_FILES = (FP32_ONNX, FP16_ONNX, INT8_ONNX, INT8_FP16_ONNX)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +79,7 @@ def test_real_rtx_int8_files_have_no_int32_bias_dequantize(trt, artifacts):
     """What the real parser rejected before: ONNX Runtime's default int32 bias DequantizeLinear."""
     import onnx
 
-    for name in ("model.int8.onnx", "model.int8_fp16.onnx"):
+    for name in (INT8_ONNX, INT8_FP16_ONNX):
         graph = onnx.load(str(artifacts / name)).graph
         initializers = {i.name: i.data_type for i in graph.initializer}
         dq_inputs = [initializers.get(n.input[0]) for n in graph.node if n.op_type == "DequantizeLinear"]
@@ -80,7 +89,7 @@ def test_real_rtx_int8_files_have_no_int32_bias_dequantize(trt, artifacts):
 def test_real_rtx_int8_fp16_file_keeps_fp32_io_and_fp16_rest(trt, artifacts):
     import onnx
 
-    model = onnx.load(str(artifacts / "model.int8_fp16.onnx"))
+    model = onnx.load(str(artifacts / INT8_FP16_ONNX))
     io_types = {v.type.tensor_type.elem_type for v in [*model.graph.input, *model.graph.output]}
     assert io_types == {onnx.TensorProto.FLOAT}
     float_weights = {i.data_type for i in model.graph.initializer
@@ -93,18 +102,19 @@ def test_real_rtx_parser_accepts_the_cpu_int8_file_which_the_engine_builder_neve
     the real parser: its biases stay float (an int32 bias DequantizeLinear is what TensorRT's parser rejects)."""
     import onnx
 
-    graph = onnx.load(str(artifacts / "model.int8_cpu.onnx")).graph
+    graph = onnx.load(str(artifacts / INT8_CPU_ONNX)).graph
     initializers = {i.name: i.data_type for i in graph.initializer}
     assert not any(initializers.get(n.input[0]) == onnx.TensorProto.INT32
                    for n in graph.node if n.op_type == "DequantizeLinear")
-    ok, errors = parse(trt, artifacts / "model.int8_cpu.onnx")
+    ok, errors = parse(trt, artifacts / INT8_CPU_ONNX)
     assert ok, errors
-    chosen = {onnx_for(p, m, typed, artifacts).name for p in PRECISIONS for m in ("qdq",) for typed in (False, True)}
-    assert "model.int8_cpu.onnx" not in chosen and chosen <= set(TENSORRT_FILES)
+    chosen = {onnx_for(p, m, typed, artifacts).name
+              for p in ENGINE_PRECISIONS for m in ("qdq",) for typed in (False, True)}
+    assert INT8_CPU_ONNX not in chosen and chosen <= set(TENSORRT_FILES)
 
 
-@pytest.mark.parametrize("precision,onnx_name", [("fp32", "model.fp32.onnx"), ("fp16", "model.fp16.onnx"),
-                                                  ("int8", "model.int8_fp16.onnx")])
+@pytest.mark.parametrize("precision,onnx_name", [("fp32", FP32_ONNX), ("fp16", FP16_ONNX),
+                                                  ("int8", INT8_FP16_ONNX)])
 def test_real_rtx_builds_engine_with_sidecar_io_and_header(trt, artifacts, precision, onnx_name, capsys):
     engine_path = build_engine(engine_args(artifacts, precision, force=True), artifacts, trt, None, trt.__version__)
     sidecar = read_sidecar(engine_path)
@@ -127,7 +137,7 @@ def test_real_rtx_builds_engine_with_sidecar_io_and_header(trt, artifacts, preci
 
 
 def test_real_rtx_engine_validity_without_gpu_flags_only_malformed_engines(trt, artifacts):
-    built = build_serialized(trt, artifacts / "model.fp16.onnx", BuildOptions(precision="fp16"), None)
+    built = build_serialized(trt, artifacts / FP16_ONNX, BuildOptions(precision="fp16"), None)
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     validity, diagnostics = runtime.get_engine_validity(built.engine)
     assert validity == trt.EngineValidity.INVALID  # no GPU here to run it on
@@ -166,8 +176,8 @@ def test_real_rtx_engine_cli_builds_without_gpu(trt, artifacts):
                      str(artifacts / "absent.pt"), "--no-progress", "--force")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "with TensorRT-RTX" in result.stdout and "ahead of time (no GPU here)" in result.stdout
-    assert read_sidecar(artifacts / "model.int8.engine")["flavour"] == "tensorrt_rtx"
-    check = run_cli("-m", "engine.check", str(artifacts / "model.int8.engine"))
+    assert read_sidecar(artifacts / INT8_ENGINE)["flavour"] == "tensorrt_rtx"
+    check = run_cli("-m", "engine.check", str(artifacts / INT8_ENGINE))
     assert check.returncode == 0 and check.stdout.strip().endswith(": ok"), check.stderr
 
 

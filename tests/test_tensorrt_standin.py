@@ -2,7 +2,8 @@
 
 TensorRT cannot be installed on the CI machines, so these tests check the calls the builder makes per
 version and precision, the cache key and the rebuild logic. They do not prove a real engine builds or
-runs: that needs a GPU with TensorRT (see the issue's device check). Tests named test_standin_* only.
+runs: that needs a GPU with TensorRT (tests/test_tensorrt_rtx_real.py builds real engines).
+Tests named test_standin_* only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,15 @@ from engine.trt_builder import (
     onnx_for,
     trtexec_command,
 )
+from runtime.artifacts import (
+    CALIBRATION_MANIFEST_FILE,
+    FP16_ENGINE,
+    FP16_ONNX,
+    FP32_ONNX,
+    INT8_FP16_ONNX,
+    INT8_ONNX,
+    TENSORRT_RANGES_FILE,
+)
 from runtime.contract import PREPROCESS_KEY, ModelFileError, PreprocessSpec
 from runtime.tensorrt_backend import GpuInfo, key_mismatch, read_sidecar, sidecar_path
 
@@ -54,10 +64,10 @@ def tiny_onnx(path: Path, dynamic: bool = False, precision: str = "fp32") -> Pat
 
 @pytest.fixture()
 def build(tmp_path: Path) -> Path:
-    tiny_onnx(tmp_path / "model.fp32.onnx")
-    tiny_onnx(tmp_path / "model.fp16.onnx", precision="fp16")
-    tiny_onnx(tmp_path / "model.int8.onnx", precision="int8")
-    tiny_onnx(tmp_path / "model.int8_fp16.onnx", precision="int8")
+    tiny_onnx(tmp_path / FP32_ONNX)
+    tiny_onnx(tmp_path / FP16_ONNX, precision="fp16")
+    tiny_onnx(tmp_path / INT8_ONNX, precision="int8")
+    tiny_onnx(tmp_path / INT8_FP16_ONNX, precision="int8")
     calib = tmp_path / "calibration"
     (calib / "trt").mkdir(parents=True)
     (calib / "manifest.json").write_text('{"format": "roadseg-calibration-v1"}\n')
@@ -77,7 +87,7 @@ def flags_set(trt) -> list[str]:
 def test_standin_trt86_fp16_uses_builder_flag(build):
     trt = make_tensorrt(VERSIONS["8.6"])
     onnx_path = onnx_for("fp16", "qdq", False, build)
-    assert onnx_path.name == "model.fp32.onnx"
+    assert onnx_path.name == FP32_ONNX
     build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), build / "timing.cache")
     assert flags_set(trt) == ["FP16"]
     assert ("Builder.create_network", 1 << 0) in trt.calls  # EXPLICIT_BATCH is bit 0 and required on 8.6
@@ -95,10 +105,10 @@ def test_standin_trt10_fp16_uses_builder_flag_without_explicit_batch(build):
 def test_standin_trt11_fp16_builds_from_fp16_onnx_without_flags(build):
     trt = make_tensorrt(VERSIONS["11"])
     onnx_path = onnx_for("fp16", "qdq", True, build)
-    assert onnx_path.name == "model.fp16.onnx"
+    assert onnx_path.name == FP16_ONNX
     engine = build_serialized(trt, onnx_path, BuildOptions(precision="fp16"), None)
     assert flags_set(trt) == []
-    assert ("OnnxParser.parse_from_file", "model.fp16.onnx") in trt.calls
+    assert ("OnnxParser.parse_from_file", FP16_ONNX) in trt.calls
     assert json.loads(engine.engine.split(b"\n", 1)[1])["onnx_sha256"]
 
 
@@ -119,7 +129,7 @@ def test_standin_trt11_lacks_the_removed_names():
 def test_standin_int8_qdq_sets_int8_and_fp16_flags_on_weakly_typed_versions(build, family):
     trt = make_tensorrt(VERSIONS[family])
     onnx_path = onnx_for("int8", "qdq", False, build)
-    assert onnx_path.name == "model.int8.onnx"
+    assert onnx_path.name == INT8_ONNX
     build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
     assert flags_set(trt) == ["INT8", "FP16"]
     assert not calls_named(trt, "BuilderConfig.int8_calibrator=")
@@ -128,7 +138,7 @@ def test_standin_int8_qdq_sets_int8_and_fp16_flags_on_weakly_typed_versions(buil
 def test_standin_trt11_int8_builds_from_qdq_onnx_without_flags(build):
     trt = make_tensorrt(VERSIONS["11"])
     onnx_path = onnx_for("int8", "qdq", True, build)
-    assert onnx_path.name == "model.int8_fp16.onnx"  # strongly typed: the Q/DQ model with its rest in FP16
+    assert onnx_path.name == INT8_FP16_ONNX  # strongly typed: the Q/DQ model with its rest in FP16
     build_serialized(trt, onnx_path, BuildOptions(precision="int8"), None)
     assert flags_set(trt) == []
 
@@ -144,7 +154,7 @@ def test_standin_int8_calibrator_uses_the_calibration_cache(build, family):
     cache = f"{calibration_cache_header(trt.__version__)}\nimage: 3ca14285\n".encode()
     calibrator = make_calibrator(trt, np.zeros((2, 3, 32, 64), np.float32), "image", cache, None)
     onnx_path = onnx_for("int8", "calibrator", False, build)
-    assert onnx_path.name == "model.fp32.onnx"
+    assert onnx_path.name == FP32_ONNX
     engine = build_serialized(trt, onnx_path, BuildOptions(precision="int8", int8_mode="calibrator"), None,
                               calibrator)
     assert ("BuilderConfig.int8_calibrator=", "EntropyCalibrator") in trt.calls
@@ -160,7 +170,7 @@ def test_standin_calibration_cache_header_follows_the_version():
 @pytest.mark.parametrize("family", ["8.6", "10", "11"])
 def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, family):
     trt = make_tensorrt(VERSIONS[family], dla_cores=2)
-    onnx_path = tiny_onnx(tmp_path / "model.fp32.onnx", dynamic=True)
+    onnx_path = tiny_onnx(tmp_path / FP32_ONNX, dynamic=True)
     profile = ((1, 3, 32, 64), (2, 3, 32, 64), (4, 3, 32, 64))
     options = BuildOptions(precision="fp16", workspace_mib=256, optimization_level=5, dla_core=1, profile=profile)
     timing = tmp_path / "timing.cache"
@@ -186,12 +196,12 @@ def test_standin_dynamic_input_without_profile_is_one_clear_error(tmp_path):
 
 
 def test_standin_trtexec_command_per_version(tmp_path):
-    onnx_path, engine = tmp_path / "model.fp32.onnx", tmp_path / "model.fp16.engine"
+    onnx_path, engine = tmp_path / FP32_ONNX, tmp_path / FP16_ENGINE
     fp16 = BuildOptions(precision="fp16", workspace_mib=512, optimization_level=4)
     old = trtexec_command("trtexec", onnx_path, engine, fp16, False, tmp_path / "t.cache", None)
     assert "--fp16" in old and "--memPoolSize=workspace:512M" in old and "--builderOptimizationLevel=4" in old
     assert f"--timingCacheFile={tmp_path / 't.cache'}" in old
-    new = trtexec_command("trtexec", tmp_path / "model.fp16.onnx", engine, fp16, True, None, None)
+    new = trtexec_command("trtexec", tmp_path / FP16_ONNX, engine, fp16, True, None, None)
     assert "--fp16" not in new and "--int8" not in new
     calib = trtexec_command("trtexec", onnx_path, engine, BuildOptions(precision="int8", int8_mode="calibrator"),
                             False, None, tmp_path / "c.cache")
@@ -219,17 +229,17 @@ def test_standin_engine_is_reused_while_its_key_matches_and_rebuilt_when_it_chan
     assert len(calls_named(trt, "Builder.build_serialized_network")) == builds
     assert "engine up to date" in capsys.readouterr().out
     # A changed ONNX, another GPU or other build options each change the key.
-    base = cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", ORIN)
-    assert key_digest(base) != key_digest(cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", H100))
-    assert key_digest(base) != key_digest(cache_key(build / "model.fp32.onnx", BuildOptions(workspace_mib=2048),
+    base = cache_key(build / FP32_ONNX, BuildOptions(), None, "10.3.0", ORIN)
+    assert key_digest(base) != key_digest(cache_key(build / FP32_ONNX, BuildOptions(), None, "10.3.0", H100))
+    assert key_digest(base) != key_digest(cache_key(build / FP32_ONNX, BuildOptions(workspace_mib=2048),
                                                     None, "10.3.0", ORIN))
-    tiny_onnx(build / "model.fp32.onnx", precision="fp32")
-    with open(build / "model.fp32.onnx", "ab") as stream:
+    tiny_onnx(build / FP32_ONNX, precision="fp32")
+    with open(build / FP32_ONNX, "ab") as stream:
         stream.write(b"")  # same bytes: still reusable
-    assert reusable(engine, cache_key(build / "model.fp32.onnx", BuildOptions(), None, "10.3.0", ORIN))
-    model = onnx.load(str(build / "model.fp32.onnx"))
+    assert reusable(engine, cache_key(build / FP32_ONNX, BuildOptions(), None, "10.3.0", ORIN))
+    model = onnx.load(str(build / FP32_ONNX))
     model.graph.initializer[0].float_data[:] = [2.0] * 6
-    onnx.save(model, str(build / "model.fp32.onnx"))
+    onnx.save(model, str(build / FP32_ONNX))
     build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
     assert len(calls_named(trt, "Builder.build_serialized_network")) == builds + 1
 
@@ -238,8 +248,8 @@ def test_standin_int8_engine_key_carries_the_calibration_identity(build):
     trt = make_tensorrt(VERSIONS["11"])
     engine = build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
     key = read_sidecar(engine)["cache_key"]
-    assert key["onnx"] == "model.int8_fp16.onnx" and len(key["calibration_manifest_sha256"]) == 64
-    (build / "calibration" / "manifest.json").write_text('{"format": "roadseg-calibration-v1", "n": 2}\n')
+    assert key["onnx"] == INT8_FP16_ONNX and len(key["calibration_manifest_sha256"]) == 64
+    (build / CALIBRATION_MANIFEST_FILE).write_text('{"format": "roadseg-calibration-v1", "n": 2}\n')
     before = len(calls_named(trt, "Builder.build_serialized_network"))
     build_engine(engine_args(build, "int8"), build, trt, H100, trt.__version__)
     assert len(calls_named(trt, "Builder.build_serialized_network")) == before + 1
@@ -294,7 +304,7 @@ def test_engine_cli_without_gpu_builds_onnx_then_exits_with_one_line(tmp_path, t
     assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: cannot build a TensorRT engine here: no CUDA GPU")
-    assert "model.fp32.onnx" in lines[0] and "model.fp16.onnx" in lines[0] and "Traceback" not in result.stderr
+    assert FP32_ONNX in lines[0] and FP16_ONNX in lines[0] and "Traceback" not in result.stderr
     assert "ONNX up to date" in result.stdout  # the checkpoint did not change: nothing was re-exported
     assert not list(build.glob("*.engine"))
 
@@ -320,13 +330,13 @@ def test_standin_rtx_builds_for_target_compute_capabilities_without_timing_cache
 def test_standin_rtx_dla_is_refused(build):
     trt = make_tensorrt(VERSIONS["rtx"])
     with pytest.raises(EngineBuildError, match="--dla-core 0: no such DLA core; this device has none"):
-        build_serialized(trt, build / "model.fp16.onnx", BuildOptions(precision="fp16", dla_core=0), None)
+        build_serialized(trt, build / FP16_ONNX, BuildOptions(precision="fp16", dla_core=0), None)
 
 
 def test_standin_dla_core_checked_and_fp32_refused(build):
     trt = make_tensorrt(VERSIONS["10"], dla_cores=2)
     with pytest.raises(EngineBuildError, match="--dla-core 2: no such DLA core; this device has 2"):
-        build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", dla_core=2), None)
+        build_serialized(trt, build / FP32_ONNX, BuildOptions(precision="fp16", dla_core=2), None)
     with pytest.raises(EngineBuildError, match="DLA runs FP16 and INT8 only"):
         BuildOptions(precision="fp32", dla_core=0)
 
@@ -334,7 +344,7 @@ def test_standin_dla_core_checked_and_fp32_refused(build):
 def test_standin_trt85_has_no_optimization_level_and_is_not_asked_for_one(build, capsys):
     trt = make_tensorrt(VERSIONS["8.5"])
     warnings = []
-    build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16", optimization_level=5), None,
+    build_serialized(trt, build / FP32_ONNX, BuildOptions(precision="fp16", optimization_level=5), None,
                      warn=warnings.append)
     assert not calls_named(trt, "BuilderConfig.builder_optimization_level=")
     assert any("no builder optimisation level" in w for w in warnings)
@@ -346,7 +356,7 @@ def test_standin_timing_cache_from_another_gpu_is_replaced_not_fatal(build):
     timing = build / "timing.cache"
     timing.write_bytes(b"FOREIGN cache of another GPU")
     warnings = []
-    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), timing,
+    built = build_serialized(trt, build / FP32_ONNX, BuildOptions(precision="fp16"), timing,
                              warn=warnings.append)
     assert built.engine.startswith(b"STANDIN-ENGINE")
     assert any("refused this timing cache" in w for w in warnings)
@@ -357,7 +367,7 @@ def test_standin_engine_survives_a_missing_timing_cache_after_the_build(build, m
     trt = make_tensorrt(VERSIONS["10"])
     monkeypatch.setattr(trt.IBuilderConfig, "get_timing_cache", lambda self: None)
     warnings = []
-    built = build_serialized(trt, build / "model.fp32.onnx", BuildOptions(precision="fp16"), build / "t.cache",
+    built = build_serialized(trt, build / FP32_ONNX, BuildOptions(precision="fp16"), build / "t.cache",
                              warn=warnings.append)
     assert built.engine and any("no timing cache" in w for w in warnings) and not (build / "t.cache").exists()
 
@@ -372,7 +382,7 @@ def test_standin_calibrator_mode_key_includes_the_calibration_ranges(build):
     trt = make_tensorrt(VERSIONS["10"])
     args = engine_args(build, "int8", int8_mode="calibrator")
     first = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
-    (build / "calibration" / "trt" / "ranges.json").write_text(json.dumps({"amax": {"image": 2.0, "logits": 9.0}}))
+    (build / TENSORRT_RANGES_FILE).write_text(json.dumps({"amax": {"image": 2.0, "logits": 9.0}}))
     second = read_sidecar(build_engine(args, build, trt, ORIN, trt.__version__))["cache_key_sha256"]
     assert first != second  # another calibration method: same set, other ranges -> rebuilt
 

@@ -188,7 +188,7 @@ def entry_main(name: str) -> Callable[[list[str]], int]:
 # ------------------------------------------------------------------------------------------------- checkpoints
 
 def test_crafted_pickle_runs_no_code_in_any_reader(tiny_checkpoint: Path, synthetic_kitti: Path, tmp_path: Path):
-    """The issue's exploit: a tagged checkpoint whose pickle calls os.system, through real processes."""
+    """The known exploit: a tagged checkpoint whose pickle calls os.system, through real processes."""
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     torch.save({"format": "roadseg-checkpoint-v1", "arch": MarkerPayload(os.system, (f"touch {marker}",))}, evil)

@@ -112,7 +112,7 @@ def validate_arch(arch: dict, path: Path) -> dict:
                               f"got {shorten(arch.get('name'))}")
     if arch["name"] in LITE_ARCHES:
         return validate_lite_arch(arch, path)
-    width, classes = arch.get("width"), arch.get("num_classes")
+    width = arch.get("width")
     if isinstance(width, bool) or not isinstance(width, (int, float)) or not (0 < width <= MAX_WIDTH):
         raise CheckpointError(f"{path}: field 'arch.width' must be a number in (0, {MAX_WIDTH}], got {shorten(width)}")
     validate_num_classes(arch, path)

@@ -60,8 +60,8 @@ def choose_cpu_precision(requested: str, channels_last: str = "auto", flags: set
         bf16, reason = True, f"CPU has {native}"
     else:
         bf16, reason = False, "CPU has neither amx_bf16 nor avx512_bf16"
-    # channels_last lets oneDNN pick its NHWC bf16 kernels; for FP32 it helped on an Intel Xeon (issue 12,
-    # 1.47x) and cost 5 % on AMD Zen 5 (docs/training.md), so auto means on and --channels-last no opts out.
+    # channels_last lets oneDNN pick its NHWC bf16 kernels; for FP32 it helped on an Intel Xeon with AMX
+    # (1.47x) and cost 5 % on AMD Zen 5 (docs/training.md), so auto means on and --channels-last no opts out.
     use_channels_last = channels_last in ("auto", "yes")
     return CpuPrecision(bf16, use_channels_last, reason)
 

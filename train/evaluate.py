@@ -14,6 +14,7 @@ from kitti.data import DataError, KittiSample, find_samples, split_samples
 from kitti.evaluate import evaluate_samples
 from kitti.metrics import RoadMetricAccumulator
 from kitti.splits import checked_summary, provenance, three_way_split
+from runtime.contract import TRAINING_KEY
 from runtime.ioutil import atomic_write_text, fail, save_figure
 
 
@@ -91,7 +92,7 @@ def recorded_summary(model_path: str | Path, predictor) -> dict | None:
     """The training summary the model carries (checkpoint summary, or ONNX roadseg.training metadata)."""
     if Path(model_path).suffix == ".pt":  # a TorchPredictor, which kept its checkpoint's summary
         return checked_summary(predictor.summary, str(model_path))
-    text = getattr(predictor, "metadata", {}).get("roadseg.training")
+    text = getattr(predictor, "metadata", {}).get(TRAINING_KEY)
     try:
         return checked_summary(json.loads(text), str(model_path)) if text else None
     except (json.JSONDecodeError, RecursionError):

@@ -19,6 +19,7 @@ import torch
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
 from kitti.splits import LAST_EPOCH, provenance
+from runtime.artifacts import ACCURACY_MD_FILE
 from runtime.contract import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
 from runtime.ioutil import atomic_write_text, fail
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", default="runs/train/cpu", help="a training run folder (best.pt, metrics.jsonl)")
     parser.add_argument("--out", default=SHIPPED_CHECKPOINT)
     parser.add_argument("--data", default=DEFAULT_KITTI_DIR)
-    parser.add_argument("--accuracy", default="build/accuracy.md",
+    parser.add_argument("--accuracy", default=str(Path("build") / ACCURACY_MD_FILE),
                         help="the export's per-artifact accuracy table, added to the card when present")
     parser.add_argument("--card-only", action="store_true", help="rewrite the card for an already shipped model")
     parser.add_argument("--held-out", help="a Markdown table of the model scored on images outside --data "
