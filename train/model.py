@@ -294,4 +294,5 @@ def apply_lite_weights(model: FCN8sLite, weights: str | None) -> str:
     except WeightsError as error:
         raise WeightsUnavailable(str(error)) from error
     model.freeze_encoder_statistics = True
-    return f"encoder initialised from ImageNet EfficientNet-{model.variant.capitalize()} weights in {path}"
+    source = weights or f"the package {VARIANTS[model.variant][1]}"  # not its install path: cards travel
+    return f"encoder initialised from ImageNet EfficientNet-{model.variant.capitalize()} weights ({source})"
