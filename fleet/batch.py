@@ -29,7 +29,7 @@ import numpy as np
 
 from fleet.cluster import DEFAULT_OBJECT_STORE_MB, ClusterError, connect, disconnect
 from fleet.outputs import VideoOutputs, finished_fingerprint
-from fleet.segmenter import FrameSegmenter
+from fleet.segmenter import FrameSegmenter, resolve_backend
 from fleet.videos import (
     DEFAULT_SEGMENT_FRAMES,
     Unreadable,
@@ -39,7 +39,6 @@ from fleet.videos import (
     plan_video,
     segments,
 )
-from runtime.backends import open_backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.model_select import default_model
@@ -207,29 +206,12 @@ class Progress:
             self.bar.close()
 
 
-def resolve_backend(model: Path, args: argparse.Namespace) -> str:
-    """Open the model here once: a bad model fails before any cluster starts. `--backend auto --precision auto`
-    becomes the runtime's own measured choice, so every actor runs what runtime/stream.py runs here."""
-    if args.backend == "auto" and args.precision == "auto":
-        from runtime.backend_choice import open_auto
-
-        backend, choice = open_auto(model, None, spinning=False)
-        if choice is not None:
-            print(choice.line(), flush=True)
-        args.backend = backend.name
-        if backend.name == "openvino":
-            args.precision = "bf16" if "bf16" in backend.precision else "fp32"
-    else:
-        backend = open_backend(model, args.backend, threads=1, precision=args.precision)
-    return f"{backend.name} {backend.precision}"
-
-
 def run_batch(args: argparse.Namespace) -> dict:
     """Every video of `args.inputs` through the cluster; returns the run summary (also in OUT/summary.json)."""
     started = time.perf_counter()
     out = Path(args.out)
     model = Path(args.model) if args.model else default_model()
-    label = resolve_backend(model, args)  # a bad model fails here, once, in one line
+    args.backend, args.precision, label = resolve_backend(model, args.backend, args.precision)
     out.mkdir(parents=True, exist_ok=True)
     plans, skipped, unreadable = plan_videos(args, model, out)
     summary: dict = {"model": str(model), "backend": label, "videos": {}, "skipped_finished": skipped,

@@ -37,9 +37,17 @@ class ClusterInfo:
 
 
 def quiet_ray_environment() -> None:
-    """Set before Ray starts: no usage statistics leave the machine, no metrics agent probing for ports."""
+    """Set before Ray starts (a local cluster's processes inherit them): no usage statistics leave the machine,
+    workers at the priority of the command that started them, time for Serve's proxy on a busy machine."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    # Ray starts its worker processes 15 nice levels down, to keep its own daemons responsive. Here the workers are
+    # the work (decoding, inference): on a shared machine they would starve behind everything else (seen on 2 busy
+    # cores: a Serve proxy worker at nice 19 took 52 s to run its constructor).
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    # Serve gives its HTTP proxy 5 s to come up; a busy small machine needs longer (seen: three misses, then
+    # the proxy killed and restarted, on 2 shared cores). Inherited by a local cluster's processes.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
 
 
 def host_and_port(address: str) -> tuple[str, int]:

@@ -33,6 +33,23 @@ def model_batch_limit(backend: Backend) -> int | None:
     return int(getattr(backend, "batch", 1) or 1)
 
 
+def resolve_backend(model: Path, backend: str, precision: str) -> tuple[str, str, str]:
+    """(backend, precision, label) that every actor or replica opens: the model opened here once, so a bad one
+    fails before a cluster starts; `auto`/`auto` becomes runtime/stream.py's own measured choice on this machine
+    (runtime/backend_choice.py), printed as it prints it."""
+    if backend == "auto" and precision == "auto":
+        from runtime.backend_choice import open_auto
+
+        opened, choice = open_auto(model, None, spinning=False)
+        if choice is not None:
+            print(choice.line(), flush=True)
+        if opened.name == "openvino":
+            precision = "bf16" if "bf16" in opened.precision else "fp32"
+    else:
+        opened = open_backend(model, backend, threads=1, precision=precision)
+    return opened.name, precision, f"{opened.name} {opened.precision}"
+
+
 @dataclass
 class SegmentedFrames:
     """Masks of a batch of frames (each at its frame's size, 1 = road) and the inference milliseconds of each

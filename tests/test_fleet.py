@@ -179,3 +179,98 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     result = run_cli("-m", "fleet.batch", str(tmp_path / "nothing_here"), "--out", str(tmp_path / "out"),
                      "--model", str(tmp_path / "missing.onnx"))
     assert result.returncode == 2 and "missing.onnx" in result.stderr and result.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------------------------ serve
+
+
+@pytest.fixture(scope="module")
+def serving(cluster):
+    """The deployment on the shared cluster, HTTP on a free loopback port, ONNX Runtime like the references."""
+    from fleet import serve as fleet_serve
+
+    port = free_port()
+    handle = fleet_serve.start(MODEL, port, backend=BACKEND, max_batch=8)
+    yield handle, port
+    from ray import serve
+
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def kitti_frames() -> list[np.ndarray]:
+    from runtime.sources import read_video_frames
+
+    return read_video_frames(KITTI_VIDEO, 24)
+
+
+def runtime_mask(frame: np.ndarray) -> np.ndarray:
+    """The slim runtime's steps for one frame: its preprocessor, ONNX Runtime, its postprocessor."""
+    from runtime.backends import open_backend
+    from runtime.pipeline import frame_preprocessor
+    from runtime.postprocess import MaskPostprocessor
+
+    backend = open_backend(MODEL, BACKEND)
+    logits = backend.infer(frame_preprocessor(backend)(frame))
+    return MaskPostprocessor(backend.spec.road_index)(logits[0], frame.shape[:2]).copy()
+
+
+@needs_video
+def test_serve_returns_every_cameras_frames_in_order_with_the_runtimes_masks(serving, kitti_frames):
+    from fleet.frames import decode_mask, encode_frame
+    from fleet.loadgen import run_load
+
+    handle, _port = serving
+    frames = [encode_frame(frame, "png") for frame in kitti_frames]  # lossless: the replica sees these pixels
+    # Bounded, and generous with in-flight frames and grace: a loaded CI machine must not turn slowness into drops.
+    report, logs = run_load(handle, frames, cameras=3, fps=3.0, seconds=2.0, max_in_flight=64, grace_s=120.0,
+                            keep_masks=True)
+    assert report["dropped"] == report["lost"] == report["errors"] == 0
+    assert report["in_order"]
+    expected = {}
+    for camera, log in enumerate(logs):
+        assert log.answered_seqs == list(range(6)), f"camera {camera}: {log.answered_seqs}"
+        for seq, mask_png in log.masks.items():
+            index = (camera * 13 + seq) % len(frames)
+            if index not in expected:
+                expected[index] = runtime_mask(kitti_frames[index])
+            assert np.array_equal(decode_mask(mask_png), expected[index]), f"camera {camera} frame {seq}"
+    assert sum(int(size) * count for size, count in report["batch_histogram"].items()) == 18
+
+
+@needs_video
+def test_serve_forms_batches_when_frames_wait_and_says_its_batch_sizes(serving, kitti_frames):
+    from fleet.frames import encode_frame
+
+    handle, _port = serving
+    data, shape = encode_frame(kitti_frames[0], "raw")
+    handle.reset_histogram.remote().result()
+    responses = [handle.segment.remote({"frame": data, "shape": shape, "camera": i, "seq": 0}) for i in range(8)]
+    answers = [response.result(timeout_s=120) for response in responses]
+    histogram = handle.batch_histogram.remote().result()
+    assert sum(size * count for size, count in histogram.items()) == 8
+    assert max(histogram) > 1, histogram  # eight frames waiting: one model call at a time, several frames a batch
+    assert max(answer["batch_size"] for answer in answers) == max(histogram)
+    assert handle.info.remote().result()["model_batch_limit"] == 1  # the shipped model is fixed at batch 1
+
+
+@needs_video
+def test_serve_http_ingress_takes_png_and_raw_frames_and_refuses_garbage_in_one_line(serving, kitti_frames):
+    import urllib.error
+    import urllib.request
+
+    from fleet.frames import decode_mask, encode_frame
+
+    _handle, port = serving
+    url = f"http://127.0.0.1:{port}/segment"
+    expected = runtime_mask(kitti_frames[5])
+    for encoding in ("png", "raw"):
+        data, shape = encode_frame(kitti_frames[5], encoding)
+        headers = {"X-Camera": "front", "X-Seq": "5", **({"X-Shape": ",".join(map(str, shape))} if shape else {})}
+        with urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=120) as answer:
+            assert answer.headers["X-Camera"] == "front" and answer.headers["X-Seq"] == "5"
+            assert np.array_equal(decode_mask(answer.read()), expected)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(url, data=b"\x00" * 100), timeout=120)
+    assert refused.value.code == 400
+    assert refused.value.read().decode().count("\n") == 1
