@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -287,6 +288,10 @@ def video_record(plan: VideoPlan, outputs: VideoOutputs, wall_s: float, backend:
             "fps": round(frames / wall_s, 3) if wall_s > 0 else 0.0}
 
 
+def stop_on_signal(signum: int, _frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_opencv()
@@ -295,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
             return fail(f"--{name.replace('_', '-')} {getattr(args, name)}: expected 1 or more")
     if args.actors < 0 or args.threads < 0 or args.num_gpus < 0:
         return fail("--actors, --threads and --num-gpus must not be negative")
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # like Ctrl-C: the video being written is closed properly
+        signal.signal(signum, stop_on_signal)
     try:
         summary = run_batch(args)
     except (ClusterError, ModelFileError, OutputError, OSError) as error:

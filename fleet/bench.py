@@ -34,6 +34,7 @@ import fleet.batch
 import runtime.stream
 from fleet.loadgen import DEFAULT_VIDEO, camera_frames, format_report, run_load
 from runtime.ioutil import atomic_write_text, fail
+from runtime.machine import cpu_name
 from runtime.model_select import default_model
 from runtime.sources import read_video_frames
 
@@ -48,7 +49,7 @@ def machine_line() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (0, 0, 0)
     import ray
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, load average "
             f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; Python {platform.python_version()}, "
             f"ray {ray.__version__}, OpenCV {cv2.__version__}")
 
