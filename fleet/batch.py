@@ -126,7 +126,10 @@ def plan_videos(args: argparse.Namespace, model: Path, out: Path
     todo: list[VideoPlan] = []
     skipped: list[str] = []
     stems: dict[str, str] = {}
+    out_folder = out.resolve()
     for path in paths:
+        if path.is_relative_to(out_folder):  # our own overlay videos, when --out lies inside an input folder
+            continue
         if path.stem in stems:
             unreadable.append(Unreadable(str(path), f"{path}: same name as {stems[path.stem]} (both would write "
                                          f"{out / path.stem}); rename one"))

@@ -18,6 +18,7 @@ LOOPBACK = "127.0.0.1"
 DEFAULT_OBJECT_STORE_MB = 256
 CONNECT_TIMEOUT_S = 5.0
 DEFAULT_GCS_PORT = 6379
+LOCAL_START_ATTEMPTS = 2
 
 
 class ClusterError(RuntimeError):
@@ -82,12 +83,7 @@ def connect(address: str | None = None, num_cpus: int | None = None,
     if ray.is_initialized():
         return describe("local" if address is None else address)
     if address is None:
-        try:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False,
-                     object_store_memory=object_store_mb * 2**20, _node_ip_address=LOOPBACK,
-                     configure_logging=True, logging_level="warning", log_to_driver=False)
-        except Exception as error:  # noqa: BLE001 - Ray raises many types while starting its processes
-            raise ClusterError(f"cannot start a local Ray cluster ({first_line(error)})") from error
+        start_local(num_cpus or os.cpu_count() or 1, object_store_mb)
         return describe("local")
     if address != "auto":
         check_reachable(address)
@@ -111,6 +107,22 @@ def native_stderr_silenced():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def start_local(num_cpus: int, object_store_mb: int, attempts: int = LOCAL_START_ATTEMPTS) -> None:
+    """A local cluster on loopback. Ray gives its raylet a fixed 30 s to register; on a busy machine that can pass
+    (seen on 2 cores under a load average of 10), and a second start then usually succeeds."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=object_store_mb * 2**20,
+                     _node_ip_address=LOOPBACK, configure_logging=True, logging_level="warning", log_to_driver=False)
+            return
+        except Exception as error:  # noqa: BLE001 - Ray raises many types while starting its processes
+            ray.shutdown()
+            if attempt == attempts or "timed out during startup" not in str(error):
+                raise ClusterError(f"cannot start a local Ray cluster ({first_line(error)})") from error
 
 
 def describe(address: str) -> ClusterInfo:
