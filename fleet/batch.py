@@ -167,6 +167,7 @@ def pool_size(args: argparse.Namespace, cpus: float, gpus: float) -> tuple[int, 
 
 def build_dataset(plans: list[VideoPlan], args: argparse.Namespace, model: Path, cpus: float, gpus: float):
     import ray
+    import ray.data  # configures its loggers on import: quieten them after
 
     from fleet.cluster import quiet_ray_environment
 
@@ -236,7 +237,7 @@ def run_batch(args: argparse.Namespace) -> dict:
     summary["frames"] = frames_done
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["fps"] = round(frames_done / summary["wall_s"], 3) if summary["wall_s"] > 0 else 0.0
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
