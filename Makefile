@@ -10,7 +10,7 @@ BUILD ?= build
 CONFIG ?= cpu
 STAMP := $(VENV)/.roadseg-installed
 
-.PHONY: setup setup-runtime setup-rtx setup-openvino test lint train eval export calibrate engine stream demo bench pipeline clean
+.PHONY: setup setup-runtime setup-rtx setup-openvino setup-fleet test lint train eval export calibrate engine stream demo bench pipeline clean
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
@@ -33,6 +33,13 @@ OPENVINO_STAMP := $(VENV)/.roadseg-openvino-installed
 setup-openvino: $(OPENVINO_STAMP)
 $(OPENVINO_STAMP): requirements/runtime-openvino.txt | setup
 	$(PY) -m pip install -q -r requirements/runtime-openvino.txt
+	touch $@
+
+## setup-fleet: Ray Data + Ray Serve (requirements/fleet.txt) into $(VENV) for fleet/ (docs/fleet.md)
+FLEET_STAMP := $(VENV)/.roadseg-fleet-installed
+setup-fleet: $(FLEET_STAMP)
+$(FLEET_STAMP): requirements/fleet.txt | setup
+	$(PY) -m pip install -q -r requirements/fleet.txt
 	touch $@
 
 ## setup-rtx: NVIDIA TensorRT-RTX into $(VENV) with numpy, OpenCV and onnx (no torch): builds real engines

@@ -6,7 +6,9 @@ same command line with options appended, which argparse lets override earlier on
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -32,6 +34,8 @@ NEEDS_HARDWARE = {
     "--config full": "needs a GPU and ImageNet weights",
     "--nproc_per_node 4": "needs 4 GPUs",
     "make test": "is this test suite itself",
+    "ray start": "needs a second machine (a multi-node Ray cluster)",
+    "--num-gpus": "needs a GPU",
 }
 
 
@@ -137,6 +141,31 @@ def test_step_bench_command(command, tmp_path):
     modes = json.loads(out.read_text())["modes"]
     assert set(modes) == {"fp32", "bf16", "fp32+channels_last", "bf16+channels_last"}
     assert all(m["median_s"] > 0 for m in modes.values())
+
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None and os.environ.get("ROADSEG_REQUIRE_RAY") != "1",
+                               reason="Ray is not installed (make setup-fleet)")
+
+
+@needs_kitti
+@needs_ray
+@runs(".venv/bin/python -m fleet.batch ../shared/data/kitti_raw --out runs/fleet")
+def test_fleet_batch_command(command, tmp_path):
+    result = run_cli(*python_argv(command), "--out", str(tmp_path), "--no-progress", "--segment-frames", "54",
+                     "--num-cpus", "2", timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] >= 108 and summary["failed"] == {}
+
+
+@needs_ray
+@runs(".venv/bin/python -m fleet.loadgen --cameras 8 --fps 5 --seconds 10")
+def test_fleet_loadgen_command(command, tmp_path):
+    result = run_cli(*python_argv(command), "--cameras", "2", "--seconds", "1", "--grace", "120", "--json",
+                     str(tmp_path / "load.json"), timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "load.json").read_text())
+    assert report["answered"] == report["sent"] > 0 and report["in_order"]
 
 
 @runs("make setup-runtime")

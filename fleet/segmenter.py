@@ -1,0 +1,106 @@
+"""Frames -> road masks with one backend: what a Ray Data actor and a Ray Serve replica each hold.
+
+The same steps as runtime/pipeline.py's serial loop (preprocess -> backend.infer -> postprocess), so a mask
+made here equals the slim runtime's for the same frame and model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import Backend, open_backend
+from runtime.pipeline import frame_preprocessor, warm_up
+from runtime.postprocess import MaskPostprocessor
+
+DYNAMIC = None  # a model whose batch dimension is symbolic: any batch size runs in one call
+
+
+def model_batch_limit(backend: Backend) -> int | None:
+    """The batch size the model's input takes: an int when fixed, DYNAMIC (None) when symbolic or -1."""
+    session = getattr(backend, "session", None)  # ONNX Runtime
+    if session is not None:
+        first = session.get_inputs()[0].shape[0]
+        return first if isinstance(first, int) and first > 0 else DYNAMIC
+    compiled = getattr(backend, "compiled", None)  # OpenVINO
+    if compiled is not None:
+        dimension = compiled.inputs[0].get_partial_shape()[0]
+        return dimension.get_length() if dimension.is_static else DYNAMIC
+    # TensorRT: its buffers are sized for one batch, which the backend holds.
+    return int(getattr(backend, "batch", 1) or 1)
+
+
+def resolve_backend(model: Path, backend: str, precision: str) -> tuple[str, str, str]:
+    """(backend, precision, label) that every actor or replica opens: the model opened here once, so a bad one
+    fails before a cluster starts; `auto`/`auto` becomes runtime/stream.py's own measured choice on this machine
+    (runtime/backend_choice.py), printed as it prints it."""
+    if backend == "auto" and precision == "auto":
+        from runtime.backend_choice import open_auto
+
+        opened, choice = open_auto(model, None, spinning=False)
+        if choice is not None:
+            print(choice.line(), flush=True)
+        if opened.name == "openvino":
+            precision = "bf16" if "bf16" in opened.precision else "fp32"
+    else:
+        opened = open_backend(model, backend, threads=1, precision=precision)
+    return opened.name, precision, f"{opened.name} {opened.precision}"
+
+
+@dataclass
+class SegmentedFrames:
+    """Masks of a batch of frames (each at its frame's size, 1 = road) and the inference milliseconds of each
+    frame (a frame inferred together with others gets its share of the call)."""
+
+    masks: list[np.ndarray]
+    inference_ms: list[float] = field(default_factory=list)
+
+
+class FrameSegmenter:
+    """One backend with its preprocessor and postprocessor, warmed up once."""
+
+    def __init__(self, model: str | Path, backend: str = "auto", threads: int | None = None,
+                 precision: str = "auto") -> None:
+        self.model = Path(model)
+        # Not spinning: a replica or actor shares its cores with decoding and Ray's own threads.
+        self.backend = open_backend(self.model, backend, threads=threads, spinning=False, precision=precision)
+        self.batch_limit = model_batch_limit(self.backend)
+        self._preprocess = frame_preprocessor(self.backend)
+        self._postprocess = MaskPostprocessor(self.backend.spec.road_index)
+        warm_up(self.backend, self._preprocess)
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.name} {self.backend.precision} on {self.backend.device}"
+
+    def __call__(self, frames: list[np.ndarray]) -> SegmentedFrames:
+        if self.batch_limit is DYNAMIC and len(frames) > 1:
+            return self._in_one_call(frames)
+        if self.batch_limit is not DYNAMIC and self.batch_limit > 1:  # a fixed batch N: chunks of N, padded
+            result = SegmentedFrames([])
+            for start in range(0, len(frames), self.batch_limit):
+                chunk = self._in_one_call(frames[start:start + self.batch_limit], pad_to=self.batch_limit)
+                result.masks += chunk.masks
+                result.inference_ms += chunk.inference_ms
+            return result
+        result = SegmentedFrames([])
+        for frame in frames:  # a model fixed at batch 1: the batch runs frame by frame
+            tensor = self._preprocess(frame)
+            started = time.perf_counter()
+            logits = self.backend.infer(tensor)
+            result.inference_ms.append((time.perf_counter() - started) * 1000.0)
+            result.masks.append(self._postprocess(logits[0], frame.shape[:2]).copy())
+        return result
+
+    def _in_one_call(self, frames: list[np.ndarray], pad_to: int = 0) -> SegmentedFrames:
+        tensors = [self._preprocess(frame).copy() for frame in frames]
+        tensors += [np.zeros_like(tensors[0])] * max(0, pad_to - len(frames))
+        tensor = np.concatenate(tensors)
+        started = time.perf_counter()
+        logits = self.backend.infer(tensor)
+        share = (time.perf_counter() - started) * 1000.0 / len(frames)
+        masks = [self._postprocess(logits[i], frame.shape[:2]).copy() for i, frame in enumerate(frames)]
+        return SegmentedFrames(masks, [share] * len(frames))
