@@ -1,5 +1,6 @@
 """FCN-8s on EfficientNet-Lite0: the ImageNet weights are real and untrusted, and BatchNorm folds exactly."""
 
+import importlib.util
 from pathlib import Path
 
 import cv2
@@ -161,3 +162,32 @@ def test_contract_carries_the_lite_input_convention():
     normalised = (pixel * spec.value_scale - spec.mean[0]) / spec.std[0]
     assert np.allclose(normalised, (pixel - 127.0) / 128.0)
     assert preprocess_for("fcn8s_vgg16", (192, 640)).mean != spec.mean
+
+
+SHIPPED_LITE = Path(__file__).resolve().parents[1] / "models" / "fcn8s_efficientnet_lite0.pt"
+
+
+def test_the_shipped_lite_files_carry_its_contract_and_match_pytorch_on_a_kitti_frame():
+    """The runtime needs no change for the Lite encoder: its (pixel - 127) / 128 travels in each shipped file's
+    metadata, and ONNX Runtime and OpenVINO give the PyTorch model's road mask on a real frame."""
+    from runtime.backends import open_backend
+    from runtime.preprocess import FramePreprocessor
+    from train.checkpoint import load_model
+
+    model, spec, _ = load_model(SHIPPED_LITE)
+    capture = cv2.VideoCapture(str(DEFAULT_VIDEO))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok, DEFAULT_VIDEO
+    batch = FramePreprocessor(spec)(frame).copy()
+    with torch.no_grad():
+        expected = model(torch.from_numpy(batch)).argmax(1).numpy()
+    assert expected.mean() > 0.1  # the frame shows road: agreement on an all-background mask would prove nothing
+    backends = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    for variant in ("fp16", "int8_cpu", "int8"):
+        path = SHIPPED_LITE.with_suffix(f".{variant}.onnx")
+        for backend_name in backends:
+            backend = open_backend(path, backend_name)
+            assert backend.spec.mean == spec.mean and backend.spec.std == spec.std, path
+            agreement = (backend.infer(batch).argmax(1) == expected).mean()
+            assert agreement > 0.99, f"{path.name} on {backend_name}: {agreement:.4f}"

@@ -185,7 +185,8 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models"
 
 
 @pytest.mark.parametrize("variant", ["fp16", "int8", "int8_fp16", "int8_cpu"])
-def test_real_rtx_parser_on_the_shipped_models(trt, variant):
+@pytest.mark.parametrize("stem", ["fcn8s_vgg16_w0.25_cpu", "fcn8s_efficientnet_lite0"])
+def test_real_rtx_parser_on_the_shipped_models(trt, stem, variant):
     """Every ONNX file shipped in models/ passes the real parser, the CPU-tuned one included."""
-    ok, errors = parse(trt, SHIPPED / f"fcn8s_vgg16_w0.25_cpu.{variant}.onnx")
+    ok, errors = parse(trt, SHIPPED / f"{stem}.{variant}.onnx")
     assert ok, errors
