@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, urlparse
 import cv2
 import numpy as np
 
+from runtime.output_policy import protect, protect_folder
 from runtime.preprocess import as_bgr8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -105,11 +106,14 @@ class CaptureReader:
     """A cv2.VideoCapture over a camera, file, URL or GStreamer pipeline."""
 
     def __init__(self, target: int | str, description: str, api: int = cv2.CAP_ANY,
-                 params: list[int] | None = None, loop: bool = False) -> None:
+                 params: list[int] | None = None, loop: bool = False, is_file: bool = False) -> None:
         self.description = description
         self._target, self._api, self._params, self._loop = target, api, params or [], loop
-        self._count = 0
+        self._count = self._since_open = 0
         self._capture = self._open()
+        # A file's container says how many frames it holds: ending well before that is a decode failure, not the end.
+        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT) if is_file else 0.0
+        self.frames_expected = int(count) if 0 < count < 1e9 else 0  # NaN and nonsense: unknown
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not 0 < self.fps < 1000:  # backends report 0, NaN or 90000 when they don't know
             self.fps = 0.0
@@ -123,15 +127,26 @@ class CaptureReader:
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
         ok, image = self._capture.read(buffer)
+        if not ok:
+            self._check_complete()
         if not ok and self._loop and self._count:
             self._capture.release()
             self._capture = self._open()
+            self._since_open = 0
             ok, image = self._capture.read(buffer)
         if not ok or image is None:
             return None
         name = f"{self._count:06d}"
         self._count += 1
+        self._since_open += 1
         return as_bgr8(image), name
+
+    def _check_complete(self) -> None:
+        """A file that stops decoding well before its container's frame count failed part-way (a frame off is
+        allowed: some containers estimate their count from the duration)."""
+        if self._since_open < self.frames_expected - 1:
+            raise SourceError(f"{self.description}: decoding failed part-way: {self._since_open} of "
+                              f"{self.frames_expected} frames read")
 
     def release(self) -> None:
         self._capture.release()
@@ -169,6 +184,9 @@ class ImageFolderReader:
         self.description = pattern
         self.fps = 0.0
         self.paths = list_images(pattern)
+        protect("source", *self.paths)
+        for folder in {path.parent for path in self.paths}:
+            protect_folder("source", folder)
         self.unreadable: list[str] = []
         self._loop = loop
         self._position = 0
@@ -339,7 +357,9 @@ class PrefetchSource(FrameSource):
                 image, name = result
                 self._ready.put(Frame(image, index, time.perf_counter(), name))
                 index += 1
-        except Exception as error:  # surfaced on the main thread as a clean end with a reason
+        except SourceError as error:  # surfaced on the main thread as a clean end with a reason
+            self.error = str(error)
+        except Exception as error:
             self.error = f"{self.description}: read failed ({error})"
         finally:
             self._ready.put(None)
@@ -590,10 +610,11 @@ def decode_threads(cores: int | None = None) -> int:
 def open_video_reader(path: str | Path, loop: bool = False) -> CaptureReader:
     path = Path(path)
     _check_video_file(path)
+    protect("source", path)
     threads_property = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6 (JetPack 5 ships 4.5)
     params = [threads_property, decode_threads()] if threads_property is not None else []
     try:
-        reader = CaptureReader(str(path), str(path), cv2.CAP_ANY, params, loop=loop)
+        reader = CaptureReader(str(path), str(path), cv2.CAP_ANY, params, loop=loop, is_file=True)
     except SourceError as error:
         raise SourceError(f"{path}: cannot be opened as a video (corrupt or unsupported format)") from error
     probe = cv2.VideoCapture(str(path))  # a file that opens but decodes nothing is as bad as a corrupt one

@@ -9,17 +9,15 @@ strings only) and then validates the structure before any of it is used.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
-from runtime.ioutil import publish
+from runtime.output_policy import atomic_write, protect
 from train.model import FCN8s, build_model
 
 FORMAT = "roadseg-checkpoint-v1"
@@ -36,19 +34,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        publish(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """torch.save through the one atomic writer (runtime/output_policy.py): a crash or a full disk never leaves
+    half a checkpoint, and an input of the run is never overwritten."""
+    atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def model_payload(model: FCN8s, spec: PreprocessSpec, summary: dict, half: bool = False) -> dict:
@@ -66,6 +54,7 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    protect("checkpoint", path)
     try:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
