@@ -104,6 +104,23 @@ def refuse_overlaps(outputs: Mapping[str, str | Path | None], inputs: Mapping[st
                                   "into an input folder")
 
 
+def claim_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None] | None = None,
+                  output_folders: Mapping[str, str | Path | None] | None = None) -> None:
+    """What an entry point calls before its work: every output distinct from the inputs and from the others, a
+    file where a file is meant, and its folder writable, so a refusal comes in one line before, not after, the run.
+    """
+    refuse_overlaps(outputs, inputs or {}, output_folders)
+    for flag, path in outputs.items():
+        if path is not None:
+            check_target(path, flag)
+            check_writable(path, flag)
+    for flag, folder in (output_folders or {}).items():
+        if folder is not None:
+            overlap = protected_folder_overlap(folder)
+            if overlap:
+                raise OutputError(f"{flag} {folder}: overlaps the {overlap}; refusing to write into an input folder")
+
+
 def check_target(path: str | Path, flag: str = "") -> Path:
     """The path, if a regular file may be written there: refused when it is an input of this process or when
     something other than a regular file is in the way."""

@@ -23,11 +23,10 @@ from runtime.output_policy import (
     OutputError,
     atomic_write_bytes,
     check_target,
-    check_writable,
+    claim_outputs,
     make_folder,
     place,
     protected_folder_overlap,
-    refuse_overlaps,
     temporary_name,
 )
 from runtime.postprocess import ROAD_COLOR_BGR
@@ -247,11 +246,7 @@ def claim_output_paths(output: str | Path | None, save_masks: str | Path | None,
                        stats_json: str | Path | None) -> None:
     """Before a run: its files must be files (not an input, a device node or a folder) and distinct, and none may
     land inside the masks folder it fills."""
-    refuse_overlaps({"--output": output, "--stats-json": stats_json}, {}, {"--save-masks": save_masks})
-    for flag, path in (("--output", output), ("--stats-json", stats_json)):
-        if path is not None:
-            check_target(path, flag)
-            check_writable(path, flag)
+    claim_outputs({"--output": output, "--stats-json": stats_json}, {}, {"--save-masks": save_masks})
 
 
 def gui_backend() -> str:

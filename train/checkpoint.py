@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
+from runtime.input_policy import ArtifactError, check_depth
 from runtime.output_policy import atomic_write, protect
 from train.model import FCN8s, build_model
 
@@ -85,6 +86,10 @@ def validate_payload(payload: object, path: Path) -> None:
         if not isinstance(payload.get(key), kind):
             have = type(payload[key]).__name__ if key in payload else "missing"
             raise CheckpointError(f"{path}: field '{key}' must be a {kind.__name__} ({have})")
+    try:  # the summary is copied into every export's metadata: held to the JSON depth limit like any artifact
+        check_depth(payload["summary"], f"{path}: field 'summary'")
+    except ArtifactError as error:
+        raise CheckpointError(str(error)) from error
     arch = validate_arch(payload["arch"], path)
     try:
         spec = PreprocessSpec.from_json(payload["preprocess"])
