@@ -24,7 +24,7 @@ from kitti.frames import evenly_spaced, select_kitti_frames
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_bytes, sha256_file
 from runtime.preprocess import FramePreprocessor
-from runtime.sources import read_video_frames
+from runtime.sources import count_video_frames, read_video_frames_at
 
 FORMAT = "roadseg-calibration-v1"
 MANIFEST_NAME = "manifest.json"
@@ -81,16 +81,17 @@ def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreproc
 
 def video_items(video: Path, size: int, preprocess: FramePreprocessor,
                 progress: bool) -> tuple[list[dict], np.ndarray]:
-    frames = read_video_frames(video)
-    if not frames:
+    # Two passes, neither keeping more than the chosen frames: count what decodes, then decode the chosen ones.
+    total = count_video_frames(video)
+    if not total:
         raise CalibrationError(f"{video}: video has no readable frames")
-    chosen = evenly_spaced(list(range(len(frames))), size)
+    chosen = read_video_frames_at(video, evenly_spaced(list(range(total)), size))
     tensors = np.empty((len(chosen), 3, *preprocess.spec.size_hw), np.float32)
     items = []
-    for slot, index in enumerate(tqdm(chosen, desc="calibration set", disable=not progress, leave=False)):
-        tensors[slot] = preprocess(frames[index])[0]
+    for slot, (index, frame) in enumerate(tqdm(chosen, desc="calibration set", disable=not progress, leave=False)):
+        tensors[slot] = preprocess(frame)[0]
         items.append({"file": video.name, "frame": index, "category": "video",
-                      "sha256": sha256_bytes(np.ascontiguousarray(frames[index]).tobytes())})
+                      "sha256": sha256_bytes(np.ascontiguousarray(frame).tobytes())})
     return items, tensors
 
 

@@ -48,6 +48,7 @@ from engine.trt_builder import (
 )
 from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
+from runtime.output_policy import temporary_name
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import GpuInfo, probe_cuda, sidecar_path
 from runtime.trt_flavour import (
@@ -387,7 +388,7 @@ def build_with_bindings(trt, build: Path, onnx_path: Path, options: BuildOptions
 
 def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, typed: bool,
                        timing_cache: Path | None, calibration_build: Path | None, trt_version: str) -> BuiltEngine:
-    temp = engine_path.with_name(f".{engine_path.name}.partial")
+    temp = temporary_name(engine_path)  # unique: two builds into one folder never share a temporary file
     cache = None
     if calibration_build is not None:
         cache = calibration_build / "calibration" / "trt" / f"tensorrt-{trt_version}.cache"
@@ -396,7 +397,7 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options
     print("  " + shlex.join(command))
     try:
         result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not temp.is_file():
+        if result.returncode != 0 or not temp.stat().st_size:
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
             raise EngineBuildError(f"trtexec failed (exit {result.returncode}): {tail[0][:200]}")
         return BuiltEngine(temp.read_bytes(), onnx_io(onnx_path), [])

@@ -587,6 +587,41 @@ def read_video_frames(path: str | Path, limit: int | None = None) -> list[np.nda
     return frames
 
 
+def count_video_frames(path: str | Path) -> int:
+    """Frames that decode in a video file, counted with grab() (decoded, never converted or kept)."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    try:
+        while capture.isOpened() and capture.grab():
+            count += 1
+    finally:
+        capture.release()
+    return count
+
+
+def read_video_frames_at(path: str | Path, indices: list[int]) -> list[tuple[int, np.ndarray]]:
+    """(index, frame) for the wanted frame indices only: the others are grabbed and dropped, so a long, large
+    source costs the memory of the frames kept, not of the whole video."""
+    wanted = sorted(set(indices))
+    capture = cv2.VideoCapture(str(path))
+    frames: list[tuple[int, np.ndarray]] = []
+    try:
+        index = 0
+        for target in wanted:
+            while index < target and capture.grab():
+                index += 1
+            if index != target or not capture.grab():
+                break
+            ok, frame = capture.retrieve()
+            index += 1
+            if not ok:
+                break
+            frames.append((target, frame))
+    finally:
+        capture.release()
+    return frames
+
+
 def has_gstreamer() -> bool:
     return re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) is not None
 
