@@ -28,7 +28,7 @@ from pathlib import Path
 from export.onnx_export import DEFAULT_OPSET
 from export.stage import GATE_ERRORS, ExportOptions, run_export
 from runtime.ioutil import fail
-from runtime.output_policy import claim_outputs, protect, protect_folder
+from runtime.output_policy import claim_outputs
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 
@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=not args.no_progress, in_graph=want_in_graph(args.in_graph),
                             video=Path(args.video))
     try:
-        protect("--checkpoint", args.checkpoint)
-        protect_folder("--data", args.data)
-        claim_outputs({}, {}, {"--build": args.build})
+        claim_outputs({}, {"--checkpoint": args.checkpoint, "--data": args.data})
         run_export(Path(args.checkpoint), Path(args.build), Path(args.data), options)
     except GATE_ERRORS as error:
         return fail(error, 1)

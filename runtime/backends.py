@@ -20,7 +20,6 @@ from runtime.contract import (
     TensorInfo,
     check_model,
 )
-from runtime.output_policy import protect
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 # ONNX Runtime's type strings for the element types a roadseg graph may carry.
@@ -163,7 +162,6 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: model file not found")
-    protect("model", path)
     if path.suffix in ENGINE_SUFFIXES:
         if backend not in ("auto", "tensorrt"):
             raise ModelFileError(f"{path}: a TensorRT engine cannot run on --backend {backend}")

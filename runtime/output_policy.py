@@ -1,8 +1,9 @@
 """What every writer does, so that nothing a user has is lost.
 
 - An output never resolves to an input of the run (the video being read, the model, an image of the folder) nor
-  to another output of the same run: `refuse_overlaps` says so in one line before any work starts, and every
-  atomic write refuses a target `protect` registered as an input of this process.
+  to another output of the same run: an entry point calls `claim_outputs` once before its work, which registers
+  the run's inputs and says in one line what overlaps; from then on every atomic write refuses a target that is
+  an input of the run.
 - A file is written where a file is meant: an existing device node, FIFO, socket or folder at the path is refused
   (replacing /dev/null by a regular file as root would destroy the device node).
 - Writes go to a unique temporary name in the target folder (mkstemp: two runs never share one), are flushed and
@@ -19,12 +20,12 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-_PROTECTED: dict[str, str] = {}  # realpath or "dev:ino" -> the flag that named it (inputs of this process)
-_PROTECTED_FOLDERS: dict[str, str] = {}  # realpath of an input folder (e.g. --images) -> its flag
+_PROTECTED: dict[str, str] = {}  # realpath or "dev:ino" -> the flag that named it (inputs of the current run)
+_PROTECTED_FOLDERS: dict[str, str] = {}  # realpath of a folder whose files are inputs (--images) -> its flag
 
 
 class OutputError(OSError):
@@ -54,7 +55,7 @@ def inside(path: str | Path, folder: str | Path) -> bool:
 
 
 def protect(flag: str, *paths: str | Path | None) -> None:
-    """Register inputs of this process: every atomic write refuses them as targets from now on."""
+    """Register inputs of the current run: every atomic write refuses them as targets from now on."""
     for path in paths:
         if path is not None:
             for key in _identities(path):
@@ -62,16 +63,20 @@ def protect(flag: str, *paths: str | Path | None) -> None:
 
 
 def protect_folder(flag: str, folder: str | Path) -> None:
-    """Register a folder whose files are inputs: no output folder may overlap it."""
+    """Register a folder whose files are inputs: no output folder (one the run fills) may be that folder."""
     _PROTECTED_FOLDERS.setdefault(os.path.realpath(folder), flag)
 
 
 def protected_folder_overlap(folder: str | Path) -> str | None:
-    """'FLAG input folder PATH' when `folder` is, contains or lies inside a registered input folder."""
-    for source, flag in _PROTECTED_FOLDERS.items():
-        if inside(folder, source) or inside(source, folder):
-            return f"{flag} input folder {source}"
-    return None
+    """'FLAG input folder PATH' when `folder` is a registered input folder."""
+    flag = _PROTECTED_FOLDERS.get(os.path.realpath(folder))
+    return f"{flag} input folder {os.path.realpath(folder)}" if flag else None
+
+
+def new_run() -> None:
+    """Forget the inputs of an earlier run in this process (entry points called one after another in tests)."""
+    _PROTECTED.clear()
+    _PROTECTED_FOLDERS.clear()
 
 
 def protected_by(path: str | Path) -> str | None:
@@ -105,10 +110,21 @@ def refuse_overlaps(outputs: Mapping[str, str | Path | None], inputs: Mapping[st
 
 
 def claim_outputs(outputs: Mapping[str, str | Path | None], inputs: Mapping[str, str | Path | None] | None = None,
-                  output_folders: Mapping[str, str | Path | None] | None = None) -> None:
-    """What an entry point calls before its work: every output distinct from the inputs and from the others, a
-    file where a file is meant, and its folder writable, so a refusal comes in one line before, not after, the run.
-    """
+                  output_folders: Mapping[str, str | Path | None] | None = None,
+                  input_files: Mapping[str, Iterable[str | Path]] | None = None) -> None:
+    """What an entry point calls once before its work: it starts a new run whose inputs are `inputs` (files or
+    folders) and `input_files` (e.g. every image of --images, whose folders become input folders), then requires
+    every output to be distinct from them and from the others, a file where a file is meant, and its folder
+    writable, so a refusal comes in one line before, not after, the run."""
+    new_run()
+    for flag, path in (inputs or {}).items():
+        if path is not None:
+            (protect_folder if os.path.isdir(path) else protect)(flag, path)
+    for flag, paths in (input_files or {}).items():
+        paths = list(paths)
+        protect(flag, *paths)
+        for folder in {os.path.dirname(os.path.abspath(p)) for p in paths}:
+            protect_folder(flag, folder)
     refuse_overlaps(outputs, inputs or {}, output_folders)
     for flag, path in outputs.items():
         if path is not None:

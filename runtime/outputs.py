@@ -242,11 +242,12 @@ class MaskWriter:
         self.written += 1
 
 
-def claim_output_paths(output: str | Path | None, save_masks: str | Path | None,
-                       stats_json: str | Path | None) -> None:
-    """Before a run: its files must be files (not an input, a device node or a folder) and distinct, and none may
-    land inside the masks folder it fills."""
-    claim_outputs({"--output": output, "--stats-json": stats_json}, {}, {"--save-masks": save_masks})
+def claim_output_paths(output: str | Path | None, save_masks: str | Path | None, stats_json: str | Path | None,
+                       model: str | Path | None, source_files: list[Path]) -> None:
+    """Before a stream runs: its files must be files (not the model, a source file, a device node or a folder) and
+    distinct, none may land inside the masks folder it fills, and that folder may not be the images' own."""
+    claim_outputs({"--output": output, "--stats-json": stats_json}, {"--model": model}, {"--save-masks": save_masks},
+                  {"source": source_files})
 
 
 def gui_backend() -> str:

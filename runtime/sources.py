@@ -31,7 +31,6 @@ from urllib.parse import parse_qs, urlparse
 import cv2
 import numpy as np
 
-from runtime.output_policy import protect, protect_folder
 from runtime.preprocess import as_bgr8
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".webp")
@@ -114,6 +113,7 @@ class CaptureReader:
         # A file's container says how many frames it holds: ending well before that is a decode failure, not the end.
         count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT) if is_file else 0.0
         self.frames_expected = int(count) if 0 < count < 1e9 else 0  # NaN and nonsense: unknown
+        self.input_paths = [Path(target)] if is_file else []  # what no output of the run may replace
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not 0 < self.fps < 1000:  # backends report 0, NaN or 90000 when they don't know
             self.fps = 0.0
@@ -184,9 +184,7 @@ class ImageFolderReader:
         self.description = pattern
         self.fps = 0.0
         self.paths = list_images(pattern)
-        protect("source", *self.paths)
-        for folder in {path.parent for path in self.paths}:
-            protect_folder("source", folder)
+        self.input_paths = self.paths
         self.unreadable: list[str] = []
         self._loop = loop
         self._position = 0
@@ -266,6 +264,7 @@ class PacedReader:
     def __init__(self, reader: Reader, fps: float) -> None:
         self._reader = reader
         self.description = reader.description
+        self.input_paths = getattr(reader, "input_paths", [])
         self.fps = fps
         self._period = 1.0 / fps
         self._next: float | None = None
@@ -645,7 +644,6 @@ def decode_threads(cores: int | None = None) -> int:
 def open_video_reader(path: str | Path, loop: bool = False) -> CaptureReader:
     path = Path(path)
     _check_video_file(path)
-    protect("source", path)
     threads_property = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6 (JetPack 5 ships 4.5)
     params = [threads_property, decode_threads()] if threads_property is not None else []
     try:

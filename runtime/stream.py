@@ -137,12 +137,13 @@ def open_source(args: argparse.Namespace) -> FrameSource:
     return opener()
 
 
-def open_outputs(args: argparse.Namespace, source: FrameSource) -> Outputs:
+def open_outputs(args: argparse.Namespace, source: FrameSource, model_path: Path | None = None) -> Outputs:
     renderer = Renderer(args.view, args.alpha)
     window = None
     if args.display or (not args.headless and display_problem() is None):
         window = WindowOutput(f"roadseg: {source.description}")
-    claim_output_paths(args.output, args.save_masks, args.stats_json)
+    claim_output_paths(args.output, args.save_masks, args.stats_json, model_path,
+                       getattr(getattr(source, "reader", None), "input_paths", []))
     video = VideoFileOutput(args.output, source.fps, args.fourcc, source.description) if args.output else None
     masks = MaskWriter(args.save_masks) if args.save_masks else None
     return Outputs(renderer, window, video, masks)
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         source = open_source(args)
-        outputs = open_outputs(args, source)
+        outputs = open_outputs(args, source, model_path)
         stats = StreamStats(live=source.live)
         run_pipeline(source, backend, outputs, stats, stop, hud=not args.no_hud,
                      status_every=0.0 if args.quiet else STATUS_EVERY_S, pipelined=pipelined)

@@ -18,7 +18,7 @@ import torch
 
 from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
 from runtime.input_policy import ArtifactError, check_depth
-from runtime.output_policy import atomic_write, protect
+from runtime.output_policy import atomic_write
 from train.model import FCN8s, build_model
 
 FORMAT = "roadseg-checkpoint-v1"
@@ -55,7 +55,6 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    protect("checkpoint", path)
     try:
         with torch.serialization.safe_globals(NUMPY_ARRAY_GLOBALS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
