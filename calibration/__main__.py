@@ -26,7 +26,7 @@ from calibration.quantize import DEFAULT_PERCENTILE, ENTROPY_BINS
 from calibration.stage import CalibrationOptions, GateError, method_list, run_calibration
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
-from runtime.output_policy import claim_outputs
+from runtime.output_policy import claim_outputs, one_run
 from runtime.paths import DEFAULT_KITTI_DIR
 
 
@@ -45,6 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:

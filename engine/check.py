@@ -19,10 +19,9 @@ from pathlib import Path
 from runtime.contract import ModelFileError, shorten
 from runtime.input_policy import ArtifactError, read_limited, regular_file_size, resolve_inside
 from runtime.ioutil import fail, sha256_file
-from runtime.tensorrt_backend import read_sidecar, sidecar_flavour, sidecar_path
+from runtime.tensorrt_backend import MAX_ENGINE_BYTES, read_sidecar, sidecar_flavour, sidecar_path
 from runtime.trt_flavour import TENSORRT_RTX, release, rtx_engine_version
 
-MAX_ENGINE_BYTES = 4 << 30  # an FCN-8s engine is tens of MB; beyond this a file is not one of ours
 MAX_IO_ROWS = 8
 NOT_FROM_HERE = ("VERSION_MISMATCH", "MALFORMED_ENGINE")  # diagnostics that no GPU could explain
 

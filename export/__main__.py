@@ -28,7 +28,7 @@ from pathlib import Path
 from export.onnx_export import DEFAULT_OPSET
 from export.stage import GATE_ERRORS, ExportOptions, run_export
 from runtime.ioutil import fail
-from runtime.output_policy import claim_outputs
+from runtime.output_policy import claim_outputs, one_run
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 
@@ -67,6 +67,7 @@ def want_in_graph(choice: str) -> bool:
     return wanted
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kitti.data import DataError

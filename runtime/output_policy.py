@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import stat
 import tempfile
@@ -74,9 +75,23 @@ def protected_folder_overlap(folder: str | Path) -> str | None:
 
 
 def new_run() -> None:
-    """Forget the inputs of an earlier run in this process (entry points called one after another in tests)."""
+    """Forget the inputs of an earlier run in this process."""
     _PROTECTED.clear()
     _PROTECTED_FOLDERS.clear()
+
+
+def one_run(main: Callable[..., int]) -> Callable[..., int]:
+    """An entry point's `main`: the inputs it claims are protected while it runs and forgotten when it returns, so
+    a later call in the same process (a test, a stage run after another) starts clean."""
+    @functools.wraps(main)
+    def run(*args, **kwargs) -> int:
+        new_run()
+        try:
+            return main(*args, **kwargs)
+        finally:
+            new_run()
+
+    return run
 
 
 def protected_by(path: str | Path) -> str | None:

@@ -35,6 +35,7 @@ from runtime.backends import open_backend  # noqa: E402
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
+from runtime.output_policy import one_run  # noqa: E402
 from runtime.outputs import (  # noqa: E402
     VIEWS,
     MaskWriter,
@@ -191,6 +192,7 @@ def quiet_opencv() -> None:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines ("moov atom not found")
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_opencv()

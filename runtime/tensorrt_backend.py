@@ -27,7 +27,7 @@ from runtime.contract import (
     shorten,
     validate_sidecar,
 )
-from runtime.input_policy import ArtifactError, read_json
+from runtime.input_policy import ArtifactError, read_json, read_limited
 from runtime.trt_flavour import (
     FLAVOURS,
     TENSORRT,
@@ -38,6 +38,8 @@ from runtime.trt_flavour import (
     runtime_cache_path,
     same_release,
 )
+
+MAX_ENGINE_BYTES = 4 << 30  # an FCN-8s engine is tens of MB; past this a file is not one of ours
 
 __all__ = ["SIDECAR_FORMAT", "TensorRTBackend", "probe_cuda", "read_sidecar", "sidecar_path"]
 
@@ -260,7 +262,10 @@ class TensorRTBackend:
         trt = self._trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        data = path.read_bytes()
+        try:
+            data = read_limited(path, MAX_ENGINE_BYTES)
+        except ArtifactError as error:
+            raise ModelFileError(str(error)) from error
         check_engine_validity(trt, self._runtime, data, path, rebuild)
         dla_core = sidecar.get("cache_key", {}).get("build_options", {}).get("dla_core")
         if dla_core is not None:

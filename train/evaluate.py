@@ -15,7 +15,7 @@ from kitti.evaluate import evaluate_samples
 from kitti.metrics import RoadMetricAccumulator
 from kitti.splits import checked_summary, provenance, three_way_split
 from runtime.ioutil import atomic_write_text, fail, save_figure
-from runtime.output_policy import claim_outputs
+from runtime.output_policy import claim_outputs, one_run
 
 
 def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto", precision: str = "auto"):
@@ -130,6 +130,7 @@ def spread_text(metrics: dict, key: str) -> str:
     return f" +-{std * 100:.2f}" if std is not None else ""
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
