@@ -24,7 +24,7 @@ from kitti.frames import evenly_spaced, select_kitti_frames
 from runtime.contract import PreprocessSpec
 from runtime.ioutil import atomic_write_bytes, sha256_file
 from runtime.preprocess import FramePreprocessor
-from runtime.sources import count_video_frames, read_video_frames_at
+from runtime.sources import SourceError, count_video_frames, read_video_frames_at
 
 FORMAT = "roadseg-calibration-v1"
 MANIFEST_NAME = "manifest.json"
@@ -82,7 +82,10 @@ def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreproc
 def video_items(video: Path, size: int, preprocess: FramePreprocessor,
                 progress: bool) -> tuple[list[dict], np.ndarray]:
     # Two passes, neither keeping more than the chosen frames: count what decodes, then decode the chosen ones.
-    total = count_video_frames(video)
+    try:
+        total = count_video_frames(video)
+    except SourceError as error:
+        raise CalibrationError(str(error)) from error
     if not total:
         raise CalibrationError(f"{video}: video has no readable frames")
     chosen = read_video_frames_at(video, evenly_spaced(list(range(total)), size))

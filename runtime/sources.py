@@ -587,14 +587,18 @@ def read_video_frames(path: str | Path, limit: int | None = None) -> list[np.nda
 
 
 def count_video_frames(path: str | Path) -> int:
-    """Frames that decode in a video file, counted with grab() (decoded, never converted or kept)."""
+    """Frames that decode in a video file, counted with grab() (decoded, never converted or kept); SourceError
+    when decoding stops well before the container's own frame count (a file damaged part-way)."""
     capture = cv2.VideoCapture(str(path))
     count = 0
     try:
+        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else 0.0
         while capture.isOpened() and capture.grab():
             count += 1
     finally:
         capture.release()
+    if 0 < declared < 1e9 and count < int(declared) - 1:
+        raise SourceError(f"{path}: decoding failed part-way: {count} of {int(declared)} frames read")
     return count
 
 
