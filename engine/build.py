@@ -48,7 +48,7 @@ from engine.trt_builder import (
 )
 from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
-from runtime.output_policy import temporary_name
+from runtime.output_policy import claim_outputs, one_run, temporary_name
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import GpuInfo, probe_cuda, sidecar_path
 from runtime.trt_flavour import (
@@ -442,9 +442,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        claim_outputs({}, {"--checkpoint": args.checkpoint, "--data": args.data})  # no stage may replace them
         return run(args)
     except MissingToolchain as error:
         onnx_files = ", ".join(p.name for p in sorted(Path(args.build).glob("model.*.onnx")))
