@@ -206,13 +206,16 @@ def test_full_disk_keeps_the_good_video_and_the_stats_land(scene: dict[str, Path
 
 
 def test_read_only_output_is_one_line_before_the_run(scene: dict[str, Path], tmp_path: Path):
+    from runtime.stream import main
+
     folder, _ = small_filesystem(tmp_path, 64, read_only=True)
     try:
         for flag, name in (("--output", "o.mp4"), ("--stats-json", "s.json")):
-            result = run_stream(str(scene["video"]), "--model", str(scene["model"]), "--headless", "--quiet",
-                                flag, str(folder / name))
-            line = assert_one_error_line(result.stderr)
-            assert result.returncode == 2 and flag in line and "frames:" not in result.stdout, result.stderr
+            stdout = io.StringIO()
+            with contextlib.redirect_stdout(stdout):
+                code, stderr = call_main(main, [str(scene["video"]), "--model", str(scene["model"]), "--headless",
+                                                "--quiet", flag, str(folder / name)], f"{flag} on a read-only disk")
+            assert code == 2 and f"{flag} {folder / name}" in stderr, stderr
     finally:
         unmount(folder)
 
