@@ -47,6 +47,7 @@ from engine.trt_builder import (
     trtexec_command,
 )
 from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT
+from runtime.input_policy import ArtifactError, parse_json, read_json
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.output_policy import claim_outputs, one_run, temporary_name
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
@@ -146,8 +147,11 @@ def onnx_is_current(build: Path, checkpoint: Path) -> bool:
         return False
     if not parity.is_file() or not checkpoint.is_file():
         return not checkpoint.is_file() and parity.is_file()  # no checkpoint here: trust what was built
-    recorded = json.loads(parity.read_text()).get("checkpoint_sha256")
-    return recorded == sha256_file(checkpoint)
+    try:
+        recorded = read_json(parity)
+    except ArtifactError:  # unreadable: export again, which rewrites it
+        return False
+    return isinstance(recorded, dict) and recorded.get("checkpoint_sha256") == sha256_file(checkpoint)
 
 
 def int8_is_current(build: Path) -> bool:
@@ -213,7 +217,9 @@ def calibration_identity(build: Path, options: BuildOptions) -> str | None:
     else:  # the shipped INT8 files (models/) carry their calibration set's manifest sha256 in their metadata
         recorded = onnx_metadata(build / "model.int8.onnx").get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
             (build / "model.int8.onnx").is_file() else None
-        identity = json.loads(recorded).get("manifest_sha256") if recorded else None
+        calibration = parse_json(recorded, f"{build / 'model.int8.onnx'} metadata {CALIBRATION_KEY}") \
+            if recorded else None
+        identity = calibration.get("manifest_sha256") if isinstance(calibration, dict) else None
         if not identity:
             raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
     if options.int8_mode == "calibrator":
@@ -252,11 +258,11 @@ def key_digest(key: dict) -> str:
 def reusable(engine_path: Path, key: dict) -> bool:
     """The engine exists, its sidecar carries the same key, and the engine bytes are the ones it recorded."""
     sidecar = sidecar_path(engine_path)
-    if not engine_path.is_file() or not sidecar.is_file():
+    if not engine_path.is_file() or not sidecar.exists():
         return False
     try:
-        recorded = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        recorded = read_json(sidecar)
+    except ArtifactError:  # damaged, huge, deep, or not a file: rebuilt, and replaced atomically
         return False
     return (isinstance(recorded, dict) and recorded.get("cache_key_sha256") == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
@@ -327,7 +333,10 @@ def calibration_cache_bytes(build: Path, trt_version: str) -> bytes:
     ranges = build / "calibration" / "trt" / "ranges.json"
     if not ranges.is_file():
         raise EngineBuildError(f"{ranges}: no calibration ranges; run `make calibrate`")
-    amax = json.loads(ranges.read_text())["amax"]
+    table = read_json(ranges, max_bytes=16 << 20)
+    amax = table.get("amax") if isinstance(table, dict) else None
+    if not isinstance(amax, dict) or not all(isinstance(v, (int, float)) for v in amax.values()):
+        raise EngineBuildError(f"{ranges}: no table of tensor ranges ('amax'); run `make calibrate`")
     return trt_cache_text(amax, calibration_cache_header(trt_version)).encode()
 
 
