@@ -211,10 +211,8 @@ def test_read_only_output_is_one_line_before_the_run(scene: dict[str, Path], tmp
     folder, _ = small_filesystem(tmp_path, 64, read_only=True)
     try:
         for flag, name in (("--output", "o.mp4"), ("--stats-json", "s.json")):
-            stdout = io.StringIO()
-            with contextlib.redirect_stdout(stdout):
-                code, stderr = call_main(main, [str(scene["video"]), "--model", str(scene["model"]), "--headless",
-                                                "--quiet", flag, str(folder / name)], f"{flag} on a read-only disk")
+            code, stderr = call_main(main, [str(scene["video"]), "--model", str(scene["model"]), "--headless",
+                                            "--quiet", flag, str(folder / name)], f"{flag} on a read-only disk")
             assert code == 2 and f"{flag} {folder / name}" in stderr, stderr
     finally:
         unmount(folder)
@@ -460,3 +458,44 @@ def test_module_level_skips_fail_a_no_skips_run(tmp_path: Path):
                             capture_output=True, text=True, cwd=tmp_path, timeout=120,
                             env={**os.environ, "ROADSEG_NO_SKIPS": "1", "PYTHONPATH": str(REPO)})
     assert result.returncode == 1 and "test_absent.py (whole module): " in result.stdout, result.stdout[-1500:]
+
+
+def test_calibration_names_a_source_that_fails_part_way(tmp_path: Path, tiny_onnx: Path):
+    from calibration.__main__ import main
+
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "model.fp32.onnx").write_bytes(tiny_onnx.read_bytes())
+    video = write_video(tmp_path / "clip.mp4", 30, (320, 96), 10.0)
+    data = bytearray(video.read_bytes())
+    third = len(data) // 3
+    data[third:2 * third] = random.Random(SEED).randbytes(third)
+    video.write_bytes(bytes(data))
+    code, stderr = call_main(main, ["--build", str(build), "--source", str(video), "--data", str(tmp_path),
+                                    "--size", "4", "--no-progress"], "calibration from a garbled video")
+    assert code == 2 and str(video) in stderr and "decoding failed part-way" in stderr, stderr
+
+
+def test_engine_build_never_hangs_on_a_hostile_sidecar(tmp_path: Path):
+    """An existing engine's sidecar decides whether the build is reused: a FIFO, a deep or a huge one means
+    'rebuild', at once."""
+    from engine.build import reusable
+
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"engine")
+    sidecar = Path(f"{engine}.json")
+    for kind in random.Random(SEED).sample(["fifo", "deep", "huge"], 3):
+        sidecar.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(sidecar)
+        elif kind == "deep":
+            sidecar.write_text("[" * 100_000 + "]" * 100_000)
+        else:
+            with open(sidecar, "wb") as stream:
+                stream.truncate(1 << 33)
+        answer: list[bool] = []
+        checker = threading.Thread(target=lambda answer=answer: answer.append(reusable(engine, {"k": 1})),
+                                   daemon=True)
+        checker.start()
+        checker.join(timeout=120)  # a hang detector, not a speed check
+        assert not checker.is_alive() and answer == [False], f"[seed {SEED}] {kind}"
