@@ -499,3 +499,17 @@ def test_engine_build_never_hangs_on_a_hostile_sidecar(tmp_path: Path):
         checker.start()
         checker.join(timeout=120)  # a hang detector, not a speed check
         assert not checker.is_alive() and answer == [False], f"[seed {SEED}] {kind}"
+
+
+def test_calibration_manifest_cannot_point_outside_its_folder(tmp_path: Path):
+    from calibration.dataset import FORMAT, MANIFEST_NAME, CalibrationError, load_calibration_set
+
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.zeros(3))
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    target = random.Random(SEED).choice(["../secret.npy", str(outside), "/etc/passwd"])
+    (folder / MANIFEST_NAME).write_text(json.dumps({"format": FORMAT, "count": 1,
+                                                    "tensors": {"file": target, "sha256": digest(outside)}}))
+    with pytest.raises(CalibrationError, match="outside its folder"):
+        load_calibration_set(folder)
