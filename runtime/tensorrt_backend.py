@@ -128,9 +128,9 @@ def read_sidecar(engine_path: str | Path) -> dict:
         raise ModelFileError(f"{engine_path}: no sidecar {path.name} (the engine's contract and cache key); "
                              "rebuild it with `python -m engine`")
     try:
-        sidecar = read_json(path, what=f"{path} (engine sidecar)")
+        sidecar = read_json(path, what="unreadable engine sidecar")
     except ArtifactError as error:
-        raise ModelFileError(str(error)) from error
+        raise ModelFileError(f"{path}: {error}") from error
     validate_sidecar(sidecar, path)
     flavour = sidecar_flavour(sidecar)
     if flavour not in FLAVOURS:
