@@ -55,8 +55,8 @@ $(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt
 	$(PY) -c "import tensorrt_rtx; print('TensorRT-RTX', tensorrt_rtx.__version__)"
 	touch $@
 
-## test: the whole test suite (sets up first)
-test: setup
+## test: the whole test suite (sets up first, with the optional OpenVINO and TensorRT-RTX backends its tests use)
+test: setup setup-openvino setup-rtx
 	$(PY) -m pytest -q
 
 ## lint: ruff

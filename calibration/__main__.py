@@ -26,6 +26,7 @@ from calibration.quantize import DEFAULT_PERCENTILE, ENTROPY_BINS
 from calibration.stage import CalibrationOptions, GateError, method_list, run_calibration
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
+from runtime.output_policy import claim_outputs, one_run
 from runtime.paths import DEFAULT_KITTI_DIR
 
 
@@ -44,11 +45,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         options = CalibrationOptions(size=args.size, methods=method_list(args.methods), percentile=args.percentile,
                                      histogram_bins=args.histogram_bins, progress=not args.no_progress)
+        claim_outputs({}, {"--source": args.source, "--data": args.data})  # nothing written may replace them
         run_calibration(Path(args.build), Path(args.source), Path(args.data), options)
     except GateError as error:
         return fail(error, 1)

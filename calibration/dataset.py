@@ -22,9 +22,10 @@ from tqdm import tqdm
 from kitti.data import DataError
 from kitti.frames import evenly_spaced, select_kitti_frames
 from runtime.contract import PreprocessSpec
+from runtime.input_policy import MAX_JSON_BYTES, ArtifactError, parse_json, read_limited, resolve_inside
 from runtime.ioutil import atomic_write_bytes, sha256_file
 from runtime.preprocess import FramePreprocessor
-from runtime.sources import read_video_frames
+from runtime.sources import SourceError, count_video_frames, read_video_frames_at
 
 FORMAT = "roadseg-calibration-v1"
 MANIFEST_NAME = "manifest.json"
@@ -81,16 +82,20 @@ def kitti_items(kitti_dir: Path, size: int, split: str, preprocess: FramePreproc
 
 def video_items(video: Path, size: int, preprocess: FramePreprocessor,
                 progress: bool) -> tuple[list[dict], np.ndarray]:
-    frames = read_video_frames(video)
-    if not frames:
+    # Two passes, neither keeping more than the chosen frames: count what decodes, then decode the chosen ones.
+    try:
+        total = count_video_frames(video)
+    except SourceError as error:
+        raise CalibrationError(str(error)) from error
+    if not total:
         raise CalibrationError(f"{video}: video has no readable frames")
-    chosen = evenly_spaced(list(range(len(frames))), size)
+    chosen = read_video_frames_at(video, evenly_spaced(list(range(total)), size))
     tensors = np.empty((len(chosen), 3, *preprocess.spec.size_hw), np.float32)
     items = []
-    for slot, index in enumerate(tqdm(chosen, desc="calibration set", disable=not progress, leave=False)):
-        tensors[slot] = preprocess(frames[index])[0]
+    for slot, (index, frame) in enumerate(tqdm(chosen, desc="calibration set", disable=not progress, leave=False)):
+        tensors[slot] = preprocess(frame)[0]
         items.append({"file": video.name, "frame": index, "category": "video",
-                      "sha256": sha256_bytes(np.ascontiguousarray(frames[index]).tobytes())})
+                      "sha256": sha256_bytes(np.ascontiguousarray(frame).tobytes())})
     return items, tensors
 
 
@@ -148,14 +153,19 @@ def load_calibration_set(out_dir: str | Path) -> CalibrationSet:
     manifest_path = out_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise CalibrationError(f"{manifest_path}: no calibration manifest; run `make calibrate`")
-    manifest_bytes = manifest_path.read_bytes()
     try:
-        manifest = json.loads(manifest_bytes)
-    except json.JSONDecodeError as error:
-        raise CalibrationError(f"{manifest_path}: unreadable manifest ({error})") from error
-    if manifest.get("format") != FORMAT:
+        manifest_bytes = read_limited(manifest_path, MAX_JSON_BYTES)
+        manifest = parse_json(manifest_bytes, str(manifest_path))
+    except ArtifactError as error:
+        raise CalibrationError(f"unreadable calibration manifest: {error}") from error
+    tensors = manifest.get("tensors") if isinstance(manifest, dict) else None
+    if not isinstance(tensors, dict) or manifest.get("format") != FORMAT or not isinstance(tensors.get("sha256"), str) \
+            or isinstance(manifest.get("count"), bool) or not isinstance(manifest.get("count"), int):
         raise CalibrationError(f"{manifest_path}: not a roadseg calibration manifest")
-    tensors_path = out_dir / manifest["tensors"]["file"]
-    if not tensors_path.is_file() or sha256_file(tensors_path) != manifest["tensors"]["sha256"]:
+    try:  # the tensors it names must lie beside it
+        tensors_path = resolve_inside(out_dir, tensors.get("file"), f"{manifest_path} tensors.file")
+    except ArtifactError as error:
+        raise CalibrationError(str(error)) from error
+    if not tensors_path.is_file() or sha256_file(tensors_path) != tensors["sha256"]:
         raise CalibrationError(f"{tensors_path}: calibration tensors missing or changed since the manifest")
     return CalibrationSet(manifest_path, tensors_path, sha256_bytes(manifest_bytes), manifest["count"])

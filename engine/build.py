@@ -57,7 +57,9 @@ from runtime.artifacts import (
     engine_name,
 )
 from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT, SOURCE_ONNX_SHA256_KEY
+from runtime.input_policy import ArtifactError, parse_json, read_json
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
+from runtime.output_policy import claim_outputs, one_run, temporary_name
 from runtime.paths import DEFAULT_KITTI_DIR, SHIPPED_CHECKPOINT
 from runtime.tensorrt_backend import GpuInfo, probe_cuda, sidecar_path
 from runtime.trt_flavour import (
@@ -155,8 +157,11 @@ def onnx_is_current(build: Path, checkpoint: Path) -> bool:
         return False
     if not parity.is_file() or not checkpoint.is_file():
         return not checkpoint.is_file() and parity.is_file()  # no checkpoint here: trust what was built
-    recorded = json.loads(parity.read_text()).get("checkpoint_sha256")
-    return recorded == sha256_file(checkpoint)
+    try:
+        recorded = read_json(parity)
+    except ArtifactError:  # unreadable: export again, which rewrites it
+        return False
+    return isinstance(recorded, dict) and recorded.get("checkpoint_sha256") == sha256_file(checkpoint)
 
 
 def int8_is_current(build: Path) -> bool:
@@ -222,7 +227,8 @@ def calibration_identity(build: Path, options: BuildOptions) -> str | None:
     else:  # the shipped INT8 files (models/) carry their calibration set's manifest sha256 in their metadata
         recorded = onnx_metadata(build / INT8_ONNX).get(CALIBRATION_KEY) if options.int8_mode == "qdq" and \
             (build / INT8_ONNX).is_file() else None
-        identity = json.loads(recorded).get("manifest_sha256") if recorded else None
+        calibration = parse_json(recorded, f"{build / INT8_ONNX} metadata {CALIBRATION_KEY}") if recorded else None
+        identity = calibration.get("manifest_sha256") if isinstance(calibration, dict) else None
         if not identity:
             raise EngineBuildError(f"{manifest}: no calibration manifest; run `make calibrate`")
     if options.int8_mode == "calibrator":
@@ -261,11 +267,11 @@ def key_digest(key: dict) -> str:
 def reusable(engine_path: Path, key: dict) -> bool:
     """The engine exists, its sidecar carries the same key, and the engine bytes are the ones it recorded."""
     sidecar = sidecar_path(engine_path)
-    if not engine_path.is_file() or not sidecar.is_file():
+    if not engine_path.is_file() or not sidecar.exists():
         return False
     try:
-        recorded = json.loads(sidecar.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        recorded = read_json(sidecar)
+    except ArtifactError:  # damaged, huge, deep, or not a file: rebuilt, and replaced atomically
         return False
     return (isinstance(recorded, dict) and recorded.get(ENGINE_CACHE_KEY) == key_digest(key)
             and recorded.get("engine_sha256") == sha256_file(engine_path))
@@ -336,7 +342,10 @@ def calibration_cache_bytes(build: Path, trt_version: str) -> bytes:
     ranges = build / TENSORRT_RANGES_FILE
     if not ranges.is_file():
         raise EngineBuildError(f"{ranges}: no calibration ranges; run `make calibrate`")
-    amax = json.loads(ranges.read_text())["amax"]
+    table = read_json(ranges, max_bytes=16 << 20)
+    amax = table.get("amax") if isinstance(table, dict) else None
+    if not isinstance(amax, dict) or not all(isinstance(v, (int, float)) for v in amax.values()):
+        raise EngineBuildError(f"{ranges}: no table of tensor ranges ('amax'); run `make calibrate`")
     return trt_cache_text(amax, calibration_cache_header(trt_version)).encode()
 
 
@@ -397,7 +406,7 @@ def build_with_bindings(trt, build: Path, onnx_path: Path, options: BuildOptions
 
 def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, typed: bool,
                        timing_cache: Path | None, calibration_build: Path | None, trt_version: str) -> BuiltEngine:
-    temp = engine_path.with_name(f".{engine_path.name}.partial")
+    temp = temporary_name(engine_path)  # unique: two builds into one folder never share a temporary file
     cache = None
     if calibration_build is not None:
         cache = calibration_build / "calibration" / "trt" / f"tensorrt-{trt_version}.cache"
@@ -406,7 +415,7 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options
     print("  " + shlex.join(command))
     try:
         result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0 or not temp.is_file():
+        if result.returncode != 0 or not temp.stat().st_size:
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
             raise EngineBuildError(f"trtexec failed (exit {result.returncode}): {tail[0][:200]}")
         return BuiltEngine(temp.read_bytes(), onnx_io(onnx_path), [])
@@ -451,9 +460,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        claim_outputs({}, {"--checkpoint": args.checkpoint, "--data": args.data})  # no stage may replace them
         return run(args)
     except MissingToolchain as error:
         onnx_files = ", ".join(p.name for p in sorted(Path(args.build).glob("model.*.onnx")))

@@ -28,6 +28,7 @@ from pathlib import Path
 from export.onnx_export import DEFAULT_OPSET
 from export.stage import GATE_ERRORS, ExportOptions, run_export
 from runtime.ioutil import fail
+from runtime.output_policy import claim_outputs, one_run
 from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 
@@ -66,6 +67,7 @@ def want_in_graph(choice: str) -> bool:
     return wanted
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from kitti.data import DataError
@@ -76,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                             progress=not args.no_progress, in_graph=want_in_graph(args.in_graph),
                             video=Path(args.video))
     try:
+        claim_outputs({}, {"--checkpoint": args.checkpoint, "--data": args.data})
         run_export(Path(args.checkpoint), Path(args.build), Path(args.data), options)
     except GATE_ERRORS as error:
         return fail(error, 1)

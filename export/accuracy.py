@@ -30,6 +30,7 @@ from runtime.artifacts import (
     INT8_FP16_ONNX,
     INT8_ONNX,
 )
+from runtime.input_policy import read_json
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.openvino_backend import INT8_BF16
 from runtime.paths import DEFAULT_KITTI_DIR
@@ -64,8 +65,12 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
     tag = "" if backend_name == "onnxruntime" else f".{backend_name}-{precision}"
     cache = cache_dir / f"{scored_path.name}{tag}.json"
     if cache.is_file():
-        cached = json.loads(cache.read_text())
-        if cached.get("sha256") == digest and cached.get("data") == str(kitti_dir):
+        try:
+            cached = read_json(cache)
+        except ValueError:  # damaged, huge or deep: score again and replace it
+            cached = {}
+        if isinstance(cached, dict) and cached.get("sha256") == digest and cached.get("data") == str(kitti_dir) \
+                and isinstance(cached.get("metrics"), dict):
             return cached["metrics"]
     if backend_name == "onnxruntime":
         backend = OnnxRuntimeBackend(scored_path, provider="cpu")

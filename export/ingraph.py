@@ -28,7 +28,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.backends import open_backend
 from runtime.contract import IN_GRAPH_IO, IO_KEY, PREPROCESS_KEY, PreprocessSpec
-from runtime.ioutil import atomic_write_bytes, fail, temporary_sibling
+from runtime.ioutil import atomic_write_bytes, fail
+from runtime.output_policy import place, temporary_name
 from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor
@@ -125,14 +126,14 @@ def wrap_file(core_path: Path, video: Path, probability: bool = False, out_path:
         wrapped = wrap(onnx.load(str(core_path)), probability)
     except (InGraphError, onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as error:
         raise InGraphError(f"{core_path}: cannot wrap it ({error})") from error
-    temp = temporary_sibling(out_path)
+    temp = temporary_name(out_path)
     try:
         atomic_write_bytes(temp, wrapped.SerializeToString())
         agreement = mask_agreement(core_path, temp, frames)
         if agreement < MIN_AGREEMENT:
             raise InGraphError(f"{out_path}: MASK GATE FAILED, {agreement * 100:.3f} % of pixels equal to "
                                f"{core_path.name}'s on the worst frame (floor {MIN_AGREEMENT * 100:.1f} %)")
-        temp.replace(out_path)
+        place(temp, out_path)
     finally:
         temp.unlink(missing_ok=True)
     print(f"wrote {out_path}  (uint8 BGR NHWC in, uint8 road mask out{', + road probability' if probability else ''}; "

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifacts import onnx_name
-from runtime.contract import COMMIT_KEY, SOURCE_ONNX_SHA256_KEY
+from runtime.contract import COMMIT_KEY, SOURCE_ONNX_SHA256_KEY, shorten
+from runtime.input_policy import read_json
 from runtime.ioutil import atomic_write_bytes, atomic_write_text, fail, sha256_file
 from runtime.paths import SHIPPED_CHECKPOINT
 
@@ -71,10 +72,11 @@ def write(build: Path, checkpoint: Path) -> list[Path]:
 def read_manifest(checkpoint: Path) -> dict:
     path = manifest_path(checkpoint)
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        manifest = read_json(path)
+    except (OSError, ValueError) as error:
         raise ShippedError(f"{path}: no readable list of shipped artifacts ({error})") from error
-    if not isinstance(manifest.get("files"), dict) or "checkpoint_sha256" not in manifest:
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or \
+            not isinstance(manifest.get("checkpoint_sha256"), str):
         raise ShippedError(f"{path}: not a roadseg artifacts list")
     return manifest
 
@@ -150,6 +152,18 @@ def masks(model_path: Path, frames: np.ndarray) -> np.ndarray:
 
 
 def check_pair(shipped: Path, fresh: Path, frames: np.ndarray) -> list[str]:
+    """What differs between a shipped file and a fresh export; ShippedError naming them when either cannot be
+    read or run (onnx and ONNX Runtime raise their own types for a damaged file)."""
+    try:
+        return compare_pair(shipped, fresh, frames)
+    except ShippedError:
+        raise
+    except Exception as error:  # noqa: BLE001 - one line naming the files, whatever the library raised
+        reason = shorten(str(error).strip().splitlines()[0] if str(error).strip() else "", 160)
+        raise ShippedError(f"{shipped} vs {fresh}: cannot be compared ({type(error).__name__}: {reason})") from error
+
+
+def compare_pair(shipped: Path, fresh: Path, frames: np.ndarray) -> list[str]:
     import onnx
 
     a, b = graph_signature(onnx.load(str(shipped))), graph_signature(onnx.load(str(fresh)))

@@ -18,7 +18,8 @@ from export.ingraph import InGraphError, wrap_file
 from export.onnx_export import DEFAULT_OPSET, export_onnx
 from export.parity import ParityError
 from runtime.artifacts import FP16_ONNX, FP32_ONNX, onnx_name
-from runtime.ioutil import atomic_write_text, sha256_file, temporary_sibling
+from runtime.ioutil import atomic_write_text, sha256_file
+from runtime.output_policy import place, temporary_name
 from runtime.paths import DEFAULT_VIDEO, SHIPPED_CHECKPOINT
 
 
@@ -116,7 +117,7 @@ def export_fp32(checkpoint: Path, build: Path, data: Path, options: ExportOption
     model, spec, payload = load_checkpoint(checkpoint)
     frames = val_frames(data, options.parity_frames)
     final = build / FP32_ONNX
-    raw, slimmed = temporary_sibling(final), temporary_sibling(final, ".slim.onnx")
+    raw, slimmed = temporary_name(final), temporary_name(final, ".slim.onnx")
     try:
         export_onnx(model, spec, payload["arch"], payload.get("summary", {}), raw, opset=options.opset,
                     dynamic_batch=options.dynamic_batch)
@@ -130,7 +131,7 @@ def export_fp32(checkpoint: Path, build: Path, data: Path, options: ExportOption
                 chosen, report, slim_note = slimmed, slim_report, "kept (parity holds)"
             else:
                 slim_note = f"discarded ({slim_report.line()})"
-        chosen.replace(final)
+        place(chosen, final)
     finally:
         raw.unlink(missing_ok=True)
         slimmed.unlink(missing_ok=True)

@@ -74,17 +74,17 @@ def http_sender(port: int):
 
     from fleet.serve import ROUTE
 
-    session: aiohttp.ClientSession | None = None
+    http_client: aiohttp.ClientSession | None = None
     url = f"http://127.0.0.1:{port}{ROUTE}"
 
     async def send(request: dict) -> dict:
-        nonlocal session
-        if session is None:
-            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        nonlocal http_client
+        if http_client is None:
+            http_client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
         headers = {"X-Camera": str(request["camera"]), "X-Seq": str(request["seq"])}
         if request.get("shape"):
             headers["X-Shape"] = ",".join(map(str, request["shape"]))
-        async with session.post(url, data=request["frame"], headers=headers) as response:
+        async with http_client.post(url, data=request["frame"], headers=headers) as response:
             body = await response.read()
             if response.status != 200:
                 raise RuntimeError(f"HTTP {response.status}: {body[:200]!r}")
@@ -92,8 +92,8 @@ def http_sender(port: int):
                     "batch_size": int(response.headers["X-Batch-Size"])}
 
     async def close() -> None:
-        if session is not None:
-            await session.close()
+        if http_client is not None:
+            await http_client.close()
 
     return send, close
 

@@ -21,9 +21,9 @@ DYNAMIC = None  # a model whose batch dimension is symbolic: any batch size runs
 
 def model_batch_limit(backend: Backend) -> int | None:
     """The batch size the model's input takes: an int when fixed, DYNAMIC (None) when symbolic or -1."""
-    session = getattr(backend, "session", None)  # ONNX Runtime
-    if session is not None:
-        first = session.get_inputs()[0].shape[0]
+    ort_session = getattr(backend, "ort_session", None)  # ONNX Runtime
+    if ort_session is not None:
+        first = ort_session.get_inputs()[0].shape[0]
         return first if isinstance(first, int) and first > 0 else DYNAMIC
     compiled = getattr(backend, "compiled", None)  # OpenVINO
     if compiled is not None:

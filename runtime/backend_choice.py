@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata as package_metadata
@@ -26,7 +27,8 @@ import numpy as np
 
 from runtime.artifacts import ACCURACY_JSON_FILE
 from runtime.backends import Backend, open_backend
-from runtime.contract import PRECISIONS, ModelFileError
+from runtime.contract import PRECISIONS, ModelFileError, shorten
+from runtime.input_policy import read_json
 from runtime.ioutil import atomic_write_text, sha256_file
 from runtime.machine import cpu_name
 from runtime.openvino_backend import INT8_BF16, bf16_supported, openvino_installed
@@ -78,9 +80,13 @@ def machine_key(threads: int | None) -> str:
 def gated_openvino_precisions(model: Path, digest: str) -> set[str]:
     """OpenVINO precisions that passed the accuracy gate for exactly these bytes (accuracy.json beside the
     model, written by `make export`/`make calibrate`); anything unreadable counts as not gated."""
+    table = model.parent / ACCURACY_JSON_FILE
+    if not table.exists():
+        return set()
     try:
-        rows = json.loads((model.parent / ACCURACY_JSON_FILE).read_text()).get("rows", [])
-    except (OSError, ValueError, AttributeError):
+        rows = read_json(table).get("rows", [])
+    except (OSError, ValueError, AttributeError) as error:  # a FIFO, a huge or deep file: said, then not gated
+        print(f"warning: {shorten(str(error), 160)}; no OpenVINO precision counts as gated", file=sys.stderr)
         return set()
     if not isinstance(rows, list):
         return set()
@@ -116,8 +122,10 @@ def probe(opened: dict[tuple[str, str], Backend], rounds: int = PROBE_ROUNDS) ->
 
 def read_cache(path: Path) -> dict:
     """The cache's entries, or {} when the file is missing, unreadable or not in the expected shape."""
+    if not path.exists():
+        return {}
     try:
-        raw = json.loads(path.read_text())
+        raw = read_json(path)
     except (OSError, ValueError):
         return {}
     if not isinstance(raw, dict) or raw.get("format") != CACHE_FORMAT or not isinstance(raw.get("entries"), dict):

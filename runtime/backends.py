@@ -18,10 +18,7 @@ from runtime.contract import (
     ModelFileError,
     PreprocessSpec,
     TensorInfo,
-    check_graph_io,
-    parse_io_form,
-    parse_precision,
-    parse_preprocess,
+    check_model,
 )
 
 ENGINE_SUFFIXES = (".engine", ".plan")
@@ -108,11 +105,9 @@ class OnnxRuntimeBackend:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"{path}: ONNX Runtime cannot load it ({message[:200]})") from error
         self.metadata = dict(self.ort_session.get_modelmeta().custom_metadata_map)
-        self.spec = parse_preprocess(self.metadata, path)
-        self.in_graph = parse_io_form(self.metadata, path)
-        check_graph_io(self.spec, [ort_tensor_info(i) for i in self.ort_session.get_inputs()],
-                       [ort_tensor_info(o) for o in self.ort_session.get_outputs()], path, self.in_graph)
-        self.precision = parse_precision(self.metadata, path)
+        self.spec, self.in_graph, self.precision = check_model(
+            self.metadata, [ort_tensor_info(i) for i in self.ort_session.get_inputs()],
+            [ort_tensor_info(o) for o in self.ort_session.get_outputs()], path)
         self.provider = self.ort_session.get_providers()[0]
         if provider in ("cuda", "tensorrt") and self.provider != providers[0]:
             # ORT falls back to the next provider when one cannot start (no CUDA/cuDNN/TensorRT libraries): a

@@ -226,6 +226,16 @@ def check_graph_io(spec: PreprocessSpec, inputs: Sequence[TensorInfo], outputs: 
                                      f"the metadata's {'x'.join(str(w or 'N') for w in want)} (axis {axis})")
 
 
+def check_model(metadata: dict[str, str], inputs: Sequence[TensorInfo], outputs: Sequence[TensorInfo],
+                source: str | Path) -> tuple[PreprocessSpec, bool, str]:
+    """(contract, in-graph form, precision) of a model file, after holding its graph to its metadata: the one check
+    every backend (ONNX Runtime, OpenVINO) runs before a frame goes in."""
+    spec = parse_preprocess(metadata, source)
+    in_graph = parse_io_form(metadata, source)
+    check_graph_io(spec, inputs, outputs, source, in_graph)
+    return spec, in_graph, parse_precision(metadata, source)
+
+
 def _require(raw: dict, key: str, kind: type | tuple[type, ...], path: Path) -> object:
     if key not in raw:
         raise ModelFileError(f"{path}: engine sidecar has no '{key}'")

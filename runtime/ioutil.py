@@ -1,57 +1,16 @@
-"""Small I/O helpers shared by every stage: atomic writes and the one-line error exit."""
+"""Small I/O helpers shared by every stage: the one-line error exit, file hashes, and the writers of
+runtime/output_policy.py under the names every stage imports."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sys
-import tempfile
 from pathlib import Path
 
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        publish(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def publish(temp_name: str | Path, path: str | Path) -> None:
-    """Give a mkstemp file (mode 0600) the usual permissions, then rename it into place."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp_name, 0o666 & ~umask)
-    os.replace(temp_name, path)
-
-
-def save_figure(figure, path: str | Path) -> None:
-    """Save a matplotlib figure as PNG atomically and close it (the temporary name keeps the .png suffix,
-    which savefig uses to pick the format)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp)
-    import matplotlib.pyplot as plt  # only callers that already made a figure get here
-
-    plt.close(figure)
-    temp.replace(path)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def temporary_sibling(path: str | Path, suffix: str | None = None) -> Path:
-    """A hidden temporary name in the same folder (same filesystem, so the final rename is atomic)."""
-    path = Path(path)
-    return path.with_name(f".{path.stem}.partial{suffix if suffix is not None else path.suffix}")
+from runtime.output_policy import atomic_write_bytes as atomic_write_bytes
+from runtime.output_policy import atomic_write_text as atomic_write_text
+from runtime.output_policy import publish as publish
+from runtime.output_policy import save_figure as save_figure
 
 
 def fail(error: BaseException | str, code: int = 2) -> int:

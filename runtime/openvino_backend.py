@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import PRECISION_KEY, ModelFileError, parse_preprocess
+from runtime.contract import ModelFileError, TensorInfo, check_model
 
 INT8_BF16 = "int8+bf16"  # an INT8 Q/DQ file whose float rest runs in bf16
 BF16_HINTED = ("bf16", INT8_BF16)
@@ -82,6 +82,21 @@ def read_metadata(model) -> dict[str, str]:
             for key, value in framework.items()}
 
 
+def openvino_tensor_info(port) -> TensorInfo:
+    """A graph input/output as OpenVINO reads it from the file, in the form contract.check_graph_io takes."""
+    try:
+        name = port.get_any_name()
+    except RuntimeError:  # an unnamed tensor
+        name = "?"
+    shape = port.get_partial_shape()
+    dims = [d.get_length() if d.is_static else None for d in shape] if shape.rank.is_static else []
+    try:
+        dtype = port.get_element_type().to_dtype().name
+    except (RuntimeError, TypeError):
+        dtype = port.get_element_type().get_type_name()
+    return TensorInfo(name, tuple(dims), dtype)
+
+
 class OpenVINOBackend:
     name = "openvino"
 
@@ -99,8 +114,11 @@ class OpenVINOBackend:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelFileError(f"{path}: OpenVINO cannot read it ({message[:200]})") from error
         self.metadata = read_metadata(model)
-        self.spec = parse_preprocess(self.metadata, path)
-        file_precision = self.metadata.get(PRECISION_KEY, "fp32")
+        self.spec, self.in_graph, file_precision = check_model(
+            self.metadata, [openvino_tensor_info(port) for port in model.inputs],
+            [openvino_tensor_info(port) for port in model.outputs], path)
+        if self.in_graph:  # the loop feeds it floats and reads logits; in-graph files run on ONNX Runtime
+            raise ModelFileError(f"{path}: an in-graph pre/post model; run it with --backend onnxruntime")
         self.precision = self._resolve_precision(path, file_precision, precision, core)
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
                   "INFERENCE_PRECISION_HINT": hint(self.precision)}

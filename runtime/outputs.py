@@ -1,8 +1,9 @@
 """Where results go: a window, an annotated video file, PNG masks; and the views drawn for them.
 
-All drawing happens into buffers allocated once per source size. The video file is written under a hidden
-temporary name and renamed when it is closed, so the path the user asked for only ever holds a finalised,
-playable file (`close()` runs on a normal end, on Ctrl-C and on SIGTERM).
+All drawing happens into buffers allocated once per source size. Every file follows runtime/output_policy.py:
+the video is written under a unique hidden temporary name, reopened to check it holds the frames written, and
+renamed when it is closed, so the path the user asked for only ever holds a finalised, playable file (`close()`
+runs on a normal end, on Ctrl-C, SIGTERM and SIGHUP); a write that fails leaves any earlier file as it was.
 """
 
 from __future__ import annotations
@@ -18,20 +19,26 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.ioutil import atomic_write_bytes, temporary_sibling
+from runtime.output_policy import (
+    OutputError,
+    atomic_write_bytes,
+    check_target,
+    claim_outputs,
+    make_folder,
+    place,
+    protected_folder_overlap,
+    temporary_name,
+)
 from runtime.postprocess import ROAD_COLOR_BGR
 from runtime.writer import BackgroundWriter
 
 VIEWS = ("overlay", "mask", "side-by-side")
 FOURCC_BY_SUFFIX = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".mkv": "mp4v", ".avi": "MJPG"}
 HUD_HEIGHT = 22
+MIN_FPS, MAX_FPS, DEFAULT_FPS = 1.0, 1000.0, 30.0  # a frame rate outside this range is the source's error
 PROBE_SIZE = (640, 480)  # (width, height) every codec we offer encodes
 # Fonts for OpenCV's bundled Qt, which ships none (it warns on every window otherwise).
 QT_FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype", "/usr/share/fonts")
-
-
-class OutputError(RuntimeError):
-    """An output that cannot be created or written; the message names it."""
 
 
 class Renderer:
@@ -110,7 +117,7 @@ def draw_hud(canvas: np.ndarray, text: str) -> None:
 class VideoFileOutput:
     """An annotated video, opened on the first frame (its size is not known before), finalised by close()."""
 
-    def __init__(self, path: str | Path, fps: float, fourcc: str | None = None) -> None:
+    def __init__(self, path: str | Path, fps: float, fourcc: str | None = None, source: str = "the source") -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if fourcc is None:
@@ -120,21 +127,21 @@ class VideoFileOutput:
             fourcc = FOURCC_BY_SUFFIX[suffix]
         if len(fourcc) != 4:
             raise OutputError(f"--fourcc {fourcc}: expected four characters, e.g. mp4v or MJPG")
-        if self.path.is_dir():
-            raise OutputError(f"--output {self.path}: is a folder")
+        check_target(self.path, "--output")
         self.fourcc = fourcc
-        self.fps = fps if 0 < fps < 1000 else 30.0
-        self.temp_path = temporary_sibling(self.path)
+        self.fps = writable_fps(fps, source)
+        self.temp_path: Path | None = None
         self.frames_written = 0
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
         self._resized: np.ndarray | None = None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"--output {self.path}: cannot create its folder ({error.strerror})") from error
+        make_folder(self.path.parent, "--output")
 
     def _open(self, size: tuple[int, int]) -> None:
+        try:
+            self.temp_path = temporary_name(self.path)
+        except OSError as error:
+            raise OutputError(f"--output {self.path}: cannot write in its folder ({error.strerror})") from error
         self._writer = cv2.VideoWriter(str(self.temp_path), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, size)
         if not self._writer.isOpened():
             self._writer = None
@@ -148,7 +155,7 @@ class VideoFileOutput:
 
     def _codec_works(self) -> bool:
         """Whether this codec opens at an ordinary size: tells a refused frame size from a missing codec."""
-        probe = temporary_sibling(self.path.with_name(f"probe-{self.path.name}"))
+        probe = temporary_name(self.path.with_name(f"probe-{self.path.name}"))
         writer = cv2.VideoWriter(str(probe), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, PROBE_SIZE)
         try:
             return writer.isOpened()
@@ -169,15 +176,46 @@ class VideoFileOutput:
         self.frames_written += 1
 
     def close(self) -> None:
-        """Finalise (the container index is written here) and move into place. Safe to call twice."""
+        """Finalise (the container index is written here), check the file reopens with every frame, and move it
+        into place; OutputError, with any earlier file left as it was, when it does not. Safe to call twice."""
         if self._writer is None:
             return
         writer, self._writer = self._writer, None
         writer.release()
-        if self.frames_written:
-            os.replace(self.temp_path, self.path)
-        else:
+        try:
+            problem = video_problem(self.temp_path, self.frames_written) if self.frames_written else "no frames"
+            if problem:
+                raise OutputError(f"--output {self.path}: the finished video {problem} (disk full?); any earlier "
+                                  "file there is left as it was")
+            place(self.temp_path, self.path, "--output")
+        finally:
             self.temp_path.unlink(missing_ok=True)
+
+
+def video_problem(path: Path, frames_written: int) -> str | None:
+    """Why a just-written video is not good (it does not reopen, or holds fewer frames than were written)."""
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened() or not capture.read()[0]:
+            return "does not reopen"
+        frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+    finally:
+        capture.release()
+    # Containers without an exact count estimate it from the duration, which can be a frame off.
+    if frames < frames_written - 1:
+        return f"holds {frames} of the {frames_written} frames written"
+    return None
+
+
+def writable_fps(fps: float, source: str) -> float:
+    """The source's frame rate for the video file; an unknown one (0) is written at DEFAULT_FPS, an absurd one too,
+    with a warning that names the source rather than an encoder error that blames OpenCV."""
+    if MIN_FPS <= fps <= MAX_FPS:
+        return fps
+    if fps:
+        print(f"warning: {source} reports {fps:g} frames/s (outside {MIN_FPS:g}..{MAX_FPS:g}); --output is written "
+              f"at {DEFAULT_FPS:g} frames/s", file=sys.stderr)
+    return DEFAULT_FPS
 
 
 class MaskWriter:
@@ -185,10 +223,11 @@ class MaskWriter:
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise OutputError(f"--save-masks {self.folder}: cannot create it ({error.strerror})") from error
+        overlap = protected_folder_overlap(self.folder)
+        if overlap:
+            raise OutputError(f"--save-masks {self.folder}: overlaps the {overlap}; refusing to write into an input "
+                              "folder")
+        make_folder(self.folder, "--save-masks")
         self._scaled: np.ndarray | None = None
         self.written = 0
 
@@ -199,8 +238,16 @@ class MaskWriter:
         ok, encoded = cv2.imencode(".png", self._scaled, [cv2.IMWRITE_PNG_COMPRESSION, 1])
         if not ok:
             raise OutputError(f"--save-masks {self.folder}: PNG encoding failed")
-        atomic_write_bytes(self.folder / f"{name}.png", encoded.tobytes())
+        atomic_write_bytes(self.folder / f"{name}.png", encoded.tobytes(), "--save-masks")
         self.written += 1
+
+
+def claim_output_paths(output: str | Path | None, save_masks: str | Path | None, stats_json: str | Path | None,
+                       model: str | Path | None, source_files: list[Path]) -> None:
+    """Before a stream runs: its files must be files (not the model, a source file, a device node or a folder) and
+    distinct, none may land inside the masks folder it fills, and that folder may not be the images' own."""
+    claim_outputs({"--output": output, "--stats-json": stats_json}, {"--model": model}, {"--save-masks": save_masks},
+                  {"source": source_files})
 
 
 def gui_backend() -> str:

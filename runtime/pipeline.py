@@ -39,9 +39,14 @@ HUD_REFRESH_S = 0.5
 POLL_S = 0.05  # how often a waiting stage looks at the stop flag
 
 
+# SIGHUP does not exist on Windows.
+STOP_SIGNALS = tuple(s for s in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
 class StopRequest:
-    """SIGINT/SIGTERM -> finish the current frame and stop. A second signal, or one that arrives while the
-    loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
+    """SIGINT/SIGTERM/SIGHUP (a closed terminal) -> finish the current frame and stop. A second signal, or one
+    that arrives while the loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either
+    way."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -50,7 +55,7 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in STOP_SIGNALS:
             self._previous[signum] = signal.signal(signum, self._handle)
 
     def ignore(self) -> None:

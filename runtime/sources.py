@@ -105,11 +105,15 @@ class CaptureReader:
     """A cv2.VideoCapture over a camera, file, URL or GStreamer pipeline."""
 
     def __init__(self, target: int | str, description: str, api: int = cv2.CAP_ANY,
-                 params: list[int] | None = None, loop: bool = False) -> None:
+                 params: list[int] | None = None, loop: bool = False, is_file: bool = False) -> None:
         self.description = description
         self._target, self._api, self._params, self._loop = target, api, params or [], loop
-        self._count = 0
+        self._count = self._since_open = 0
         self._capture = self._open()
+        # A file's container says how many frames it holds: ending well before that is a decode failure, not the end.
+        count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT) if is_file else 0.0
+        self.frames_expected = int(count) if 0 < count < 1e9 else 0  # NaN and nonsense: unknown
+        self.input_paths = [Path(target)] if is_file else []  # what no output of the run may replace
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not 0 < self.fps < 1000:  # backends report 0, NaN or 90000 when they don't know
             self.fps = 0.0
@@ -123,15 +127,26 @@ class CaptureReader:
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
         ok, image = self._capture.read(buffer)
+        if not ok:
+            self._check_complete()
         if not ok and self._loop and self._count:
             self._capture.release()
             self._capture = self._open()
+            self._since_open = 0
             ok, image = self._capture.read(buffer)
         if not ok or image is None:
             return None
         name = f"{self._count:06d}"
         self._count += 1
+        self._since_open += 1
         return as_bgr8(image), name
+
+    def _check_complete(self) -> None:
+        """A file that stops decoding well before its container's frame count failed part-way (a frame off is
+        allowed: some containers estimate their count from the duration)."""
+        if self._since_open < self.frames_expected - 1:
+            raise SourceError(f"{self.description}: decoding failed part-way: {self._since_open} of "
+                              f"{self.frames_expected} frames read")
 
     def release(self) -> None:
         self._capture.release()
@@ -169,6 +184,7 @@ class ImageFolderReader:
         self.description = pattern
         self.fps = 0.0
         self.paths = list_images(pattern)
+        self.input_paths = self.paths
         self.unreadable: list[str] = []
         self._loop = loop
         self._position = 0
@@ -248,6 +264,7 @@ class PacedReader:
     def __init__(self, reader: Reader, fps: float) -> None:
         self._reader = reader
         self.description = reader.description
+        self.input_paths = getattr(reader, "input_paths", [])
         self.fps = fps
         self._period = 1.0 / fps
         self._next: float | None = None
@@ -339,7 +356,9 @@ class PrefetchSource(FrameSource):
                 image, name = result
                 self._ready.put(Frame(image, index, time.perf_counter(), name))
                 index += 1
-        except Exception as error:  # surfaced on the main thread as a clean end with a reason
+        except SourceError as error:  # surfaced on the main thread as a clean end with a reason
+            self.error = str(error)
+        except Exception as error:
             self.error = f"{self.description}: read failed ({error})"
         finally:
             self._ready.put(None)
@@ -567,6 +586,45 @@ def read_video_frames(path: str | Path, limit: int | None = None) -> list[np.nda
     return frames
 
 
+def count_video_frames(path: str | Path) -> int:
+    """Frames that decode in a video file, counted with grab() (decoded, never converted or kept); SourceError
+    when decoding stops well before the container's own frame count (a file damaged part-way)."""
+    capture = cv2.VideoCapture(str(path))
+    count = 0
+    try:
+        declared = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else 0.0
+        while capture.isOpened() and capture.grab():
+            count += 1
+    finally:
+        capture.release()
+    if 0 < declared < 1e9 and count < int(declared) - 1:
+        raise SourceError(f"{path}: decoding failed part-way: {count} of {int(declared)} frames read")
+    return count
+
+
+def read_video_frames_at(path: str | Path, indices: list[int]) -> list[tuple[int, np.ndarray]]:
+    """(index, frame) for the wanted frame indices only: the others are grabbed and dropped, so a long, large
+    source costs the memory of the frames kept, not of the whole video."""
+    wanted = sorted(set(indices))
+    capture = cv2.VideoCapture(str(path))
+    frames: list[tuple[int, np.ndarray]] = []
+    try:
+        index = 0
+        for target in wanted:
+            while index < target and capture.grab():
+                index += 1
+            if index != target or not capture.grab():
+                break
+            ok, frame = capture.retrieve()
+            index += 1
+            if not ok:
+                break
+            frames.append((target, frame))
+    finally:
+        capture.release()
+    return frames
+
+
 def has_gstreamer() -> bool:
     return re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) is not None
 
@@ -593,7 +651,7 @@ def open_video_reader(path: str | Path, loop: bool = False) -> CaptureReader:
     threads_property = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6 (JetPack 5 ships 4.5)
     params = [threads_property, decode_threads()] if threads_property is not None else []
     try:
-        reader = CaptureReader(str(path), str(path), cv2.CAP_ANY, params, loop=loop)
+        reader = CaptureReader(str(path), str(path), cv2.CAP_ANY, params, loop=loop, is_file=True)
     except SourceError as error:
         raise SourceError(f"{path}: cannot be opened as a video (corrupt or unsupported format)") from error
     probe = cv2.VideoCapture(str(path))  # a file that opens but decodes nothing is as bad as a corrupt one

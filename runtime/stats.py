@@ -133,7 +133,7 @@ def format_summary(summary: dict) -> str:
 
 
 def write_stats_json(path: str | Path, summary: dict) -> None:
-    atomic_write_text(path, json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(summary, indent=2) + "\n", "--stats-json")
 
 
 def now() -> float:

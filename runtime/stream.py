@@ -10,7 +10,8 @@
 The loop (runtime/pipeline.py) is source -> preprocess -> backend.infer -> postprocess -> render/write, its
 stages overlapping on three threads where that pays (--pipeline). Preprocessing and class names come
 from the model file's metadata. Live sources drop only frames older than --max-age; files are processed
-frame by frame unless --realtime. Ctrl-C or SIGTERM stops cleanly: the output video is always finalised.
+frame by frame unless --realtime. Ctrl-C, SIGTERM or SIGHUP stops cleanly: the output video is always finalised.
+No output may be an input of the run or another output; a write that fails leaves any earlier file as it was.
 Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
 OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
 """
@@ -34,6 +35,7 @@ from runtime.backends import open_backend  # noqa: E402
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
+from runtime.output_policy import one_run  # noqa: E402
 from runtime.outputs import (  # noqa: E402
     VIEWS,
     MaskWriter,
@@ -42,6 +44,7 @@ from runtime.outputs import (  # noqa: E402
     Renderer,
     VideoFileOutput,
     WindowOutput,
+    claim_output_paths,
     display_problem,
 )
 from runtime.pipeline import StopRequest, pipelining_pays, run_pipeline  # noqa: E402
@@ -135,12 +138,14 @@ def open_source(args: argparse.Namespace) -> FrameSource:
     return opener()
 
 
-def open_outputs(args: argparse.Namespace, source: FrameSource) -> Outputs:
+def open_outputs(args: argparse.Namespace, source: FrameSource, model_path: Path | None = None) -> Outputs:
     renderer = Renderer(args.view, args.alpha)
     window = None
     if args.display or (not args.headless and display_problem() is None):
         window = WindowOutput(f"roadseg: {source.description}")
-    video = VideoFileOutput(args.output, source.fps, args.fourcc) if args.output else None
+    claim_output_paths(args.output, args.save_masks, args.stats_json, model_path,
+                       getattr(getattr(source, "reader", None), "input_paths", []))
+    video = VideoFileOutput(args.output, source.fps, args.fourcc, source.description) if args.output else None
     masks = MaskWriter(args.save_masks) if args.save_masks else None
     return Outputs(renderer, window, video, masks)
 
@@ -187,6 +192,7 @@ def quiet_opencv() -> None:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own lines ("moov atom not found")
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     quiet_opencv()
@@ -219,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         source = open_source(args)
-        outputs = open_outputs(args, source)
+        outputs = open_outputs(args, source, model_path)
         stats = StreamStats(live=source.live)
         run_pipeline(source, backend, outputs, stats, stop, hud=not args.no_hud,
                      status_every=0.0 if args.quiet else STATUS_EVERY_S, pipelined=pipelined)
@@ -238,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             if source is not None:
                 source.close()
             stop.restore()
-    if failure is not None:
+    if failure is not None and (stats is None or not stats.frames_processed):
         return fail(failure)
     if stats is None:  # stopped while the source was still opening
         print(f"stopped by {stop.signal_name}")
@@ -251,10 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     if stop.signal_name:
         print(f"stopped by {stop.signal_name}")
-    if args.output and outputs.video is not None and outputs.video.frames_written:
+    if failure is None and args.output and outputs.video is not None and outputs.video.frames_written:
         print(f"wrote {args.output} ({outputs.video.frames_written} frames)")
-    if args.stats_json:
-        write_stats_json(args.stats_json, summary)
+    if args.stats_json:  # the run's statistics land even when another output failed
+        try:
+            write_stats_json(args.stats_json, summary)
+        except OSError as error:
+            failure = failure or error
+    if failure is not None:
+        return fail(failure)
     problem = None if stop.signal_name else source_problem(source, stats.frames_processed)
     return fail(problem, EXIT_SOURCE_FAILED) if problem else 0
 

@@ -13,7 +13,6 @@ loaded, JIT-compile their kernels on this GPU and keep them in a runtime cache f
 from __future__ import annotations
 
 import ctypes
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +24,12 @@ from runtime.contract import (
     ModelFileError,
     parse_io_form,
     parse_preprocess,
+    shorten,
     validate_sidecar,
 )
+from runtime.input_policy import ArtifactError, read_json, read_limited
 from runtime.trt_flavour import (
+    FLAVOURS,
     TENSORRT,
     TENSORRT_RTX,
     display_name,
@@ -36,6 +38,8 @@ from runtime.trt_flavour import (
     runtime_cache_path,
     same_release,
 )
+
+MAX_ENGINE_BYTES = 4 << 30  # an FCN-8s engine is tens of MB; past this a file is not one of ours
 
 __all__ = ["SIDECAR_FORMAT", "TensorRTBackend", "probe_cuda", "read_sidecar", "sidecar_path"]
 
@@ -123,18 +127,21 @@ def read_sidecar(engine_path: str | Path) -> dict:
     if not path.is_file():
         raise ModelFileError(f"{engine_path}: no sidecar {path.name} (the engine's contract and cache key); "
                              "rebuild it with `python -m engine`")
-    if path.stat().st_size > 1 << 20:
-        raise ModelFileError(f"{path}: engine sidecar is over 1 MB; not one of ours")
     try:
-        sidecar = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ModelFileError(f"{path}: unreadable engine sidecar ({type(error).__name__})") from error
-    return validate_sidecar(sidecar, path)
+        sidecar = read_json(path, what="unreadable engine sidecar")
+    except ArtifactError as error:
+        raise ModelFileError(f"{path}: {error}") from error
+    validate_sidecar(sidecar, path)
+    flavour = sidecar_flavour(sidecar)
+    if flavour not in FLAVOURS:
+        raise ModelFileError(f"{path}: engine sidecar names an unknown flavour {shorten(flavour)} (expected "
+                             f"{' or '.join(FLAVOURS)})")
+    return sidecar
 
 
 def sidecar_flavour(sidecar: dict) -> str:
     """Sidecars written before TensorRT-RTX support carry no flavour: they are TensorRT's."""
-    return sidecar.get("flavour") or sidecar.get("cache_key", {}).get("flavour") or TENSORRT
+    return sidecar.get("flavour") or sidecar["cache_key"].get("flavour") or TENSORRT
 
 
 def key_mismatch(key: dict, gpu: GpuInfo, trt_version: str, flavour: str = TENSORRT) -> str:
@@ -255,7 +262,10 @@ class TensorRTBackend:
         trt = self._trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
-        data = path.read_bytes()
+        try:
+            data = read_limited(path, MAX_ENGINE_BYTES)
+        except ArtifactError as error:
+            raise ModelFileError(str(error)) from error
         check_engine_validity(trt, self._runtime, data, path, rebuild)
         dla_core = sidecar.get("cache_key", {}).get("build_options", {}).get("dla_core")
         if dla_core is not None:

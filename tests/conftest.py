@@ -69,14 +69,28 @@ def tiny_artifacts(tmp_path_factory) -> Path:
 _skipped: list[str] = []
 
 
+def _skip_reason(report) -> str:
+    return report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr or "")
+
+
 def pytest_runtest_logreport(report) -> None:
     if report.skipped:
-        _skipped.append(f"{report.nodeid}: {report.longrepr[2] if isinstance(report.longrepr, tuple) else ''}")
+        _skipped.append(f"{report.nodeid}: {_skip_reason(report)}")
+
+
+def pytest_collectreport(report) -> None:
+    """A module that skips itself while being collected (pytest.skip(allow_module_level=True)) skips every test in
+    it without any test report: it counts as skipped too."""
+    if report.skipped:
+        _skipped.append(f"{report.nodeid} (whole module): {_skip_reason(report)}")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
     """CI sets ROADSEG_NO_SKIPS=1: there the data, Xvfb and every optional backend are installed, so a skipped test
     means a missing install step, and the run must fail instead of passing with less tested than it says."""
+    if _skipped:  # never silent: what was not tested, and (in each reason) the command that enables it
+        reasons = sorted({line.split(": ", 1)[-1] for line in _skipped})
+        print(f"\n{len(_skipped)} test(s) skipped; reasons: " + " | ".join(reasons))
     if os.environ.get("ROADSEG_NO_SKIPS") == "1" and _skipped:
         print(f"\nROADSEG_NO_SKIPS=1 but {len(_skipped)} test(s) skipped:", *_skipped, sep="\n  ")
         session.exitstatus = 1

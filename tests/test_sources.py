@@ -119,13 +119,17 @@ def test_fast_live_source_drops_stale_frames_and_keeps_age_bounded():
     over is never a backlog (a queue of every frame would reach ~0.5 s here)."""
     source = open_uri("synthetic://320x96@400", SourceOptions(max_frames=25))
     assert isinstance(source, LiveSource) and source.live and source.max_age == pytest.approx(0.0025)
+    drain_started = time.perf_counter()
     seen = drain(source, per_frame_s=0.020)
+    drain_ms = (time.perf_counter() - drain_started) * 1000
     assert len(seen) == 25
     assert source.frames_dropped > 25, (source.frames_read, source.frames_dropped)
     assert source.frames_dropped == sum(source.drops.values()) and source.drops["stale"] > 25, source.drops
     assert source.frames_read >= len(seen) + source.frames_dropped
     ages_ms = np.array([s[4] for s in seen[1:]]) * 1000
-    assert np.median(ages_ms) < 10 and ages_ms.max() < 80, ages_ms
+    # Against this run's own pace, not a fixed figure: a backlog would age frames by up to the whole drain time,
+    # the freshest-frame policy by about one loop iteration.
+    assert ages_ms.max() < drain_ms / 4 and np.median(ages_ms) < drain_ms / 25, (ages_ms, drain_ms)
     indices = [s[0] for s in seen]
     assert indices == sorted(indices) and indices[-1] - indices[0] > 2 * len(seen)
     assert len({s[3] for s in seen}) <= LIVE_QUEUE_DEPTH + 2  # buffers are recycled, not allocated per frame
@@ -182,7 +186,7 @@ def test_live_source_that_stalls_ends_cleanly():
     seen = drain(source)
     assert len(seen) <= 5 and seen
     assert "stalled (no frame for 0.5 s)" in source.error
-    assert time.perf_counter() - started < 3
+    assert time.perf_counter() - started < 60  # ends, rather than waiting forever (not a speed check)
 
 
 def test_live_source_reconnects_with_backoff_then_gives_up():
@@ -195,7 +199,7 @@ def test_live_source_reconnects_with_backoff_then_gives_up():
     elapsed = time.perf_counter() - started
     assert len(seen) <= 4
     assert "disconnected; 3 reconnect attempts failed" in lost.error
-    assert 0.05 + 0.1 + 0.2 <= elapsed < 5  # the backoff doubles between attempts
+    assert 0.05 + 0.1 + 0.2 <= elapsed < 60  # the backoff doubles between attempts (the upper bound: no hang)
 
 
 def _failing_after_first_open():

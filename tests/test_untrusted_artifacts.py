@@ -392,6 +392,9 @@ def valid_sidecar(tiny_onnx: Path) -> dict:
 def test_fuzzed_sidecars_end_cleanly(tiny_onnx: Path, still_image: Path, synthetic_kitti: Path, tmp_path: Path):
     """Without a GPU the best a valid sidecar can reach is the one-line 'needs a CUDA GPU' refusal; every damaged
     one must be refused before that, naming the sidecar."""
+    from runtime.contract import ModelFileError
+    from runtime.tensorrt_backend import read_sidecar
+
     rng = random.Random(SEED + 2)
     sidecar = valid_sidecar(tiny_onnx)
     stream_main, evaluate_main = entry_main("stream"), entry_main("python -m train.evaluate")
@@ -408,9 +411,19 @@ def test_fuzzed_sidecars_end_cleanly(tiny_onnx: Path, still_image: Path, synthet
         Path(f"{engine}.json").write_text(text, encoding="latin-1")
         for main, argv in ((stream_main, [str(still_image), "--model", str(engine), "--headless", "--quiet"]),
                            (evaluate_main, ["--model", str(engine), "--data", str(synthetic_kitti), "--no-progress"])):
-            code, stderr = call_main(main, argv, f"sidecar {kind} #{index}")
-            assert code != 0  # no GPU here: an engine never runs
-        named_sidecar += f"{engine}.json" in stderr
+            case = f"[seed {SEED}] sidecar {kind} #{index}"
+            code, stderr = call_main(main, argv, case)
+            assert code != 0, case  # no GPU here: an engine never runs
+            try:
+                read_sidecar(engine)
+                damaged = False
+            except ModelFileError:
+                damaged = True
+            if damaged:  # refused at the sidecar, before anything looks for a GPU, and the line names it
+                assert f"{engine}.json" in stderr and "needs a CUDA GPU" not in stderr, f"{case}: {stderr[-600:]}"
+            else:  # a mutation the schema allows: the best it reaches is the one-line GPU refusal
+                assert "needs a CUDA GPU" in stderr, f"{case}: {stderr[-600:]}"
+        named_sidecar += damaged
     print(f"seed {SEED}: {CASES_PER_KIND} sidecar cases per entry point, {named_sidecar} refused at the sidecar")
 
 

@@ -9,17 +9,16 @@ strings only) and then validates the structure before any of it is used.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from runtime.contract import MAX_CLASSES, PreprocessSpec, shorten
-from runtime.ioutil import publish
+from runtime.input_policy import ArtifactError, check_depth
+from runtime.output_policy import atomic_write
 from train.model import ARCH_NAMES, LITE_ARCHES, FCN8s, FCN8sLite, build_model
 
 FORMAT = "roadseg-checkpoint-v1"
@@ -35,19 +34,9 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        publish(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """torch.save through the one atomic writer (runtime/output_policy.py): a crash or a full disk never leaves
+    half a checkpoint, and an input of the run is never overwritten."""
+    atomic_write(path, lambda stream: torch.save(payload, stream))
 
 
 def model_payload(model: FCN8s | FCN8sLite, spec: PreprocessSpec, summary: dict, half: bool = False) -> dict:
@@ -95,6 +84,10 @@ def validate_payload(payload: object, path: Path) -> None:
         if not isinstance(payload.get(key), kind):
             have = type(payload[key]).__name__ if key in payload else "missing"
             raise CheckpointError(f"{path}: field '{key}' must be a {kind.__name__} ({have})")
+    try:  # the summary is copied into every export's metadata: held to the JSON depth limit like any artifact
+        check_depth(payload["summary"], f"{path}: field 'summary'")
+    except ArtifactError as error:
+        raise CheckpointError(str(error)) from error
     arch = validate_arch(payload["arch"], path)
     try:
         spec = PreprocessSpec.from_json(payload["preprocess"])

@@ -16,6 +16,7 @@ from kitti.metrics import RoadMetricAccumulator
 from kitti.splits import checked_summary, provenance, three_way_split
 from runtime.contract import TRAINING_KEY
 from runtime.ioutil import atomic_write_text, fail, save_figure
+from runtime.output_policy import claim_outputs, one_run
 
 
 def open_predictor(model_path: str | Path, device: str = "cpu", backend: str = "auto", precision: str = "auto"):
@@ -130,10 +131,13 @@ def spread_text(metrics: dict, key: str) -> str:
     return f" +-{std * 100:.2f}" if std is not None else ""
 
 
+@one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         worst_count = parse_worst(args.worst)
+        claim_outputs({"--json": args.json, "--pr-curve": args.pr_curve}, {"--model": args.model, "--data": args.data},
+                      {"--worst": args.worst[1] if args.worst else None})
         all_samples = find_samples(args.data)
         predictor = open_predictor(args.model, args.device, args.backend, args.precision)
         summary = recorded_summary(args.model, predictor)
@@ -155,16 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     for category, metrics in result["per_category"].items():
         print(f"  {category:4s} ({metrics['images']:3d}): MaxF {metrics['maxf'] * 100:.2f}"
               f"{spread_text(metrics, 'maxf')}  AP {metrics['ap'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}")
-    if worst_count:
-        from train.error_analysis import write_worst
+    try:  # the metrics first: they land even when a later output cannot be written
+        if args.json:
+            atomic_write_text(args.json, json.dumps(result, indent=2) + "\n", "--json")
+        if args.pr_curve:
+            write_pr_curve(accumulator, f"{Path(args.model).name} ({args.split})", args.pr_curve)
+        if worst_count:
+            from train.error_analysis import write_worst
 
-        sheet = write_worst(predictor, scores, worst_count, args.worst[1])
-        print(f"worst {min(worst_count, len(scores))} images: overlays and {sheet} "
-              "(green = road found, red = false positive, blue = false negative)")
-    if args.json:
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
-    if args.pr_curve:
-        write_pr_curve(accumulator, f"{Path(args.model).name} ({args.split})", args.pr_curve)
+            sheet = write_worst(predictor, scores, worst_count, args.worst[1])
+            print(f"worst {min(worst_count, len(scores))} images: overlays and {sheet} "
+                  "(green = road found, red = false positive, blue = false negative)")
+    except OSError as error:
+        return fail(error)
     return 0
 
 
