@@ -179,10 +179,24 @@ def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, fami
     assert ("BuilderConfig.create_timing_cache", saved) in trt.calls
 
 
-def test_standin_dynamic_input_without_profile_is_one_clear_error(tmp_path):
+def test_standin_symbolic_batch_gets_profile_min_1_opt_max_from_batch(tmp_path):
     trt = make_tensorrt(VERSIONS["10"])
-    with pytest.raises(EngineBuildError, match="--profile"):
-        build_serialized(trt, tiny_onnx(tmp_path / "m.onnx", dynamic=True), BuildOptions(precision="fp32"), None)
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", dynamic=True)
+    built = build_serialized(trt, onnx_path, BuildOptions(precision="fp32", batch=8, batch_opt=4), None)
+    assert ("OptimizationProfile.set_shape", "image", (1, 3, 32, 64), (4, 3, 32, 64), (8, 3, 32, 64)) in trt.calls
+    assert built.batch == {"min": 1, "opt": 4, "max": 8}
+    trt.calls.clear()
+    built = build_serialized(trt, onnx_path, BuildOptions(precision="fp32"), None)  # default: batch 1
+    assert ("OptimizationProfile.set_shape", "image", (1, 3, 32, 64), (1, 3, 32, 64), (1, 3, 32, 64)) in trt.calls
+    assert built.batch == {"min": 1, "opt": 1, "max": 1}
+
+
+def test_standin_batch_beyond_a_fixed_batch_axis_is_one_clear_error(tmp_path):
+    trt = make_tensorrt(VERSIONS["10"])
+    with pytest.raises(EngineBuildError, match="--batch 4: input 'image' has a fixed batch of 1"):
+        build_serialized(trt, tiny_onnx(tmp_path / "m.onnx"), BuildOptions(precision="fp32", batch=4), None)
+    with pytest.raises(EngineBuildError, match="--batch-opt 9"):
+        BuildOptions(batch=8, batch_opt=9)
 
 
 def test_standin_trtexec_command_per_version(tmp_path):
