@@ -41,10 +41,10 @@ from engine.trt_builder import (
     BuildOptions,
     BuiltEngine,
     EngineBuildError,
+    batch_range,
     build_serialized,
     calibration_cache_header,
     make_calibrator,
-    batch_range,
     onnx_for,
     profile_shapes,
     rtx_targets,
@@ -126,7 +126,8 @@ def compute_capabilities(args: argparse.Namespace) -> tuple[str, ...]:
 def build_options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(precision=args.precision, int8_mode=args.int8_mode, workspace_mib=args.workspace_mib,
                         optimization_level=args.opt_level, dla_core=args.dla_core, batch=getattr(args, "batch", 1),
-                        batch_opt=getattr(args, "batch_opt", None), profile=parse_profile(args.profile), builder="trtexec" if args.trtexec else "python",
+                        batch_opt=getattr(args, "batch_opt", None), profile=parse_profile(args.profile),
+                        builder="trtexec" if args.trtexec else "python",
                         compute_capabilities=compute_capabilities(args))
 
 

@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--static-batch", action="store_true",
                         help="fix the batch axis at 1 (default: symbolic, 1..64, so one file runs one camera or a "
-                        "batch of many; ONNX Runtime on this CPU measured no gain from a fixed batch: docs/multi-camera.md)")
+                        "batch of many; a fixed batch measured no faster: docs/multi-camera.md)")
     parser.add_argument("--data", default=DEFAULT_KITTI_DIR,
                         help="KITTI Road folder for the parity and accuracy gates")
     parser.add_argument("--parity-frames", type=int, default=20)

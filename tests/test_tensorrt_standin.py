@@ -569,3 +569,25 @@ def test_standin_corrupt_sidecar_is_rebuilt_by_the_builder_and_refused_in_one_li
     assert len([text for text in capsys.readouterr().err.splitlines() if text.strip()]) == 1
     build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
     assert builds_of(trt) == 2 and read_sidecar(engine)["engine_sha256"]
+
+
+def test_standin_rtx_backend_reads_its_batch_range_and_refuses_more_frames_than_its_max(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    _trt, engine = rtx_backend
+    sidecar_file = sidecar_path(engine)
+    assert read_sidecar(engine)["batch"] == {"min": 1, "opt": 1, "max": 1}
+    backend = TensorRTBackend(engine)
+    assert backend.max_batch == 1
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["batch"] = {"min": 1, "opt": 4, "max": 8}
+    sidecar_file.write_text(json.dumps(sidecar))
+    backend = TensorRTBackend(engine)
+    assert backend.max_batch == 8
+    backend.batch = 1  # what _allocate sets; buffers are stubbed out here (no GPU)
+    with pytest.raises(ValueError, match=r"takes 1\.\.8 frames a call, got 9; rebuild with --batch 9"):
+        backend.infer(np.zeros((9, 3, 32, 64), np.float32))
+    sidecar["batch"] = {"min": 1, "opt": 9, "max": 8}
+    sidecar_file.write_text(json.dumps(sidecar))
+    with pytest.raises(ModelFileError, match="'batch' must hold 1 <= min <= opt <= max"):
+        TensorRTBackend(engine)
