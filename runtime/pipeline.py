@@ -40,7 +40,7 @@ POLL_S = 0.05  # how often a waiting stage looks at the stop flag
 
 
 class StopRequest:
-    """SIGINT/SIGTERM -> finish the current frame and stop. A second signal, or one that arrives while the
+    """SIGINT/SIGTERM/SIGHUP (a closed terminal) -> finish the current frame and stop. A second signal, or one that arrives while the
     loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
 
     def __init__(self) -> None:
@@ -50,8 +50,9 @@ class StopRequest:
         self._previous: dict[int, object] = {}
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
+        for signum in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+            if signum is not None:  # Windows has no SIGHUP
+                self._previous[signum] = signal.signal(signum, self._handle)
 
     def ignore(self) -> None:
         """While finalising outputs: a further Ctrl-C must not cut the video's index in half."""
