@@ -40,8 +40,8 @@ TILE_WIDTH = 640  # each camera's tile in the window
 
 
 def camera_names(descriptions: Sequence[str]) -> list[str]:
-    """A short, file-name-safe, unique name per source: a file's or folder's stem, `camera0` for camera 0, the host
-    and path of a URL; a repeated name gets -2, -3, ..."""
+    """A short, file-name-safe, unique name per source: a file's or folder's stem (a glob's folder), `camera0` for
+    camera 0, the host and path of a URL; a repeated name gets -2, -3, ..."""
     names: list[str] = []
     for text in descriptions:
         if re.fullmatch(r"camera \d+", text):
@@ -50,6 +50,8 @@ def camera_names(descriptions: Sequence[str]) -> list[str]:
             base = re.sub(r"^[a-z0-9+]+://", "", text.lower())
         else:
             path = Path(text.rstrip("/"))
+            if any(ch in path.name for ch in "*?["):
+                path = path.parent
             base = path.stem if path.suffix else path.name
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", base).strip("._") or "camera"
         name, count = base[:48], 2

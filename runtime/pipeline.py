@@ -40,8 +40,8 @@ POLL_S = 0.05  # how often a waiting stage looks at the stop flag
 
 
 class StopRequest:
-    """SIGINT/SIGTERM/SIGHUP (a closed terminal) -> finish the current frame and stop. A second signal, or one that arrives while the
-    loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
+    """SIGINT/SIGTERM/SIGHUP (a closed terminal) -> finish the current frame and stop. A second signal, or one that
+    arrives while the loop waits for a frame, interrupts at once; cleanup (finalising the video) runs either way."""
 
     def __init__(self) -> None:
         self.requested = False
