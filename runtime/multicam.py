@@ -35,7 +35,6 @@ from runtime.postprocess import MaskPostprocessor
 from runtime.sources import SourceError, SourceOptions, open_path
 from runtime.stats import LatencyRing, StreamStats
 
-DEFAULT_PUSH_TIMEOUT_S = 0.05  # files and cameras of unknown rate; a live camera's own frame interval otherwise
 TILE_WIDTH = 640  # each camera's tile in the window
 
 
@@ -61,13 +60,14 @@ def camera_names(descriptions: Sequence[str]) -> list[str]:
     return names
 
 
-def push_timeout_for(sources: Sequence, requested_ms: float | None) -> float:
+def push_timeout_for(sources: Sequence, requested_ms: float | None) -> float | None:
     """The muxer's push timeout in seconds: as asked, else the longest frame interval of the live cameras (a step
-    never waits longer for a camera than that camera takes to deliver), else DEFAULT_PUSH_TIMEOUT_S."""
+    never waits longer for a camera than that camera takes to deliver). Files only: None, every step waits for every
+    file (they have no real time to keep, and full batches are the fastest way through them)."""
     if requested_ms is not None:
         return requested_ms / 1000.0
     intervals = [source.max_age for source in sources if source.live and getattr(source, "max_age", 0) > 0]
-    return max(intervals) if intervals else DEFAULT_PUSH_TIMEOUT_S
+    return max(intervals) if intervals else None
 
 
 @dataclass
@@ -148,7 +148,7 @@ class RunStats:
         return self.frames / (self._last - self._first)
 
 
-def run_cameras(cameras: Sequence[CameraOutputs], backend: Backend, stop: StopRequest, push_timeout: float,
+def run_cameras(cameras: Sequence[CameraOutputs], backend: Backend, stop: StopRequest, push_timeout: float | None,
                 window: TiledWindow | None = None, hud: bool = True, status_every: float = 0.0,
                 say: Callable[[str], None] = print) -> RunStats:
     """Stream every camera until all have ended, a stop request, or the window is closed. Returns the run's

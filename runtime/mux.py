@@ -5,7 +5,8 @@ adds one more thread per camera that moves the source's next frame into the came
 `FrameMuxer` takes one frame from every slot that holds one and hands them over as a batch:
 - as soon as every camera still running has a frame waiting (batch size = number of cameras), or
 - `push_timeout` after the first frame of the batch arrived, with whatever is there (a stalled or slow camera
-  delays the others by at most that much; DeepStream's nvstreammux flushes a partial batch the same way).
+  delays the others by at most that much; DeepStream's nvstreammux flushes a partial batch the same way). With no
+  push timeout (None) a step waits for every camera still running.
 
 A live camera's slot follows the source's own freshness rule: a waiting frame is replaced by the next one only
 once it is older than the source's `max_age` (counted per camera as a "stale" drop); a loop with headroom
@@ -63,7 +64,7 @@ class FrameMuxer:
     """Batches of the freshest frame of each camera (see the module doc); `next_batch` -> list of Taken, [] when
     stopped, None once every camera has ended."""
 
-    def __init__(self, cameras: Sequence[CameraFeed], push_timeout: float) -> None:
+    def __init__(self, cameras: Sequence[CameraFeed], push_timeout: float | None) -> None:
         self.cameras = list(cameras)
         self.push_timeout = push_timeout
         self._cond = threading.Condition()
@@ -124,7 +125,7 @@ class FrameMuxer:
                 if ready and len(ready) == len(running):
                     break
                 now = time.perf_counter()
-                if ready:
+                if ready and self.push_timeout is not None:
                     deadline = min(c._arrived for c in ready) + self.push_timeout
                     if now >= deadline:
                         break

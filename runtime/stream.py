@@ -112,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="reopen a disconnected network source N times, backoff from 0.5 s")
     live.add_argument("--push-timeout", type=float, metavar="MS",
                       help="several sources: send a partial batch when a camera is MS late (default: the slowest "
-                      "camera's frame interval; 50 for files)")
+                      "live camera's frame interval; files only: wait for all)")
     live.add_argument("--pipeline", default="auto", choices=("auto", "on", "off"),
                       help="one source: overlap read, inference and drawing on threads (auto: off for ONNX Runtime "
                       "on <= 2 CPU cores)")
