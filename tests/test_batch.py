@@ -16,7 +16,7 @@ from runtime.pipeline import frame_preprocessor
 from runtime.sources import read_video_frames
 
 N = 4
-ARTIFACTS = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8_cpu.onnx")
+ARTIFACTS = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8_fp16.onnx", "model.int8_cpu.onnx")
 SHIPPED_INT8 = "models/fcn8s_vgg16_w0.25_cpu.int8_cpu.onnx"
 needs_video = pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
 
