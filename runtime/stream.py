@@ -48,6 +48,7 @@ from runtime.multicam import (  # noqa: E402
     run_cameras,
 )
 from runtime.outputs import (  # noqa: E402
+    FOURCC_BY_SUFFIX,
     VIEWS,
     MaskWriter,
     OutputError,
@@ -315,6 +316,9 @@ def stream_many(args: argparse.Namespace, texts: list[str], backend, model_path:
     feeds, cameras, failures, window, run = [], [], [], None, None
     failure: Exception | None = None
     try:
+        if args.output and (Path(args.output).suffix.lower() in FOURCC_BY_SUFFIX or Path(args.output).is_file()):
+            raise OutputError(f"--output {args.output}: several sources write a folder (one <camera>.mp4 each); "
+                              "give a folder")
         feeds, failures = open_cameras(texts, source_options(args))
         for feed in feeds:
             outputs = open_camera_outputs(feed, args.output, args.save_masks, args.view, args.alpha, args.fourcc)

@@ -1,5 +1,6 @@
 """One inference call on a batch of N frames gives the masks of N single calls, on every backend here: ONNX Runtime
-CPU and OpenVINO on every exported ONNX artifact (symbolic batch axis, as `python -m export` writes it); the shipped
+CPU and OpenVINO on every exported ONNX artifact (symbolic batch axis, as `python -m export` writes it, kept by
+calibration and by the in-graph wrapper); the shipped
 batch-1 files report a batch of 1; a TensorRT engine refuses more frames than its profile's max."""
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ def real_frames(count: int) -> list[np.ndarray]:
     return [frames[i] for i in np.linspace(0, len(frames) - 1, count).astype(int)]
 
 
+def as_masks(results: np.ndarray) -> np.ndarray:
+    """N x C x H x W logits -> N x H x W class masks; an in-graph model's N x H x W road masks as they are."""
+    return results if results.ndim == 3 else results.argmax(1)
+
+
 def masks_batched_and_single(backend, frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     preprocess = frame_preprocessor(backend, batch=len(frames))
     for slot, frame in enumerate(frames):
         preprocess(frame, slot)
-    batched = backend.infer(preprocess.input_tensor).argmax(1)
+    batched = as_masks(backend.infer(preprocess.input_tensor))
     single = frame_preprocessor(backend)
-    alone = np.concatenate([backend.infer(single(frame)).argmax(1) for frame in frames])
+    alone = np.concatenate([as_masks(backend.infer(single(frame))) for frame in frames])
     return batched, alone
 
 
@@ -68,3 +74,17 @@ def test_the_shipped_batch_1_file_takes_one_frame_a_call(backend_name):
     assert backend.max_batch == 1
     single = frame_preprocessor(backend)
     assert backend.infer(single(real_frames(1)[0])).shape[0] == 1
+
+
+@needs_video
+def test_the_in_graph_wrapper_keeps_the_batch_axis_and_batches_to_the_same_masks(tiny_artifacts, tmp_path):
+    import onnx
+
+    from export.ingraph import wrap
+
+    wrapped = tmp_path / "model.int8_cpu.ingraph.onnx"
+    onnx.save(wrap(onnx.load(str(tiny_artifacts / "model.int8_cpu.onnx"))), str(wrapped))
+    backend = open_backend(wrapped, "onnxruntime", threads=1)
+    assert backend.in_graph and backend.max_batch == MAX_BATCH
+    batched, alone = masks_batched_and_single(backend, real_frames(N))
+    assert batched.shape == (N, 64, 192) and np.array_equal(batched, alone)
