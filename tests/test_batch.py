@@ -88,3 +88,18 @@ def test_the_in_graph_wrapper_keeps_the_batch_axis_and_batches_to_the_same_masks
     assert backend.in_graph and backend.max_batch == MAX_BATCH
     batched, alone = masks_batched_and_single(backend, real_frames(N))
     assert batched.shape == (N, 64, 192) and np.array_equal(batched, alone)
+
+
+@needs_video
+def test_batch_axis_makes_the_shipped_batch_1_file_batchable_and_checks_it(tmp_path, capsys):
+    from export.batch_axis import main as batch_axis_main
+
+    target = tmp_path / "int8_cpu.batch.onnx"
+    assert batch_axis_main([SHIPPED_INT8, str(target)]) == 0
+    backend = open_backend(target, "onnxruntime", threads=1)
+    assert backend.max_batch == MAX_BATCH
+    batched, alone = masks_batched_and_single(backend, real_frames(2))
+    assert np.array_equal(batched, alone)
+    capsys.readouterr()
+    assert batch_axis_main([str(target), str(target)]) == 2  # never over its own input
+    assert "would overwrite its input" in capsys.readouterr().err
