@@ -199,8 +199,10 @@ def open_chosen_backend(model_path: Path, args: argparse.Namespace):
     --precision auto`; any explicit choice opens exactly what was asked for, and a precision the runtime cannot
     honour is refused."""
     threads = args.threads or None
-    if args.backend == "auto" and args.device in ("auto", "cpu") and args.precision == "auto" and \
-            not (args.device == "cpu" and model_path.suffix in ENGINE_SUFFIXES):
+    if model_path.suffix in ENGINE_SUFFIXES and (args.device == "cpu" or args.backend in ("onnxruntime", "openvino")):
+        raise ModelFileError(f"{model_path}: a TensorRT engine runs on TensorRT on a GPU; for --backend "
+                             f"{args.backend} --device {args.device} give the .onnx")
+    if args.backend == "auto" and args.device in ("auto", "cpu") and args.precision == "auto":
         from runtime.backend_choice import open_auto
 
         backend, choice = open_auto(model_path, threads, spinning=False)

@@ -152,18 +152,21 @@ def test_a_stalled_camera_delays_the_others_by_at_most_the_push_timeout():
              CameraFeed("stuck", open_path("synthetic://64x32@100?stall_after=2", options))]
     muxer = FrameMuxer(feeds, push_timeout=0.02)
     try:
-        sizes, gaps = [], []
+        taken, gaps = [], []
         last = time.perf_counter()
         for _ in range(20):
             batch = muxer.next_batch()
             now = time.perf_counter()
-            sizes.append(len(batch))
+            taken.append([item.camera.name for item in batch])
             gaps.append(now - last)
             last = now
             for item in batch:
                 item.camera.source.release(item.frame)
-        assert sizes[:2] == [2, 2] and set(sizes[3:]) == {1}  # the stuck camera's frames stop; the steady one goes on
-        # Waiting for the stuck camera would block until its 30 s stall timeout: 20 batches came well before.
+        names = [name for batch in taken for name in batch]
+        # The stuck camera's 2 frames (taken, or one dropped as stale when a loaded machine was late), then batches
+        # of the steady camera alone: counts rather than positions.
+        assert names.count("stuck") + sum(feeds[1].all_drops().values()) == 2 and names.count("stuck") >= 1
+        assert names.count("steady") >= 18 and all(len(b) <= 2 for b in taken)
         assert sum(gaps) < 25.0
     finally:
         muxer.close()
