@@ -10,7 +10,7 @@ BUILD ?= build
 CONFIG ?= cpu
 STAMP := $(VENV)/.roadseg-installed
 
-.PHONY: setup setup-runtime setup-rtx setup-openvino setup-fleet test lint train eval export calibrate engine stream demo bench pipeline clean
+.PHONY: setup setup-runtime setup-rtx setup-openvino setup-fleet test lint train eval export calibrate engine stream demo bench bench-cameras pipeline clean
 
 ## setup: the full development environment (torch pinned, CPU onnxruntime, test tools) in $(VENV)
 setup: $(STAMP)
@@ -56,14 +56,14 @@ $(RTX_STAMP): requirements/tensorrt-rtx.txt requirements/tensorrt-rtx-module.txt
 	touch $@
 
 ## test: the whole test suite (sets up first, with the optional OpenVINO and TensorRT-RTX backends its tests use)
-test: setup setup-openvino setup-rtx
+test: setup setup-openvino setup-rtx setup-fleet
 	$(PY) -m pytest -q
 
 ## lint: ruff
 lint: setup
 	$(VENV)/bin/ruff check .
 
-## train: train CONFIG (cpu|full|smoke) on DATA into runs/train/CONFIG
+## train: train CONFIG (cpu|lite0|full|smoke) on DATA into runs/train/CONFIG
 TRAIN_ARGS ?=
 train: setup
 	$(PY) -m train --config $(CONFIG) --data $(DATA) $(TRAIN_ARGS)
@@ -88,14 +88,20 @@ SOAK_FRAMES ?= 10000
 STREAM_MODEL = $(if $(MODEL),--model $(MODEL))
 STREAM_NEEDS = $(if $(MODEL)$(wildcard $(BUILD)/*.onnx $(BUILD)/*.engine $(BUILD)/*.plan),,export)
 
-## stream: stream SOURCE (file, folder, camera index or URI) with a window when there is a display
-.PHONY: bench-stream
+## stream: stream SOURCE (file, folder, glob, URL, camera:N; several in one batch) with a window when there is a display
+.PHONY: bench-stream bench-cameras
 stream: setup $(STREAM_NEEDS)
 	$(PY) runtime/stream.py $(SOURCE) $(STREAM_MODEL) $(STREAM_ARGS)
 
 ## bench-stream: the runtime's floors on CPU: overhead <= 10 %, latency targets (e2e p50 <= 1.15x inference with mp4, 1.10x without), live >= 95 %, soak
 bench-stream: setup $(STREAM_NEEDS)
 	$(PY) -m bench.stream $(STREAM_MODEL) --frames $(SOAK_FRAMES) --json runs/bench_stream.json
+
+## bench-cameras: CAMERAS (default 1,2,4,8) cameras batched into one model against the single-camera loop and
+## inference alone: total and per-camera FPS, frame age, batch sizes, the multi-camera targets
+CAMERAS ?= 1,2,4,8
+bench-cameras: setup $(STREAM_NEEDS)
+	$(PY) -m bench.multicam $(STREAM_MODEL) --cameras $(CAMERAS) --json runs/bench_cameras.json
 
 # export/calibrate/engine: each stage reruns only when its inputs changed (file dependencies here, content
 # hashes and the engine's cache key inside the Python stages).
@@ -116,17 +122,18 @@ $(BUILD)/model.int8.onnx: $(BUILD)/model.fp32.onnx $(CALIBRATION_SRC) | setup
 	$(PY) -m calibration --build $(BUILD) --source $(DATA) --data $(DATA)
 
 ## engine: checkpoint -> ONNX -> calibration -> BUILD/model.PRECISION.engine (TensorRT + a CUDA GPU, or
-## TensorRT-RTX with or without a GPU: `make setup-rtx`)
+## TensorRT-RTX with or without a GPU: `make setup-rtx`); BATCH=M: up to M frames a call (M cameras batched)
+BATCH ?= 1
 # With torch in $(VENV): the full chain from the checkpoint. Without (make setup-rtx alone, or a device): the
 # checkpoint's shipped ONNX files in models/ (export/shipped.py checks they belong to it).
 HAVE_TORCH := $(shell test -x $(PY) && $(PY) -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)" 2>/dev/null && echo yes)
 engine: $(if $(HAVE_TORCH),calibrate)
-	$(PY) -m engine --precision $(PRECISION) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
+	$(PY) -m engine --precision $(PRECISION) --batch $(BATCH) --build $(BUILD) --checkpoint $(CHECKPOINT) --data $(DATA)
 
 ## demo: stream SOURCE headless through the best model (build/, else the INT8 shipped in models/) -> runs/demo/;
 ## needs only the slim runtime (.venv-runtime: numpy, OpenCV, onnxruntime; no torch)
 demo: setup-runtime
-	.venv-runtime/bin/python -m runtime.demo --source $(SOURCE) --out runs/demo
+	.venv-runtime/bin/python -m runtime.demo $(SOURCE) --out runs/demo
 
 # pipeline: every stage handing the next exactly what it needs, in a reduced CPU configuration.
 PIPELINE ?= runs/pipeline

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from bench.stream_targets import measure_targets, print_targets
-from runtime.backends import Backend, open_backend
+from runtime.backends import Backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail
 from runtime.model_select import REPO_ROOT, default_model
@@ -54,6 +54,7 @@ from runtime.sources import (
     read_video_frames,
 )
 from runtime.stats import StreamStats
+from runtime.stream import BACKENDS, DEVICES, open_chosen_backend
 
 SHIPPED_SIZE_HW = (192, 640)
 OVERHEAD_LIMIT = 0.10
@@ -276,10 +277,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "cpu", "cuda", "tensorrt", "onnxruntime",
-                                                              "openvino"),
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="auto (the default, as runtime/stream.py's): as the runtime picks, a measured CPU "
-                        "choice where OpenVINO is installed; cpu: ONNX Runtime CPU")
+                        "choice where OpenVINO is installed")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="as runtime/stream.py's --device")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="OpenVINO CPU precision hint (for an INT8 file: its float rest)")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
@@ -298,15 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         model = Path(args.model) if args.model else default_model()
-        if args.backend == "auto":
-            from runtime.backend_choice import open_auto
-
-            backend, choice = open_auto(model, args.threads or None, spinning=False)
-            if choice is not None:
-                print(choice.line())
-        else:
-            backend = open_backend(model, args.backend, threads=args.threads or None, spinning=False,
-                                   precision=args.precision)
+        backend, choice = open_chosen_backend(model, args)
+        if choice is not None:
+            print(choice.line())
     except (ModelFileError, ImportError, OSError, RuntimeError) as error:
         return fail(error)
     video = Path(args.video)

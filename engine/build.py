@@ -3,7 +3,8 @@
     python -m engine [--precision fp16|int8|fp32] [--int8-mode qdq|calibrator] [--build build]
                             [--checkpoint models/...pt] [--data KITTI] [--workspace-mib 1024] [--opt-level 3]
                             [--flavour auto|tensorrt|tensorrt_rtx] [--compute-capability 8.6,8.9]
-                            [--dla-core N] [--profile MIN:OPT:MAX] [--trtexec PATH] [--force]
+                            [--dla-core N] [--batch M] [--batch-opt N] [--profile MIN:OPT:MAX]
+                            [--trtexec PATH] [--force]
 
 Stages and what decides whether each runs:
 - FP32/FP16 ONNX: the checkpoint's sha256 differs from the one build/parity.json recorded -> the export stage
@@ -29,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import onnx
@@ -38,10 +40,12 @@ from engine.trt_builder import (
     BuildOptions,
     BuiltEngine,
     EngineBuildError,
+    batch_range,
     build_serialized,
     calibration_cache_header,
     make_calibrator,
     onnx_for,
+    profile_shapes,
     rtx_targets,
     trtexec_command,
 )
@@ -112,7 +116,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="TensorRT-RTX target GPUs, e.g. 8.6,8.9 (default: every RTX architecture from "
                              "Ampere on; 7.5 = Turing only when asked)")
     parser.add_argument("--dla-core", type=int, default=None, help="Jetson DLA core (GPU fallback on)")
-    parser.add_argument("--profile", default=None, help="MIN:OPT:MAX input shapes for a dynamic-batch ONNX")
+    parser.add_argument("--batch", type=int, default=1, metavar="M",
+                        help="the most frames one call takes (cameras batched together): optimisation profile min 1 / "
+                        "opt --batch-opt / max M, recorded in the sidecar and checked at load (default 1)")
+    parser.add_argument("--batch-opt", type=int, default=None, metavar="N",
+                        help="the batch size TensorRT tunes its kernels for (default: --batch)")
+    parser.add_argument("--profile", default=None, help="MIN:OPT:MAX input shapes (NxCxHxW), instead of --batch")
     parser.add_argument("--timing-cache", default=None,
                         help="default: BUILD/tensorrt-VERSION-smCC.timing.cache (TensorRT only; RTX has none)")
     parser.add_argument("--trtexec", default=None, help="build with this trtexec instead of the Python API")
@@ -128,8 +137,9 @@ def compute_capabilities(args: argparse.Namespace) -> tuple[str, ...]:
 
 def build_options(args: argparse.Namespace) -> BuildOptions:
     return BuildOptions(precision=args.precision, int8_mode=args.int8_mode, workspace_mib=args.workspace_mib,
-                        optimization_level=args.opt_level, dla_core=args.dla_core,
-                        profile=parse_profile(args.profile), builder="trtexec" if args.trtexec else "python",
+                        optimization_level=args.opt_level, dla_core=args.dla_core, batch=getattr(args, "batch", 1),
+                        batch_opt=getattr(args, "batch_opt", None), profile=parse_profile(args.profile),
+                        builder="trtexec" if args.trtexec else "python",
                         compute_capabilities=compute_capabilities(args))
 
 
@@ -143,6 +153,10 @@ def rebuild_command(args: argparse.Namespace, flavour: str | None = None) -> str
         parts.append(f"--int8-mode {args.int8_mode}")
     if args.dla_core is not None:
         parts.append(f"--dla-core {args.dla_core}")
+    if getattr(args, "batch", 1) != 1:
+        parts.append(f"--batch {args.batch}")
+    if getattr(args, "batch_opt", None) is not None:
+        parts.append(f"--batch-opt {args.batch_opt}")
     if args.profile:
         parts.append(f"--profile {args.profile}")
     return " ".join(parts)
@@ -288,7 +302,7 @@ def write_engine(engine_path: Path, built: BuiltEngine, key: dict, metadata: dic
     atomic_write_bytes(engine_path, built.engine)
     sidecar = {"format": SIDECAR_FORMAT, "flavour": key["flavour"], "cache_key": key,
                ENGINE_CACHE_KEY: key_digest(key), "engine_sha256": hashlib.sha256(built.engine).hexdigest(),
-               "engine_bytes": len(built.engine), "io": built.io,
+               "engine_bytes": len(built.engine), "io": built.io, "batch": built.batch,
                "metadata": {**metadata, PRECISION_KEY: key["precision"]}, "rebuild": rebuild}
     atomic_write_text(sidecar_path(engine_path), json.dumps(sidecar, indent=1, sort_keys=True) + "\n")
 
@@ -363,6 +377,8 @@ def build_engine(args: argparse.Namespace, build: Path, trt, gpu: GpuInfo | None
     onnx_path = onnx_for(options.precision, options.int8_mode, typed, build)
     if not onnx_path.is_file():
         raise EngineBuildError(f"{onnx_path}: not found; run `make export calibrate`")
+    input_shape = next(row["shape"] for row in onnx_io(onnx_path) if row["mode"] == "input")
+    options = replace(options, profile=profile_shapes(input_shape, options))  # one profile for either builder
     targets = rtx_targets(trt, options) if flavour == TENSORRT_RTX else []
     key = cache_key(onnx_path, options, calibration_identity(build, options), trt_version, gpu, flavour, targets)
     engine_path = build / engine_name(options.precision)
@@ -418,7 +434,8 @@ def build_with_trtexec(trtexec: str, onnx_path: Path, engine_path: Path, options
         if result.returncode != 0 or not temp.stat().st_size:
             tail = (result.stdout + result.stderr).strip().splitlines()[-1:] or ["no output"]
             raise EngineBuildError(f"trtexec failed (exit {result.returncode}): {tail[0][:200]}")
-        return BuiltEngine(temp.read_bytes(), onnx_io(onnx_path), [])
+        input_shape = next(row["shape"] for row in onnx_io(onnx_path) if row["mode"] == "input")
+        return BuiltEngine(temp.read_bytes(), onnx_io(onnx_path), [], batch_range(input_shape, options))
     finally:
         temp.unlink(missing_ok=True)
 

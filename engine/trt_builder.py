@@ -20,12 +20,14 @@ TensorRT-RTX: no timing cache (a deprecated no-op that queries a GPU), target co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runtime.artifacts import ENGINE_PRECISIONS, FP16_ONNX, FP32_ONNX, INT8_FP16_ONNX, INT8_ONNX
+from runtime.contract import MAX_BATCH
 from runtime.trt_flavour import (
     TENSORRT,
     TENSORRT_RTX,
@@ -50,7 +52,10 @@ class BuildOptions:
     workspace_mib: int = 1024
     optimization_level: int = 3
     dla_core: int | None = None
-    # min/opt/max input shapes for a dynamic-batch ONNX, e.g. ((1,3,192,640), (2,3,192,640), (4,3,192,640))
+    # A symbolic-batch ONNX gets the profile min 1 / opt batch_opt (default: batch) / max batch along its batch axis;
+    # `profile` (min/opt/max input shapes, e.g. ((1,3,192,640), (2,3,192,640), (4,3,192,640))) overrides it.
+    batch: int = 1
+    batch_opt: int | None = None
     profile: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
     builder: str = "python"  # "python" (the bindings) or "trtexec"
     # TensorRT-RTX target GPUs as "8.6", "12.0", ...; empty = every RTX architecture from Ampere on
@@ -61,6 +66,10 @@ class BuildOptions:
             raise EngineBuildError(f"--precision {self.precision}: expected one of {', '.join(ENGINE_PRECISIONS)}")
         if self.int8_mode not in INT8_MODES:
             raise EngineBuildError(f"--int8-mode {self.int8_mode}: expected qdq or calibrator")
+        if not 1 <= self.batch <= MAX_BATCH:
+            raise EngineBuildError(f"--batch {self.batch}: expected 1..{MAX_BATCH}")
+        if self.batch_opt is not None and not 1 <= self.batch_opt <= self.batch:
+            raise EngineBuildError(f"--batch-opt {self.batch_opt}: expected 1..{self.batch} (--batch)")
         if self.workspace_mib <= 0:
             raise EngineBuildError(f"--workspace-mib {self.workspace_mib}: must be positive")
         if not 0 <= self.optimization_level <= 5:
@@ -89,6 +98,7 @@ class BuiltEngine:
     engine: bytes
     io: list[dict]  # [{"name", "mode", "shape", "dtype"}] of the network that was built
     compute_capabilities: list[str]  # TensorRT-RTX targets ("8.6", ...); [] for TensorRT
+    batch: dict[str, int]  # the batch sizes it takes: {"min", "opt", "max"}
 
 
 def onnx_for(precision: str, int8_mode: str, typed: bool, build: Path) -> Path:
@@ -215,16 +225,43 @@ def _set_precision(trt, builder, config, options: BuildOptions, calibrator, warn
         config.int8_calibrator = calibrator
 
 
+def profile_shapes(shape: Sequence[int], options: BuildOptions, name: str = "image") -> tuple | None:
+    """The min/opt/max input shapes to build for an input of `shape` (-1 where symbolic); None for a fixed shape.
+
+    Only the batch axis may be symbolic without --profile: min 1 / opt --batch-opt (default --batch) / max --batch.
+    A fixed batch axis takes exactly its own batch: asking for more is an error, not a silent batch-1 engine.
+    """
+    shape = tuple(int(d) for d in shape)
+    if options.profile is not None:
+        return options.profile
+    if any(d < 0 for d in shape[1:]):
+        raise EngineBuildError(f"input '{name}' has a symbolic axis besides the batch ({list(shape)}): pass --profile "
+                               "MIN:OPT:MAX (e.g. 1x3x192x640:2x3x192x640:4x3x192x640)")
+    if shape and shape[0] >= 0:
+        if options.batch > 1:
+            raise EngineBuildError(f"--batch {options.batch}: input '{name}' has a fixed batch of {shape[0]}; export "
+                                   "with a symbolic batch axis (`python -m export`, its default) to batch frames")
+        return None
+    rest = shape[1:]
+    opt = options.batch_opt or options.batch
+    return (1, *rest), (opt, *rest), (options.batch, *rest)
+
+
+def batch_range(shape: Sequence[int], options: BuildOptions) -> dict[str, int]:
+    """The sidecar's record of the batch sizes an engine takes: {"min", "opt", "max"}."""
+    shapes = profile_shapes(shape, options)
+    if shapes is None:
+        return {"min": int(shape[0]), "opt": int(shape[0]), "max": int(shape[0])}
+    return {"min": shapes[0][0], "opt": shapes[1][0], "max": shapes[2][0]}
+
+
 def _set_profile(trt, builder, config, network, options: BuildOptions, calibrating: bool):
     name = network.get_input(0).name
-    dynamic = any(d < 0 for d in tuple(network.get_input(0).shape))
-    if options.profile is None and not dynamic:
+    shapes = profile_shapes(tuple(network.get_input(0).shape), options, name)
+    if shapes is None:
         return
-    if options.profile is None:
-        raise EngineBuildError(f"input '{name}' has a dynamic shape: pass --profile MIN:OPT:MAX "
-                               "(e.g. 1x3x192x640:2x3x192x640:4x3x192x640)")
     profile = builder.create_optimization_profile()
-    profile.set_shape(name, *options.profile)
+    profile.set_shape(name, *shapes)
     config.add_optimization_profile(profile)
     if calibrating:
         config.set_calibration_profile(profile)
@@ -329,7 +366,8 @@ def build_serialized(trt, onnx_path: Path, options: BuildOptions, timing_cache: 
     engine = bytes(serialized)
     if cache is not None and timing_cache is not None:
         _save_timing_cache(config, timing_cache, warn)
-    return BuiltEngine(engine, network_io(network), targets)
+    return BuiltEngine(engine, network_io(network), targets,
+                       batch_range(tuple(network.get_input(0).shape), options))
 
 
 def trtexec_command(trtexec: str, onnx_path: Path, engine_path: Path, options: BuildOptions, typed: bool,

@@ -1,7 +1,7 @@
 """Checkpoint -> build/model.fp32.onnx (+ build/model.fp16.onnx), each behind a gate.
 
     python -m export [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--build build] [--opset 17]
-                     [--dynamic-batch] [--data ../shared/data/kitti_road] [--parity-frames 20] [--no-slim]
+                     [--static-batch] [--data ../shared/data/kitti_road] [--parity-frames 20] [--no-slim]
 
 1. Export FP32 ONNX (opset 17 by default: what TensorRT 8.5/8.6 on JetPack 5 reads), contract in metadata.
 2. onnx.checker + strict shape inference.
@@ -38,7 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=SHIPPED_CHECKPOINT, help="roadseg .pt checkpoint")
     parser.add_argument("--build", default="build", help="output folder")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--dynamic-batch", action="store_true", help="batch axis dynamic (1..64)")
+    parser.add_argument("--static-batch", action="store_true",
+                        help="fix the batch axis at 1 (default: symbolic, 1..64, so one file runs one camera or a "
+                        "batch of many; a fixed batch measured no faster: docs/multi-camera.md)")
     parser.add_argument("--data", default=DEFAULT_KITTI_DIR,
                         help="KITTI Road folder for the parity and accuracy gates")
     parser.add_argument("--parity-frames", type=int, default=20)
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from kitti.data import DataError
     from train.checkpoint import CheckpointError
 
-    options = ExportOptions(opset=args.opset, dynamic_batch=args.dynamic_batch, parity_frames=args.parity_frames,
+    options = ExportOptions(opset=args.opset, dynamic_batch=not args.static_batch, parity_frames=args.parity_frames,
                             slim=not args.no_slim, fp16=not args.no_fp16, accuracy=not args.no_accuracy,
                             progress=not args.no_progress, in_graph=want_in_graph(args.in_graph),
                             video=Path(args.video))

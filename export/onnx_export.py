@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, TRAINING_KEY, PreprocessSpec
+from runtime.contract import MAX_BATCH, MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, TRAINING_KEY, PreprocessSpec
 from runtime.ioutil import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is needed to export, not to stamp metadata (calibration imports set_metadata)
@@ -19,6 +19,7 @@ COMMIT_KEY = "roadseg.source_commit"
 DEFAULT_OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+BATCH_AXIS = "batch"  # the symbolic batch dimension's name in the graph
 
 
 def source_commit() -> str:
@@ -49,13 +50,14 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
 
 
 def export_onnx(model: torch.nn.Module, spec: PreprocessSpec, arch: dict, summary: dict, out_path: str | Path,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> onnx.ModelProto:
-    """Trace the model at the contract's static input size and write it atomically with its metadata."""
+                opset: int = DEFAULT_OPSET, dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Trace the model at the contract's input size and write it atomically with its metadata. The batch axis is
+    symbolic (1..MAX_BATCH) unless `dynamic_batch=False`: one file serves one camera or a batch of many."""
     import torch
 
     model = model.eval().cpu()
     example = torch.zeros(1, 3, *spec.size_hw)
-    dynamic_shapes = {"x": {0: torch.export.Dim("batch", min=1, max=64)}} if dynamic_batch else None
+    dynamic_shapes = {"x": {0: torch.export.Dim(BATCH_AXIS, min=1, max=MAX_BATCH)}} if dynamic_batch else None
     program = torch.onnx.export(model, (example,), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                 opset_version=opset, dynamo=True, external_data=False,
                                 dynamic_shapes=dynamic_shapes, verbose=False)

@@ -8,8 +8,9 @@
 the checkpoint's sha256 and each file's. `check` (CI, after `make engine` regenerated build/ from the .pt)
 proves the shipped files are what export and calibration produce from that checkpoint. Byte equality would
 be brittle (torch, ONNX Runtime and BLAS versions move float rounding), so it compares what must not move:
-  - the graph: the same nodes in the same order (op types, names), the same initializer names, shapes and
-    types, the same opsets, the same roadseg metadata (bar the source commit and the FP32 file's hash);
+  - the graph: the same nodes in the same order (op types, attributes, which tensors each reads), the same
+    initializer shapes and types, the same opsets (not the batch axis: a batch-1 file and a symbolic-batch one
+    are the same model), the same roadseg metadata (bar the source commit and the FP32 file's hash);
   - the weights: float initializers equal to 1e-3 relative, integer (quantized) ones equal in >= 99.9 %
     of entries and never more than 1 step apart;
   - the outputs on real frames (the calibration tensors, KITTI train images): the road masks agree on
@@ -107,15 +108,33 @@ def ensure_from_models(build: Path, checkpoint: Path) -> None:
 # ---- check --------------------------------------------------------------------------------------------
 
 
-def graph_signature(model) -> dict:
-    from onnx import numpy_helper
+def canonical_names(graph) -> dict[str, str]:
+    """Each tensor named by where it sits: graph inputs by position, node outputs by (node, slot), weights by their
+    first reader. The exporter numbers its tensors from a global counter (a symbolic batch axis shifts them: "add"
+    becomes "add_255"), so names alone would call two identical graphs different."""
+    names = {value.name: f"input{i}" for i, value in enumerate(graph.input)}
+    for index, node in enumerate(graph.node):
+        for slot, name in enumerate(node.input):
+            if name and name not in names:  # nodes are in topological order: an unnamed input is a weight
+                names[name] = f"weight{index}.{slot}"
+        for slot, name in enumerate(node.output):
+            names[name] = f"node{index}.{slot}"
+    return names
 
+
+def graph_signature(model) -> dict:
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    names = canonical_names(graph)
     return {
-        "nodes": [(n.op_type, n.name) for n in model.graph.node],
-        "initializers": {i.name: (tuple(i.dims), i.data_type) for i in model.graph.initializer},
+        "nodes": [(n.op_type, n.domain, tuple(names.get(i, i) for i in n.input),
+                   tuple(sorted((a.name, repr(helper.get_attribute_value(a))) for a in n.attribute)))
+                  for n in graph.node],
+        "initializers": {names.get(i.name, i.name): (tuple(i.dims), i.data_type) for i in graph.initializer},
         "opsets": sorted((o.domain, o.version) for o in model.opset_import),
         "metadata": {p.key: p.value for p in model.metadata_props if p.key not in VOLATILE_METADATA},
-        "_arrays": {i.name: numpy_helper.to_array(i) for i in model.graph.initializer},
+        "_arrays": {names.get(i.name, i.name): numpy_helper.to_array(i) for i in graph.initializer},
     }
 
 

@@ -33,7 +33,7 @@ GATE_ERRORS = (ExportError, ParityError, InGraphError)
 @dataclass(frozen=True)
 class ExportOptions:
     opset: int = DEFAULT_OPSET
-    dynamic_batch: bool = False
+    dynamic_batch: bool = True
     parity_frames: int = 20
     slim: bool = True  # try onnxslim, kept only if the slimmed graph passes the same parity gate
     fp16: bool = True

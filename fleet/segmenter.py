@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import Backend, open_backend
+from runtime.contract import MAX_BATCH
 from runtime.pipeline import frame_preprocessor, warm_up
 from runtime.postprocess import MaskPostprocessor
 
@@ -20,17 +21,9 @@ DYNAMIC = None  # a model whose batch dimension is symbolic: any batch size runs
 
 
 def model_batch_limit(backend: Backend) -> int | None:
-    """The batch size the model's input takes: an int when fixed, DYNAMIC (None) when symbolic or -1."""
-    ort_session = getattr(backend, "ort_session", None)  # ONNX Runtime
-    if ort_session is not None:
-        first = ort_session.get_inputs()[0].shape[0]
-        return first if isinstance(first, int) and first > 0 else DYNAMIC
-    compiled = getattr(backend, "compiled", None)  # OpenVINO
-    if compiled is not None:
-        dimension = compiled.inputs[0].get_partial_shape()[0]
-        return dimension.get_length() if dimension.is_static else DYNAMIC
-    # TensorRT: its buffers are sized for one batch, which the backend holds.
-    return int(getattr(backend, "batch", 1) or 1)
+    """The batch the model's input takes: DYNAMIC (None) when its batch axis is symbolic, else the backend's limit
+    (a fixed batch, or a TensorRT engine's profile maximum)."""
+    return DYNAMIC if backend.max_batch >= MAX_BATCH else backend.max_batch
 
 
 def resolve_backend(model: Path, backend: str, precision: str) -> tuple[str, str, str]:

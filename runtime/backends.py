@@ -18,6 +18,7 @@ from runtime.contract import (
     ModelFileError,
     PreprocessSpec,
     TensorInfo,
+    batch_capacity,
     check_model,
 )
 
@@ -33,6 +34,7 @@ class Backend(Protocol):
     device: str  # "cpu" or the GPU's name
     spec: PreprocessSpec
     metadata: dict[str, str]
+    max_batch: int  # the most frames one infer() call takes (1 for a model with a fixed batch of 1)
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
@@ -116,6 +118,7 @@ class OnnxRuntimeBackend:
                                  f"to {self.provider}); check the CUDA/cuDNN/TensorRT libraries it needs")
         self.device = "cpu" if self.provider == "CPUExecutionProvider" else self._gpu_name()
         self.input_name = self.ort_session.get_inputs()[0].name
+        self.max_batch = batch_capacity(self.ort_session.get_inputs()[0].shape)
         self.output_name = self.ort_session.get_outputs()[0].name
         self.path = path
 

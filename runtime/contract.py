@@ -45,6 +45,9 @@ MAX_INPUT_SIDE = 4096
 MAX_CLASSES = 64
 MAX_NAME_LENGTH = 64
 MAX_METADATA_BYTES = 1 << 20
+# The most frames one inference call may take: a dynamic-batch export allows 1..MAX_BATCH, an engine's optimisation
+# profile may not go beyond it, and a batch axis a backend reports as symbolic is taken to allow this many.
+MAX_BATCH = 64
 
 
 class ModelFileError(ValueError):
@@ -236,6 +239,25 @@ def check_model(metadata: dict[str, str], inputs: Sequence[TensorInfo], outputs:
     return spec, in_graph, parse_precision(metadata, source)
 
 
+def batch_capacity(shape: Sequence[int | str | None]) -> int:
+    """How many frames one call may take, from a graph input's shape: its batch dim when fixed, else MAX_BATCH."""
+    first = shape[0] if len(shape) else None
+    return first if _is_int(first) and first > 0 else MAX_BATCH
+
+
+def parse_batch_profile(raw: object, path: str | Path) -> dict[str, int]:
+    """An engine sidecar's optimisation profile along the batch axis: {"min", "opt", "max"}, 1 <= min <= opt <= max
+    <= MAX_BATCH."""
+    keys = ("min", "opt", "max")
+    if not isinstance(raw, dict) or set(raw) != set(keys) or not all(_is_int(raw[k]) for k in keys):
+        raise ModelFileError(f"{path}: engine sidecar field 'batch' must be {{\"min\", \"opt\", \"max\"}} integers, "
+                             f"got {shorten(raw)}")
+    if not 1 <= raw["min"] <= raw["opt"] <= raw["max"] <= MAX_BATCH:
+        raise ModelFileError(f"{path}: engine sidecar field 'batch' must hold 1 <= min <= opt <= max <= {MAX_BATCH}, "
+                             f"got {shorten(raw)}")
+    return {k: raw[k] for k in keys}
+
+
 def _require(raw: dict, key: str, kind: type | tuple[type, ...], path: Path) -> object:
     if key not in raw:
         raise ModelFileError(f"{path}: engine sidecar has no '{key}'")
@@ -259,4 +281,6 @@ def validate_sidecar(raw: object, path: str | Path) -> dict:
     rebuild = _require(raw, "rebuild", str, path)
     if len(rebuild) > 2000 or "\n" in rebuild:
         raise ModelFileError(f"{path}: engine sidecar field 'rebuild' is not a one-line command")
+    if "batch" in raw:  # a sidecar without one describes a batch-1 engine
+        parse_batch_profile(raw["batch"], path)
     return raw

@@ -1,6 +1,6 @@
 """The newcomer's demo: stream a drive through the default model and collect what is worth looking at.
 
-    python -m runtime.demo [--source VIDEO] [--out runs/demo]
+    python -m runtime.demo [SOURCE] [--out runs/demo]
 
 Writes OUT/overlay.mp4 (annotated video), OUT/masks/ (PNG masks at the source size), OUT/stats.json (latency
 summary) and OUT/contact_sheet.png (a few annotated frames), then prints where they are and the headline numbers.
@@ -70,7 +70,9 @@ def headline(stats: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", default=DEFAULT_VIDEO, help="a video file, image folder or camera URI")
+    parser.add_argument("source", nargs="?", default=DEFAULT_VIDEO, metavar="SOURCE",
+                        help="what runtime/stream.py takes: a video file, image folder, URL or camera:N (default: the "
+                        "KITTI drive)")
     parser.add_argument("--model", help="default: the best artifact in build/ for this machine")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--frames", type=int, default=6, help="frames on the contact sheet")

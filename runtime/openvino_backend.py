@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.contract import ModelFileError, TensorInfo, check_model
+from runtime.contract import ModelFileError, TensorInfo, batch_capacity, check_model
 
 INT8_BF16 = "int8+bf16"  # an INT8 Q/DQ file whose float rest runs in bf16
 BF16_HINTED = ("bf16", INT8_BF16)
@@ -136,6 +136,8 @@ class OpenVINOBackend:
         output = self.compiled.outputs[0]
         static = output.get_partial_shape().is_static and output.get_element_type().get_type_name() == "f32"
         self._output_shape = tuple(output.get_shape()) if static else None
+        batch_dim = self.compiled.inputs[0].get_partial_shape()[0]
+        self.max_batch = batch_capacity([batch_dim.get_length() if batch_dim.is_static else None])
         from openvino import Tensor  # installed: the core above came from it
 
         self._tensor = Tensor

@@ -110,10 +110,10 @@ class StatusPrinter:
             print(f"[{self._stats.frames_processed} frames] {self._hud.text()}", file=sys.stderr, flush=True)
 
 
-def frame_preprocessor(backend: Backend) -> FramePreprocessor:
+def frame_preprocessor(backend: Backend, batch: int = 1) -> FramePreprocessor:
     """The preprocessor for this backend's model: the full contract, or only the resize for a model that does
-    the rest in its graph (older backends without `in_graph` take the float tensor)."""
-    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False))
+    the rest in its graph (older backends without `in_graph` take the float tensor); `batch` frames a call."""
+    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False), batch=batch)
 
 
 def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:

@@ -23,7 +23,8 @@ def normalize_rgb(image_rgb: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 class FramePreprocessor:
-    """BGR frame -> 1 x 3 x H x W float32 input, writing into buffers allocated once.
+    """BGR frames -> N x 3 x H x W float32 input (N = `batch`, one slot per frame), writing into buffers allocated
+    once.
 
     The per-frame hot path: one resize into a fixed uint8 buffer, a split into contiguous planes, then one
     fused multiply-add per plane (OpenCV's addWeighted with a float destination) straight into the input
@@ -31,21 +32,22 @@ class FramePreprocessor:
     arithmetic in numpy, which makes two passes over float data per channel.
     """
 
-    def __init__(self, spec: PreprocessSpec, uint8_input: bool = False) -> None:
+    def __init__(self, spec: PreprocessSpec, uint8_input: bool = False, batch: int = 1) -> None:
         self.spec = spec
         self.uint8_input = uint8_input
         height, width = spec.size_hw
-        self._frames_bgr = np.empty((1, height, width, 3), np.uint8)
+        self._frames_bgr = np.empty((batch, height, width, 3), np.uint8)
         self._planes_bgr = [np.empty((height, width), np.uint8) for _ in range(3)]
         # A model with in-graph preprocessing (IN_GRAPH_IO) takes the resized uint8 frames themselves.
-        self.input_tensor = self._frames_bgr if uint8_input else np.empty((1, 3, height, width), np.float32)
+        self.input_tensor = self._frames_bgr if uint8_input else np.empty((batch, 3, height, width), np.float32)
         scale, bias = spec.channel_scale_bias()
         self._scale, self._bias = [float(v) for v in scale], [float(v) for v in bias]
 
-    def __call__(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def __call__(self, frame_bgr: np.ndarray, slot: int = 0) -> np.ndarray:
+        """Fill slot `slot` of the input tensor from `frame_bgr`; returns the whole tensor."""
         height, width = self.spec.size_hw
         frame_bgr = as_bgr8(frame_bgr)
-        resized = self._frames_bgr[0]
+        resized = self._frames_bgr[slot]
         if frame_bgr.shape[:2] == (height, width):
             np.copyto(resized, frame_bgr)
         else:
@@ -53,7 +55,7 @@ class FramePreprocessor:
         if self.uint8_input:
             return self.input_tensor
         cv2.split(resized, self._planes_bgr)
-        tensor = self.input_tensor[0]
+        tensor = self.input_tensor[slot]
         for rgb_channel in range(3):
             plane = self._planes_bgr[2 - rgb_channel]
             cv2.addWeighted(plane, self._scale[rgb_channel], plane, 0.0, self._bias[rgb_channel],

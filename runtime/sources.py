@@ -762,8 +762,16 @@ def open_uri(uri: str, options: SourceOptions) -> FrameSource:
                       "v4l2:///dev/videoN, file://, or a GStreamer pipeline)")
 
 
+CAMERA_PREFIX = "camera:"
+
+
 def open_path(text: str, options: SourceOptions) -> FrameSource:
-    """The positional form: a camera index, an image folder or glob, an image, a video file, or a URI."""
+    """What the user typed: `camera:N` (or a bare index), an image folder or glob, an image, a video file, or a URI."""
+    if text.startswith(CAMERA_PREFIX):
+        index = text[len(CAMERA_PREFIX):]
+        if not index.isdigit():
+            raise SourceError(f"{text}: expected camera:N with N a camera index (0, 1, ...)")
+        return open_camera(int(index), options)
     if text.isdigit():
         return open_camera(int(text), options)
     if "://" in text or " ! " in text:

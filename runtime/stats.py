@@ -58,8 +58,11 @@ class LatencyRing:
 class StreamStats:
     """Counters and per-stage timings of one run of the pipeline."""
 
-    def __init__(self, live: bool, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, live: bool, capacity: int = DEFAULT_CAPACITY, track_age: bool | None = None) -> None:
         self.live = live
+        # Frame age needs a time the frame was born: a live source's capture time; files have one only where the
+        # caller supplies it (the multi-camera loop: when the frame reached its muxer).
+        self.track_age = live if track_age is None else track_age
         self.capacity = capacity
         self.stages = {name: LatencyRing(capacity) for name in STAGES}
         self.frame_age = LatencyRing(capacity)
@@ -77,7 +80,7 @@ class StreamStats:
         for name, ms in zip(STAGES[:-1], stage_ms, strict=True):
             self.stages[name].add(ms)
         self.stages["end_to_end"].add((end - start) * 1000.0)
-        if self.live:  # how old the result is when shown: capture -> rendered
+        if self.track_age:  # how old the result is when shown: capture -> rendered
             self.frame_age.add((end - frame_timestamp) * 1000.0)
         if self._first is None:
             self._first = start
@@ -109,7 +112,7 @@ class StreamStats:
             "frame_interval": self.frame_interval.summary(),
             "percentile_window": min(self.frames_processed, self.capacity),
         }
-        if self.live:
+        if self.track_age:
             result["frame_age"] = self.frame_age.summary()
         result.update(extra)
         return result

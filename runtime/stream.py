@@ -1,19 +1,22 @@
-"""Frames in, road masks out: the slim streaming runtime.
+"""Frames in, road masks out: the slim streaming runtime, for one camera or many.
 
     python runtime/stream.py --camera 0
-    python runtime/stream.py --video drive.mp4 --headless --output annotated.mp4 --stats-json stats.json
-    python runtime/stream.py --images 'frames/*.png' --save-masks masks/
-    python runtime/stream.py --source rtsp://camera.local/stream --model build/model.int8.engine
-    python runtime/stream.py --source csi://0            # Jetson CSI camera (nvarguscamerasrc)
-    python runtime/stream.py drive.mp4                   # positional: camera index, file, folder, glob or URI
+    python runtime/stream.py drive.mp4 --headless --output annotated.mp4 --stats-json stats.json
+    python runtime/stream.py 'frames/*.png' --save-masks masks/
+    python runtime/stream.py rtsp://camera.local/stream --model build/model.int8.engine
+    python runtime/stream.py csi://0                     # Jetson CSI camera (nvarguscamerasrc)
+    python runtime/stream.py front.mp4 rear.mp4 --output out/   # two cameras, one batch: out/front.mp4, out/rear.mp4
 
-The loop (runtime/pipeline.py) is source -> preprocess -> backend.infer -> postprocess -> render/write, its
-stages overlapping on three threads where that pays (--pipeline). Preprocessing and class names come
-from the model file's metadata. Live sources drop only frames older than --max-age; files are processed
-frame by frame unless --realtime. Ctrl-C, SIGTERM or SIGHUP stops cleanly: the output video is always finalised.
-No output may be an input of the run or another output; a write that fails leaves any earlier file as it was.
-Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 the source failed part-way.
-OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
+SOURCE is a video file, an image folder or a quoted glob, a URL (rtsp://, http(s)://, ...), `camera:N` (--camera N
+is its short form) or `csi://N`; give several for a multi-camera run. One source: the loop (runtime/pipeline.py) is
+source -> preprocess -> backend.infer -> postprocess -> render/write, its stages overlapping on three threads
+where that pays (--pipeline). Several: each camera reads on its own thread with the same live policy, and one
+inference call takes the freshest frame of every camera (runtime/multicam.py, docs/multi-camera.md).
+Preprocessing and class names come from the model file's metadata. Live sources drop only frames older than
+--max-age; files are processed frame by frame unless --realtime. Ctrl-C, SIGTERM or SIGHUP stops cleanly: every
+output video is finalised. No output may be an input of the run or another output; a write that fails
+leaves any earlier file as it was. Exit codes: 0 done (also when stopped by a signal), 2 bad input, 3 a source failed
+part-way. OpenCV's own log lines are silenced; set OPENCV_LOG_LEVEL=INFO to see them when debugging a camera.
 """
 
 from __future__ import annotations
@@ -31,12 +34,23 @@ if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the p
     else:
         sys.path.insert(0, _ROOT)
 
-from runtime.backends import open_backend  # noqa: E402
+from runtime import multicam  # noqa: E402
+from runtime.backends import ENGINE_SUFFIXES, open_backend  # noqa: E402
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
-from runtime.output_policy import one_run  # noqa: E402
+from runtime.multicam import (  # noqa: E402
+    CameraOutputs,
+    TiledWindow,
+    close_cameras,
+    open_camera_outputs,
+    open_cameras,
+    push_timeout_for,
+    run_cameras,
+)
+from runtime.output_policy import claim_outputs, one_run  # noqa: E402
 from runtime.outputs import (  # noqa: E402
+    FOURCC_BY_SUFFIX,
     VIEWS,
     MaskWriter,
     OutputError,
@@ -48,101 +62,103 @@ from runtime.outputs import (  # noqa: E402
     display_problem,
 )
 from runtime.pipeline import StopRequest, pipelining_pays, run_pipeline  # noqa: E402
-from runtime.sources import (  # noqa: E402
-    FrameSource,
-    SourceError,
-    SourceOptions,
-    open_camera,
-    open_images,
-    open_path,
-    open_uri,
-    open_video,
-)
+from runtime.sources import CAMERA_PREFIX, FrameSource, SourceError, SourceOptions, open_path  # noqa: E402
 from runtime.stats import StreamStats, format_summary, write_stats_json  # noqa: E402
 
 STATUS_EVERY_S = 5.0
 EXIT_SOURCE_FAILED = 3
 
 
+BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
+DEVICES = ("auto", "cpu", "cuda")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python runtime/stream.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = parser.add_argument_group("source (exactly one)")
-    src.add_argument("input", nargs="?", help="camera index, video file, image folder/glob, or URI")
-    src.add_argument("--camera", type=int, metavar="N", help="OpenCV/V4L2 camera index")
-    src.add_argument("--video", metavar="PATH", help="a video file")
-    src.add_argument("--images", metavar="DIR_OR_GLOB", help="an image folder or a quoted glob")
-    src.add_argument("--source", metavar="URI", help="rtsp://, http(s)://, csi://N, synthetic://WxH@FPS, "
-                     "or a GStreamer pipeline ending in appsink")
-    src.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop after N frames (0: no limit)")
+    src = parser.add_argument_group("source")
+    src.add_argument("sources", nargs="*", metavar="SOURCE",
+                     help="video file, image folder or quoted glob, URL, camera:N or csi://N; several: one batch")
+    src.add_argument("--camera", type=int, action="append", default=[], metavar="N",
+                     help="camera N (short for camera:N); repeat for several")
+    src.add_argument("--max-frames", type=int, default=0, metavar="N", help="stop each source after N frames")
     src.add_argument("--loop", action="store_true", help="restart files and image folders at the end")
-    src.add_argument("--realtime", action="store_true",
-                     help="play files at their frame rate and drop frames like a live source")
-    src.add_argument("--pipeline", default="auto", choices=("auto", "on", "off"),
-                     help="on: overlap read+preprocess, inference and drawing on three threads (more frames/s "
-                     "when inference leaves cores idle); off: one frame at a time (freshest results). auto: "
-                     "off for ONNX Runtime on a CPU with <= 2 cores, else on")
-    src.add_argument("--max-age", type=float, metavar="MS",
-                     help="live sources: drop a frame only when it is older than MS while a newer one waits "
-                     "(default: one frame interval of the source, as reported or as measured if longer)")
-    src.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
-                     help="give up on a live source that delivers no frame for S seconds")
-    src.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
-                     help="reopen a disconnected live source N times, with backoff from 0.5 s, before exiting")
-    model = parser.add_argument_group("model")
+    src.add_argument("--realtime", action="store_true", help="play files at their frame rate, like a camera")
+    model = parser.add_argument_group("model and backend")
     model.add_argument("--model", metavar="PATH", help=".onnx or TensorRT .engine/.plan (default: the best in "
                        "build/ for this machine, else models/*.onnx)")
-    model.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt", "cpu",
-                                                              "cuda"),
-                       help="auto: engines on TensorRT; ONNX on ONNX Runtime (GPU provider first), or where "
-                       "OpenVINO is installed and the model runs on the CPU, the faster of the two as measured by "
-                       "a short cached probe. cpu/cuda: ONNX Runtime with that provider")
+    model.add_argument("--backend", default="auto", choices=BACKENDS,
+                       help="the runtime. auto: engines on TensorRT; ONNX on ONNX Runtime, or on a CPU with OpenVINO "
+                       "installed the faster of the two (a short cached probe)")
+    model.add_argument("--device", default="auto", choices=DEVICES,
+                       help="auto: the GPU where the runtime has one, else the CPU")
     model.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                       help="OpenVINO CPU inference precision (auto: f32 math, or bf16 when the probe measured "
-                       "it faster and the gate passed it); INT8 comes from an INT8 --model, whose float rest bf16 "
-                       "puts in bf16 (int8+bf16)")
+                       help="OpenVINO CPU math (bf16 where the gate passed it); other runtimes run the file's own "
+                       "precision and refuse another")
     model.add_argument("--threads", type=int, default=0, metavar="N", help="CPU inference threads (0: all)")
-    out = parser.add_argument_group("outputs")
-    show = out.add_mutually_exclusive_group()
-    show.add_argument("--display", action="store_true", help="open a window (fail if there is no display)")
-    show.add_argument("--headless", action="store_true", help="never open a window")
-    out.add_argument("--output", metavar="OUT.mp4", help="write the annotated video (.mp4, .avi, .mkv, .mov)")
+    out = parser.add_argument_group("output")
+    out.add_argument("--output", metavar="PATH", help="annotated video (.mp4 .avi .mkv .mov); several sources: a "
+                     "folder, one PATH/<camera>.mp4 each")
     out.add_argument("--fourcc", help="codec for --output (default: mp4v; MJPG for .avi)")
-    out.add_argument("--save-masks", metavar="DIR", help="write a PNG mask per frame (255 = road)")
+    out.add_argument("--save-masks", metavar="DIR", help="a PNG mask per frame (255 = road); several: DIR/<camera>/")
     out.add_argument("--view", default="overlay", choices=VIEWS)
     out.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
     out.add_argument("--no-hud", action="store_true", help="no heads-up line on the image")
     out.add_argument("--stats-json", metavar="PATH", help="write the run's statistics here")
     out.add_argument("--quiet", action="store_true", help="no periodic status lines")
+    live = parser.add_argument_group("live policy")
+    live.add_argument("--max-age", type=float, metavar="MS",
+                      help="drop a live frame only when older than MS while a newer one waits (default: one frame "
+                      "interval of the source)")
+    live.add_argument("--stall-timeout", type=float, default=10.0, metavar="S",
+                      help="give up on a live source that delivers no frame for S seconds")
+    live.add_argument("--reconnect-attempts", type=int, default=5, metavar="N",
+                      help="reopen a disconnected network source N times, backoff from 0.5 s")
+    live.add_argument("--push-timeout", type=float, metavar="MS",
+                      help="several sources: send a partial batch when a camera is MS late (default: the slowest "
+                      "live camera's frame interval; files only: wait for all)")
+    live.add_argument("--pipeline", default="auto", choices=("auto", "on", "off"),
+                      help="one source: overlap read, inference and drawing on threads (auto: off for ONNX Runtime "
+                      "on <= 2 CPU cores)")
+    display = parser.add_argument_group("display")
+    show = display.add_mutually_exclusive_group()
+    show.add_argument("--display", action="store_true", help="open a window (fail if there is none); several "
+                      "sources: tiled")
+    show.add_argument("--headless", action="store_true", help="never open a window")
     return parser.parse_args(argv)
 
 
-def open_source(args: argparse.Namespace) -> FrameSource:
-    given = [(flag, value) for flag, value in (("input", args.input), ("--camera", args.camera),
-                                               ("--video", args.video), ("--images", args.images),
-                                               ("--source", args.source)) if value is not None]
-    if len(given) != 1:
-        raise SourceError("give exactly one source: --camera N, --video PATH, --images DIR_OR_GLOB, --source URI "
-                          f"or a positional one (got {len(given)})")
+def source_texts(args: argparse.Namespace) -> list[str]:
+    """Every source in the one positional syntax, --camera N as camera:N, in the order given."""
+    texts = [f"{CAMERA_PREFIX}{index}" for index in args.camera] + list(args.sources)
+    if not texts:
+        raise SourceError("no source: give one or more SOURCE (file, folder, glob, URL, camera:N, csi://N) or "
+                          "--camera N")
+    return texts
+
+
+def source_options(args: argparse.Namespace) -> SourceOptions:
     if args.max_frames < 0:
         raise SourceError(f"--max-frames {args.max_frames}: expected 0 or more")
     if args.max_age is not None and not args.max_age > 0:
         raise SourceError(f"--max-age {args.max_age:g}: expected milliseconds above 0")
-    options = SourceOptions(loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
-                            stall_timeout=args.stall_timeout, reconnect_attempts=args.reconnect_attempts,
-                            max_age=args.max_age / 1000.0 if args.max_age is not None else None)
-    flag, value = given[0]
-    opener = {"input": lambda: open_path(str(value), options), "--camera": lambda: open_camera(value, options),
-              "--video": lambda: open_video(value, options), "--images": lambda: open_images(value, options),
-              "--source": lambda: open_uri(value, options)}[flag]
-    return opener()
+    if args.push_timeout is not None and not args.push_timeout > 0:
+        raise SourceError(f"--push-timeout {args.push_timeout:g}: expected milliseconds above 0")
+    return SourceOptions(loop=args.loop, realtime=args.realtime, max_frames=args.max_frames,
+                         stall_timeout=args.stall_timeout, reconnect_attempts=args.reconnect_attempts,
+                         max_age=args.max_age / 1000.0 if args.max_age is not None else None)
+
+
+def open_source(args: argparse.Namespace) -> FrameSource:
+    texts = source_texts(args)
+    if len(texts) != 1:
+        raise SourceError(f"expected one source here, got {len(texts)}")
+    return open_path(texts[0], source_options(args))
 
 
 def open_outputs(args: argparse.Namespace, source: FrameSource, model_path: Path | None = None) -> Outputs:
     renderer = Renderer(args.view, args.alpha)
-    window = None
-    if args.display or (not args.headless and display_problem() is None):
-        window = WindowOutput(f"roadseg: {source.description}")
+    window = open_window(f"roadseg: {source.description}", args)
     claim_output_paths(args.output, args.save_masks, args.stats_json, model_path,
                        getattr(getattr(source, "reader", None), "input_paths", []))
     video = VideoFileOutput(args.output, source.fps, args.fourcc, source.description) if args.output else None
@@ -170,16 +186,39 @@ def live_policy(source: FrameSource) -> dict:
     return {"max_age_ms": round(source.max_age * 1000.0, 3), "dropped_by_cause": dict(source.drops)}
 
 
+def runtime_name(args: argparse.Namespace) -> str:
+    """open_backend's name for --backend x --device: ONNX Runtime's provider by device; one line for a pair that
+    cannot run."""
+    if args.device == "cuda" and args.backend == "openvino":
+        raise ModelFileError("--backend openvino --device cuda: OpenVINO runs on the CPU here; use --device cpu")
+    if args.device == "cpu" and args.backend == "tensorrt":
+        raise ModelFileError("--backend tensorrt --device cpu: TensorRT runs on a GPU; use --backend onnxruntime "
+                             "or openvino for the CPU")
+    if args.backend in ("auto", "onnxruntime") and args.device != "auto":
+        return args.device  # ONNX Runtime with that provider (an engine refuses it in one line)
+    return args.backend
+
+
 def open_chosen_backend(model_path: Path, args: argparse.Namespace):
-    """(backend, the auto choice's evidence or None): a measured pick only for `--backend auto --precision
-    auto`; any explicit choice opens exactly what was asked for."""
+    """(backend, the auto choice's evidence or None): a measured pick only for `--backend auto --device auto|cpu
+    --precision auto`; any explicit choice opens exactly what was asked for, and a precision the runtime cannot
+    honour is refused."""
     threads = args.threads or None
-    if args.backend == "auto" and args.precision == "auto":
+    if model_path.suffix in ENGINE_SUFFIXES and (args.device == "cpu" or args.backend in ("onnxruntime", "openvino")):
+        raise ModelFileError(f"{model_path}: a TensorRT engine runs on TensorRT on a GPU; for --backend "
+                             f"{args.backend} --device {args.device} give the .onnx")
+    if args.backend == "auto" and args.device in ("auto", "cpu") and args.precision == "auto":
         from runtime.backend_choice import open_auto
 
-        return open_auto(model_path, threads, spinning=False)
-    backend = "openvino" if args.backend == "auto" and args.precision == "bf16" else args.backend
-    return open_backend(model_path, backend, threads=threads, spinning=False, precision=args.precision), None
+        backend, choice = open_auto(model_path, threads, spinning=False)
+        if args.device == "auto" or backend.device == "cpu":
+            return backend, choice
+    name = "openvino" if args.backend == "auto" and args.precision == "bf16" else runtime_name(args)
+    backend = open_backend(model_path, name, threads=threads, spinning=False, precision=args.precision)
+    if backend.name != "openvino" and args.precision not in ("auto", backend.precision):
+        raise ModelFileError(f"--precision {args.precision}: {backend.name} runs {model_path} in its own precision "
+                             f"({backend.precision}); bf16/fp32 math is an OpenVINO CPU choice (--backend openvino)")
+    return backend, None
 
 
 def quiet_opencv() -> None:
@@ -195,6 +234,11 @@ def quiet_opencv() -> None:
 @one_run
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        texts = source_texts(args)
+        source_options(args)  # bad options fail before a model is loaded
+    except SourceError as error:
+        return fail(error)
     quiet_opencv()
     stop = StopRequest()
     stop.install()
@@ -216,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     stop.waiting = False
     if choice is not None:
         print(choice.line(), flush=True)
+    if len(texts) > 1:
+        print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, input "
+              f"{backend.spec.input_height}x{backend.spec.input_width}, {len(texts)} sources in one batch", flush=True)
+        return stream_many(args, texts, backend, model_path, stop)
     pipelined = pipelining_pays(backend) if args.pipeline == "auto" else args.pipeline == "on"
     print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, "
           f"input {backend.spec.input_height}x{backend.spec.input_width}, "
@@ -268,6 +316,75 @@ def main(argv: list[str] | None = None) -> int:
         return fail(failure)
     problem = None if stop.signal_name else source_problem(source, stats.frames_processed)
     return fail(problem, EXIT_SOURCE_FAILED) if problem else 0
+
+
+def open_window(title: str, args: argparse.Namespace) -> WindowOutput | None:
+    if args.display or (not args.headless and display_problem() is None):
+        return WindowOutput(title)
+    return None
+
+
+def claim_camera_outputs(args: argparse.Namespace, feeds: list, model_path: Path) -> None:
+    """The multi-camera run's files under the same rule as one camera's: no output is an input or another output."""
+    videos = {f"--output {feed.name}.mp4": Path(args.output) / f"{feed.name}.mp4" for feed in feeds} \
+        if args.output else {}
+    sources = [path for feed in feeds for path in getattr(getattr(feed.source, "reader", None), "input_paths", [])]
+    claim_outputs({**videos, "--stats-json": args.stats_json}, {"--model": model_path},
+                  {"--save-masks": args.save_masks}, {"source": sources})
+
+
+def stream_many(args: argparse.Namespace, texts: list[str], backend, model_path: Path, stop: StopRequest) -> int:
+    """Several sources through one batch (runtime/multicam.py); the same exits and signals as one source."""
+    feeds, cameras, failures, window, run = [], [], [], None, None
+    failure: Exception | None = None
+    try:
+        if args.output and (Path(args.output).suffix.lower() in FOURCC_BY_SUFFIX or Path(args.output).is_file()):
+            raise OutputError(f"--output {args.output}: several sources write a folder (one <camera>.mp4 each); "
+                              "give a folder")
+        feeds, failures = open_cameras(texts, source_options(args))
+        claim_camera_outputs(args, feeds, model_path)
+        for feed in feeds:
+            outputs = open_camera_outputs(feed, args.output, args.save_masks, args.view, args.alpha, args.fourcc)
+            cameras.append(CameraOutputs(feed, outputs, StreamStats(live=feed.source.live, track_age=True)))
+        shown = open_window(f"roadseg: {len(feeds)} cameras", args)
+        window = TiledWindow([f.name for f in feeds], args.view, args.alpha, shown) if shown else None
+        run = run_cameras(cameras, backend, stop, push_timeout_for([f.source for f in feeds], args.push_timeout),
+                          window, hud=not args.no_hud, status_every=0.0 if args.quiet else STATUS_EVERY_S)
+    except KeyboardInterrupt:
+        stop.signal_name = stop.signal_name or "SIGINT"
+    except (SourceError, OutputError, ModelFileError, ValueError, OSError) as error:
+        failure = error
+    finally:
+        stop.ignore()
+        try:
+            failure = close_cameras(cameras, feeds, window) or failure
+        finally:
+            stop.restore()
+    if failure is not None:
+        return fail(failure)
+    if run is None:
+        print(f"stopped by {stop.signal_name}")
+        return 0
+    summary = multicam.summary(cameras, run, backend, device=backend.device, model=str(model_path),
+                               input_size=list(backend.spec.size_hw), stopped_by=stop.signal_name,
+                               sources_not_opened=failures)
+    print(multicam.format_summary(summary))
+    if stop.signal_name:
+        print(f"stopped by {stop.signal_name}")
+    for camera in cameras:
+        video = camera.outputs.video
+        if video is not None and video.frames_written:
+            print(f"wrote {video.path} ({video.frames_written} frames)")
+    if args.stats_json:
+        write_stats_json(args.stats_json, summary)
+    problems = failures + [f"{c.feed.name}: {c.feed.retired}" for c in cameras if c.feed.retired]
+    if not stop.signal_name:
+        problems += [f"{c.feed.name}: {p}" for c in cameras if (p := source_problem(c.feed.source,
+                                                                                     c.stats.frames_processed))
+                     and not c.feed.retired]
+    if problems:
+        return fail(f"{len(problems)} of {len(texts)} sources failed (first: {problems[0]})", EXIT_SOURCE_FAILED)
+    return 0
 
 
 if __name__ == "__main__":

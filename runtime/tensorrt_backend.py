@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime.contract import (
+    MAX_BATCH,
     PRECISION_KEY,
     SIDECAR_FORMAT,
     ModelFileError,
+    parse_batch_profile,
     parse_io_form,
     parse_preprocess,
     shorten,
@@ -223,6 +225,19 @@ class RuntimeCacheFile:
         atomic_write_bytes(self.path, bytes(self.cache.serialize()))
 
 
+def engine_max_batch(sidecar: dict, path: Path) -> int:
+    """The most frames one call may take: the sidecar's batch profile; a sidecar without one (or an engine built
+    with --profile alone) describes a fixed batch or the profile's max shape."""
+    if "batch" in sidecar:
+        return parse_batch_profile(sidecar["batch"], path)["max"]
+    profile = sidecar.get("cache_key", {}).get("build_options", {}).get("profile")
+    if isinstance(profile, list) and len(profile) == 3 and isinstance(profile[2], list) and profile[2]:
+        max_shape = profile[2][0]
+        if isinstance(max_shape, int) and 1 <= max_shape <= MAX_BATCH:
+            return max_shape
+    return 1
+
+
 class TensorRTBackend:
     """Implements runtime.backends.Backend for a serialized TensorRT (8.6, 10.x, 11.x) or TensorRT-RTX engine."""
 
@@ -253,6 +268,8 @@ class TensorRTBackend:
         self.device = gpu.name
         self.path = path
         self._trt = trt
+        self.max_batch = engine_max_batch(sidecar, path)
+        self._rebuild = rebuild
         self._load(path, rebuild, sidecar, gpu)
         self._allocate()
         # TensorRT-RTX captures its own CUDA graphs (RuntimeCacheFile sets the strategy).
@@ -338,11 +355,20 @@ class TensorRTBackend:
         finally:
             cudart.cudaGraphDestroy(graph)  # the executable graph keeps what it needs
 
+    def _resize(self, batch: int) -> None:
+        """Buffers (and the captured CUDA graph, which bakes in their addresses and shapes) for a new batch size.
+        A multi-camera run settles on one size, so this happens when a camera joins or leaves, not per frame."""
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"{self.path}: the engine takes 1..{self.max_batch} frames a call, got {batch}; rebuild "
+                             f"with --batch {batch}: {self._rebuild}")
+        self._release_buffers()
+        self._allocate(batch)  # the next call enqueues once and captures a new graph where graphs are used
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
         cudart = import_cudart()
 
         if batch.shape[0] != self.batch:
-            raise ValueError(f"engine buffers hold batch {self.batch}, got {batch.shape[0]}")
+            self._resize(batch.shape[0])
         _, host_in, _ = self._buffers[self.input_name]
         np.copyto(host_in, batch, casting="same_kind")
         if self._graph_exec is not None:
@@ -362,17 +388,20 @@ class TensorRTBackend:
         return host_out.copy() if self.in_graph else host_out.astype(np.float32, copy=True)
 
     def close(self) -> None:
-        cudart = import_cudart()
-
-        if getattr(self, "_graph_exec", None) is not None:
-            cudart.cudaGraphExecDestroy(self._graph_exec)
-            self._graph_exec = None
         if getattr(self, "_runtime_cache", None) is not None:
             cache, self._runtime_cache = self._runtime_cache, None
             try:
                 cache.save()
             except OSError as error:  # a read-only engine folder costs a recompile next time, nothing else
                 print(f"warning: {cache.path}: runtime cache not saved ({error})")
+        self._release_buffers()
+
+    def _release_buffers(self) -> None:
+        cudart = import_cudart()
+
+        if getattr(self, "_graph_exec", None) is not None:
+            cudart.cudaGraphExecDestroy(self._graph_exec)
+            self._graph_exec = None
         for device_ptr, host, _ in getattr(self, "_buffers", {}).values():
             cudart.cudaFree(device_ptr)
             cudart.cudaFreeHost(host.ctypes.data)

@@ -23,9 +23,10 @@ def real_tensorrt_rtx():
         pytest.skip("TensorRT-RTX is not installed (make setup-rtx)")
 
 
-def make_tiny_artifacts(build: Path) -> Path:
+def make_tiny_artifacts(build: Path, dynamic_batch: bool = True) -> Path:
     """Every ONNX artifact (model.{fp32,fp16,int8,int8_fp16,int8_cpu}.onnx), made by the project's own export
-    and quantization code from a small random FCN-8s at 64x192, with a calibration manifest and tensors."""
+    and quantization code from a small random FCN-8s at 64x192, with a calibration manifest and tensors; the batch
+    axis symbolic as `python -m export` writes it, or fixed at 1 (`dynamic_batch=False`)."""
     import numpy as np
     import torch
 
@@ -40,7 +41,7 @@ def make_tiny_artifacts(build: Path) -> Path:
     torch.manual_seed(0)
     model = FCN8s(num_classes=2, width=0.125).eval()
     fp32 = build / FP32_ONNX
-    export_onnx(model, PreprocessSpec(64, 192), model.arch(), {"config": "test"}, fp32)
+    export_onnx(model, PreprocessSpec(64, 192), model.arch(), {"config": "test"}, fp32, dynamic_batch=dynamic_batch)
     write_fp16(fp32, build / FP16_ONNX)
     tensors = np.random.default_rng(0).standard_normal((4, 3, 64, 192)).astype(np.float32)
     prepared = preprocess_for_quantization(fp32, build / "prep.onnx")

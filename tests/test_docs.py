@@ -317,3 +317,21 @@ def test_no_work_log_vocabulary_in_the_product():
         if hits:
             offenders.append(f"{name}: {sorted(set(hits))}")
     assert not offenders, "\n".join(offenders)
+
+
+@needs_kitti
+@runs(".venv/bin/python runtime/stream.py ../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4 "
+      "../shared/data/kitti_road/training/image_2 --headless --output runs/cameras --save-masks runs/cameras/masks "
+      "--stats-json runs/cameras/stats.json")
+def test_stream_two_cameras_command(command, tmp_path):
+    from stream_helpers import read_video, tiny_onnx_model
+
+    out, stats = tmp_path / "cameras", tmp_path / "stats.json"
+    result = run_cli(*python_argv(command), "--model", str(tiny_onnx_model(tmp_path)), "--max-frames", "4",
+                     "--output", str(out), "--save-masks", str(out / "masks"), "--stats-json", str(stats),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cameras = json.loads(stats.read_text())["cameras"]
+    assert set(cameras) == {"2011_09_26_drive_0001_image_02", "image_2"}
+    for name in cameras:
+        assert len(read_video(out / f"{name}.mp4")) == 4 and len(list((out / "masks" / name).glob("*.png"))) == 4

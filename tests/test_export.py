@@ -45,8 +45,8 @@ def test_export_writes_fp32_onnx_with_contract_and_passes_checker(exported, tiny
     assert PreprocessSpec.from_json(metadata[PREPROCESS_KEY]) == spec
     assert metadata[PRECISION_KEY] == "fp32" and "class_names" in metadata[MODEL_KEY]
     assert [i.name for i in model.graph.input] == ["image"] and [o.name for o in model.graph.output] == ["logits"]
-    dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == [1, 3, *spec.size_hw]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, *spec.size_hw]  # any batch
     backend = open_backend(exported / FP32_ONNX, backend="cpu")
     assert backend.spec == spec  # the runtime reads the contract from the file
 
@@ -78,7 +78,7 @@ def test_fp16_emulation_rounds_every_tensor_through_fp16(exported):
     computing = [n for n in emulated.graph.node if n.op_type in ("Conv", "ConvTranspose", "Relu", "Add", "MaxPool")]
     assert len(casts) >= 2 * len(computing)
     ort_session = ort.InferenceSession(emulated.SerializeToString(), providers=["CPUExecutionProvider"])
-    shape = [d.dim_value for d in emulated.graph.input[0].type.tensor_type.shape.dim]
+    shape = [d.dim_value or 1 for d in emulated.graph.input[0].type.tensor_type.shape.dim]  # batch 1
     logits = ort_session.run(None, {"image": np.random.default_rng(0).normal(size=shape).astype(np.float32)})[0]
     assert np.array_equal(logits, logits.astype(np.float16).astype(np.float32))
     reference = ort.InferenceSession(str(exported / FP32_ONNX), providers=["CPUExecutionProvider"])

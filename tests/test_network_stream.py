@@ -59,7 +59,7 @@ def test_http_stream_keeps_fresh_frames_and_survives_a_server_restart(tmp_path: 
     port = free_loopback_port()
     out, masks, stats_path = tmp_path / "live.mp4", tmp_path / "masks", tmp_path / "stats.json"
     servers = [serve(port)]
-    client = start_stream("--source", f"http://127.0.0.1:{port}", "--model", str(model), "--headless", "--quiet",
+    client = start_stream(f"http://127.0.0.1:{port}", "--model", str(model), "--headless", "--quiet",
                           "--output", str(out), "--save-masks", str(masks), "--stats-json", str(stats_path),
                           "--reconnect-attempts", "3", "--stall-timeout", "8")
     try:

@@ -47,7 +47,7 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
 def test_stream_runs_with_torch_and_train_blocked(tiny_onnx: Path, tmp_path: Path):
     out = tmp_path / "slim.mp4"
-    argv = ["--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "6",
+    argv = [str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "6",
             "--output", str(out), "--save-masks", str(tmp_path / "m"), "--quiet"]
     code = BLOCKED_RUN.format(forbidden=FORBIDDEN, argv=argv)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -60,7 +60,7 @@ def test_stream_runs_with_torch_and_train_blocked(tiny_onnx: Path, tmp_path: Pat
 @pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
 def test_without_openvino_the_stream_runs_as_before(tiny_onnx: Path, tmp_path: Path):
     """A machine without OpenVINO: `--backend auto` opens ONNX Runtime with no probe and no new line."""
-    argv = ["--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "4", "--quiet"]
+    argv = [str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--max-frames", "4", "--quiet"]
     code = BLOCKED_RUN.format(forbidden=(*FORBIDDEN, "openvino"), argv=argv)
     env = {**os.environ, "ROADSEG_CACHE_DIR": str(tmp_path / "cache")}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120,

@@ -60,9 +60,35 @@ def test_check_catches_a_changed_graph(release):
     build, checkpoint = release
     fresh = build / INT8_ONNX
     model = onnx.load(str(fresh))
-    model.graph.node[-1].name = "renamed"
+    model.graph.node[-1].input[0] = model.graph.node[-3].output[0]  # the last node reads another tensor
     onnx.save(model, str(fresh))
     with pytest.raises(ShippedError, match="nodes differ"):
+        check(build, checkpoint)
+
+
+def test_check_compares_a_batch_1_shipped_file_with_a_symbolic_batch_export(tmp_path, tiny_artifacts):
+    """Files shipped with a fixed batch of 1 still match what export now writes (batch axis symbolic, the exporter's
+    tensor names shifted by it); a real change in them is still caught."""
+    from rtx_helpers import make_tiny_artifacts
+
+    static = make_tiny_artifacts(tmp_path / "static", dynamic_batch=False)
+    dims = onnx.load(str(static / "model.int8.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_value == 1
+    models = tmp_path / "models"
+    models.mkdir()
+    checkpoint = models / "tiny.pt"
+    checkpoint.write_bytes(b"a checkpoint")
+    write(static, checkpoint)
+    build = tmp_path / "build"
+    shutil.copytree(tiny_artifacts, build)
+    assert onnx.load(str(build / "model.int8.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    lines = check(build, checkpoint)
+    assert len(lines) == 4 and all("equivalent" in line for line in lines)
+    model = onnx.load(str(build / "model.int8_cpu.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "MaxPool")
+    node.op_type = "AveragePool"
+    onnx.save(model, str(build / "model.int8_cpu.onnx"))
+    with pytest.raises(ShippedError, match="int8_cpu.*nodes differ"):
         check(build, checkpoint)
 
 

@@ -47,8 +47,8 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_kitti_video_to_mp4_masks_match_the_evaluator(tiny_onnx: Path, tmp_path: Path):
     out, masks, stats_path = tmp_path / "annotated.mp4", tmp_path / "masks", tmp_path / "stats.json"
-    result = run_stream("--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--backend", "cpu", "--headless",
-                        "--output", str(out), "--save-masks", str(masks), "--stats-json", str(stats_path))
+    result = run_stream(str(KITTI_VIDEO), "--model", str(tiny_onnx), "--backend", "onnxruntime", "--device", "cpu",
+                        "--headless", "--output", str(out), "--save-masks", str(masks), "--stats-json", str(stats_path))
     assert result.returncode == 0, result.stderr
     assert "108 read, 108 processed, 0 dropped" in result.stdout
     assert not list(tmp_path.glob(".*partial*")), "temporary video left behind"
@@ -117,7 +117,7 @@ def test_image_folder_with_an_unreadable_file(tiny_onnx: Path, tmp_path: Path):
     cv2.imwrite(str(images / "c.png"), rng.integers(0, 65535, (100, 350, 4), np.uint16))  # 16-bit RGBA
     (images / "d.png").write_bytes(b"broken")
     masks = tmp_path / "masks"
-    result = run_stream("--images", str(images / "*.png"), "--model", str(tiny_onnx), "--headless",
+    result = run_stream(str(images / "*.png"), "--model", str(tiny_onnx), "--headless",
                         "--save-masks", str(masks), "--output", str(tmp_path / "o.mp4"))
     assert result.returncode == 3
     line = assert_one_error_line(result.stderr)
@@ -131,7 +131,7 @@ def test_image_folder_with_an_unreadable_file(tiny_onnx: Path, tmp_path: Path):
 
 def test_synthetic_live_source_drops_and_reports_frame_age(tiny_onnx: Path, tmp_path: Path):
     stats_path = tmp_path / "live.json"
-    result = run_stream("--source", "synthetic://1242x376@400", "--model", str(tiny_onnx), "--headless",
+    result = run_stream("synthetic://1242x376@400", "--model", str(tiny_onnx), "--headless",
                         "--max-frames", "40", "--stats-json", str(stats_path), "--output", str(tmp_path / "l.mp4"))
     assert result.returncode == 0, result.stderr
     stats = json.loads(stats_path.read_text())
@@ -149,7 +149,7 @@ def test_synthetic_live_source_drops_and_reports_frame_age(tiny_onnx: Path, tmp_
 def test_signal_leaves_a_playable_video(tiny_onnx: Path, tmp_path: Path, signum: int):
     """Ctrl-C, kill, and a closed terminal (SIGHUP) all finish the video."""
     out = tmp_path / "stopped.mp4"
-    process = start_stream("--video", str(KITTI_VIDEO), "--loop", "--model", str(tiny_onnx), "--headless",
+    process = start_stream(str(KITTI_VIDEO), "--loop", "--model", str(tiny_onnx), "--headless",
                            "--output", str(out), "--quiet")
     deadline = time.monotonic() + 60
     while not any(p.stat().st_size > 50_000 for p in tmp_path.glob(".stopped.*partial.mp4")) and \
@@ -188,21 +188,27 @@ def test_faults_give_one_line_and_nonzero_exit(tiny_onnx: Path, tmp_path: Path, 
     garbage_engine.write_bytes(b"not an engine built here")
     model = ["--model", str(tiny_onnx), "--headless"]
     cases = [
-        (["--video", str(KITTI_VIDEO), "--model", str(tmp_path / "nope.onnx")], "model file not found"),
-        (["--video", str(KITTI_VIDEO), "--model", str(_not_ours_onnx(tmp_path / "x.onnx"))], "not a roadseg model"),
-        (["--video", str(KITTI_VIDEO), "--model", str(garbage_engine)], "other_gpu.engine"),
-        (["--video", str(KITTI_VIDEO), "--model", str(tmp_path / "m.pt")], "model file not found"),
+        ([str(KITTI_VIDEO), "--model", str(tmp_path / "nope.onnx")], "model file not found"),
+        ([str(KITTI_VIDEO), "--model", str(_not_ours_onnx(tmp_path / "x.onnx"))], "not a roadseg model"),
+        ([str(KITTI_VIDEO), "--model", str(garbage_engine)], "other_gpu.engine"),
+        ([str(KITTI_VIDEO), "--model", str(tmp_path / "m.pt")], "model file not found"),
         (["--camera", "61", *model], "camera 61: cannot be opened"),
-        (["--video", str(tmp_path / "missing.mp4"), *model], "missing.mp4: video file not found"),
-        (["--video", str(empty), *model], "zero.mp4: empty file"),
-        (["--video", str(corrupt), *model], "corrupt.mp4: "),
-        (["--images", str(tmp_path / "none_*.png"), *model], "no images found"),
-        ([*model], "give exactly one source"),
-        (["--video", str(KITTI_VIDEO), "--camera", "0", *model], "give exactly one source"),
-        (["--video", str(KITTI_VIDEO), "--alpha", "1.5", *model], "--alpha 1.5"),
-        (["--video", str(KITTI_VIDEO), "--output", str(tmp_path / "x.gif"), *model], "unsupported container"),
-        (["--source", "synthetic://64x32@200?stall_after=3", "--stall-timeout", "0.3", *model], "stalled"),
-        (["--source", "synthetic://64x32@200?disconnect_after=3&reconnect=fail", "--reconnect-attempts", "2",
+        ([str(tmp_path / "missing.mp4"), *model], "missing.mp4: video file not found"),
+        ([str(empty), *model], "zero.mp4: empty file"),
+        ([str(corrupt), *model], "corrupt.mp4: "),
+        ([str(tmp_path / "none_*.png"), *model], "no images found"),
+        ([*model], "no source: give one or more SOURCE"),
+        (["camera:x", *model], "camera:x: expected camera:N"),
+        ([str(KITTI_VIDEO), "--backend", "openvino", "--device", "cuda", *model], "OpenVINO runs on the CPU here"),
+        ([str(KITTI_VIDEO), "--backend", "onnxruntime", "--precision", "bf16", *model], "--precision bf16"),
+        ([str(KITTI_VIDEO), "--push-timeout", "0", *model], "--push-timeout 0"),
+        ([str(KITTI_VIDEO), "--model", str(garbage_engine), "--device", "cpu"], "give the .onnx"),
+        ([str(KITTI_VIDEO), str(KITTI_VIDEO), "--output", str(tmp_path / "both.mp4"), *model],
+         "several sources write a folder"),
+        ([str(KITTI_VIDEO), "--alpha", "1.5", *model], "--alpha 1.5"),
+        ([str(KITTI_VIDEO), "--output", str(tmp_path / "x.gif"), *model], "unsupported container"),
+        (["synthetic://64x32@200?stall_after=3", "--stall-timeout", "0.3", *model], "stalled"),
+        (["synthetic://64x32@200?disconnect_after=3&reconnect=fail", "--reconnect-attempts", "2",
           *model], "disconnected; 2 reconnect attempts failed"),
     ]
     for argv, words in cases:
@@ -214,7 +220,7 @@ def test_faults_give_one_line_and_nonzero_exit(tiny_onnx: Path, tmp_path: Path, 
 
 def test_stalled_source_still_finalises_the_video(tiny_onnx: Path, tmp_path: Path):
     out = tmp_path / "stall.mp4"
-    result = run_stream("--source", "synthetic://320x96@100?stall_after=8", "--stall-timeout", "0.5",
+    result = run_stream("synthetic://320x96@100?stall_after=8", "--stall-timeout", "0.5",
                         "--model", str(tiny_onnx), "--headless", "--output", str(out))
     assert result.returncode == 3
     assert "stalled" in assert_one_error_line(result.stderr)
@@ -265,9 +271,9 @@ def test_unreachable_display_is_refused_before_qt_can_abort(tiny_onnx: Path, tmp
     image_dir = tmp_path / "one"
     image_dir.mkdir()
     cv2.imwrite(str(image_dir / "a.png"), np.zeros((50, 80, 3), np.uint8))
-    assert main(["--images", str(image_dir), "--model", str(tiny_onnx), "--quiet"]) == 0
+    assert main([str(image_dir), "--model", str(tiny_onnx), "--quiet"]) == 0
     assert "1 read, 1 processed" in capsys.readouterr().out
-    assert main(["--images", str(image_dir), "--model", str(tiny_onnx), "--display"]) == 2
+    assert main([str(image_dir), "--model", str(tiny_onnx), "--display"]) == 2
     assert "no X server answers" in assert_one_error_line(capsys.readouterr().err)
     monkeypatch.delenv("DISPLAY")
     assert "DISPLAY is not set" in display_problem()

@@ -122,10 +122,12 @@ def test_real_rtx_builds_engine_with_sidecar_io_and_header(trt, artifacts, preci
     assert sidecar["flavour"] == key["flavour"] == "tensorrt_rtx" and key["tensorrt"] == trt.__version__
     assert key["onnx"] == onnx_name and key["gpu"] is None  # built ahead of time: no build GPU in the key
     assert key["compute_capabilities"] and all(float(c) >= 8.0 for c in key["compute_capabilities"])
-    # The I/O of the network TensorRT-RTX built, as recorded in the sidecar, is the ONNX's, FP32 at both ends.
+    # The I/O of the network TensorRT-RTX built, as recorded in the sidecar, is the ONNX's, FP32 at both ends, with
+    # the symbolic batch axis the export writes; the default profile takes batch 1.
     assert [(r["name"], r["mode"], r["shape"], r["dtype"]) for r in sidecar["io"]] == [
-        ("image", "input", [1, 3, 64, 192], "FLOAT"), ("logits", "output", [1, 2, 64, 192], "FLOAT")]
+        ("image", "input", [-1, 3, 64, 192], "FLOAT"), ("logits", "output", [-1, 2, 64, 192], "FLOAT")]
     assert sidecar["io"] == onnx_io(artifacts / onnx_name)
+    assert sidecar["batch"] == {"min": 1, "opt": 1, "max": 1}
     engine = engine_path.read_bytes()
     assert rtx_engine_version(engine) == release(trt.__version__)
     assert struct.unpack_from("<Q", engine, 16)[0] == len(engine) == sidecar["engine_bytes"]
@@ -134,6 +136,17 @@ def test_real_rtx_builds_engine_with_sidecar_io_and_header(trt, artifacts, preci
     capsys.readouterr()
     build_engine(engine_args(artifacts, precision), artifacts, trt, None, trt.__version__)
     assert "engine up to date" in capsys.readouterr().out
+
+
+def test_real_rtx_builds_a_batch_profile_and_records_it(trt, artifacts):
+    """`--batch 8 --batch-opt 4`: the real builder takes the profile min 1 / opt 4 / max 8 on every strongly typed
+    file, and the sidecar and the rebuild line carry it."""
+    for precision in ("fp16", "int8"):
+        args = engine_args(artifacts, precision, batch=8, batch_opt=4, force=True)
+        sidecar = read_sidecar(build_engine(args, artifacts, trt, None, trt.__version__))
+        assert sidecar["batch"] == {"min": 1, "opt": 4, "max": 8}
+        assert sidecar["cache_key"]["build_options"]["profile"][2] == [8, 3, 64, 192]
+        assert "--batch 8 --batch-opt 4" in sidecar["rebuild"]
 
 
 def test_real_rtx_engine_validity_without_gpu_flags_only_malformed_engines(trt, artifacts):

@@ -189,10 +189,24 @@ def test_standin_workspace_opt_level_timing_cache_dla_and_profile(tmp_path, fami
     assert ("BuilderConfig.create_timing_cache", saved) in trt.calls
 
 
-def test_standin_dynamic_input_without_profile_is_one_clear_error(tmp_path):
+def test_standin_symbolic_batch_gets_profile_min_1_opt_max_from_batch(tmp_path):
     trt = make_tensorrt(VERSIONS["10"])
-    with pytest.raises(EngineBuildError, match="--profile"):
-        build_serialized(trt, tiny_onnx(tmp_path / "m.onnx", dynamic=True), BuildOptions(precision="fp32"), None)
+    onnx_path = tiny_onnx(tmp_path / "m.onnx", dynamic=True)
+    built = build_serialized(trt, onnx_path, BuildOptions(precision="fp32", batch=8, batch_opt=4), None)
+    assert ("OptimizationProfile.set_shape", "image", (1, 3, 32, 64), (4, 3, 32, 64), (8, 3, 32, 64)) in trt.calls
+    assert built.batch == {"min": 1, "opt": 4, "max": 8}
+    trt.calls.clear()
+    built = build_serialized(trt, onnx_path, BuildOptions(precision="fp32"), None)  # default: batch 1
+    assert ("OptimizationProfile.set_shape", "image", (1, 3, 32, 64), (1, 3, 32, 64), (1, 3, 32, 64)) in trt.calls
+    assert built.batch == {"min": 1, "opt": 1, "max": 1}
+
+
+def test_standin_batch_beyond_a_fixed_batch_axis_is_one_clear_error(tmp_path):
+    trt = make_tensorrt(VERSIONS["10"])
+    with pytest.raises(EngineBuildError, match="--batch 4: input 'image' has a fixed batch of 1"):
+        build_serialized(trt, tiny_onnx(tmp_path / "m.onnx"), BuildOptions(precision="fp32", batch=4), None)
+    with pytest.raises(EngineBuildError, match="--batch-opt 9"):
+        BuildOptions(batch=8, batch_opt=9)
 
 
 def test_standin_trtexec_command_per_version(tmp_path):
@@ -565,3 +579,25 @@ def test_standin_corrupt_sidecar_is_rebuilt_by_the_builder_and_refused_in_one_li
     assert len([text for text in capsys.readouterr().err.splitlines() if text.strip()]) == 1
     build_engine(engine_args(build), build, trt, ORIN, trt.__version__)
     assert builds_of(trt) == 2 and read_sidecar(engine)["engine_sha256"]
+
+
+def test_standin_rtx_backend_reads_its_batch_range_and_refuses_more_frames_than_its_max(rtx_backend):
+    from runtime.tensorrt_backend import TensorRTBackend
+
+    _trt, engine = rtx_backend
+    sidecar_file = sidecar_path(engine)
+    assert read_sidecar(engine)["batch"] == {"min": 1, "opt": 1, "max": 1}
+    backend = TensorRTBackend(engine)
+    assert backend.max_batch == 1
+    sidecar = json.loads(sidecar_file.read_text())
+    sidecar["batch"] = {"min": 1, "opt": 4, "max": 8}
+    sidecar_file.write_text(json.dumps(sidecar))
+    backend = TensorRTBackend(engine)
+    assert backend.max_batch == 8
+    backend.batch = 1  # what _allocate sets; buffers are stubbed out here (no GPU)
+    with pytest.raises(ValueError, match=r"takes 1\.\.8 frames a call, got 9; rebuild with --batch 9"):
+        backend.infer(np.zeros((9, 3, 32, 64), np.float32))
+    sidecar["batch"] = {"min": 1, "opt": 9, "max": 8}
+    sidecar_file.write_text(json.dumps(sidecar))
+    with pytest.raises(ModelFileError, match="'batch' must hold 1 <= min <= opt <= max"):
+        TensorRTBackend(engine)

@@ -74,7 +74,7 @@ def test_stream_shows_frames_in_a_real_window(tiny_onnx: Path, tmp_path: Path, x
     images.mkdir()
     cv2.imwrite(str(images / "frame.png"), frame)
     # --alpha 0: the window shows the frame itself (plus the heads-up line), so it can be found exactly.
-    process = start_stream("--images", str(images), "--loop", "--model", str(tiny_onnx), "--display",
+    process = start_stream(str(images), "--loop", "--model", str(tiny_onnx), "--display",
                            "--alpha", "0", "--quiet", env={"DISPLAY": display})
     patch = frame[120:300, 300:900]
     best, location, screen = 0.0, (0, 0), None

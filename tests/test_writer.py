@@ -76,7 +76,7 @@ def test_a_failure_in_the_writer_ends_the_run_in_one_line_and_the_video_is_final
                                                                                       tmp_path: Path):
     masks, out = tmp_path / "masks", tmp_path / "out.mp4"
     (masks / "000005.png").mkdir(parents=True)  # a folder where the 6th mask must go: the rename fails
-    result = run_stream("--video", str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--quiet",
+    result = run_stream(str(KITTI_VIDEO), "--model", str(tiny_onnx), "--headless", "--quiet",
                         "--save-masks", str(masks), "--output", str(out))
     assert result.returncode != 0
     assert "000005.png" in assert_one_error_line(result.stderr)
