@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from conftest import KITTI_VIDEO
 
+from runtime.artifacts import INT8_CPU_INGRAPH_ONNX, INT8_CPU_ONNX, ONNX_FILES
 from runtime.backends import open_backend
 from runtime.contract import MAX_BATCH
 from runtime.pipeline import frame_preprocessor
 from runtime.sources import read_video_frames
 
 N = 4
-ARTIFACTS = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8_fp16.onnx", "model.int8_cpu.onnx")
+ARTIFACTS = tuple(artifact.file_name for artifact in ONNX_FILES)
 SHIPPED_INT8 = "models/fcn8s_vgg16_w0.25_cpu.int8_cpu.onnx"
 needs_video = pytest.mark.skipif(not KITTI_VIDEO.is_file(), reason=f"KITTI video not found at {KITTI_VIDEO}")
 
@@ -82,8 +83,8 @@ def test_the_in_graph_wrapper_keeps_the_batch_axis_and_batches_to_the_same_masks
 
     from export.ingraph import wrap
 
-    wrapped = tmp_path / "model.int8_cpu.ingraph.onnx"
-    onnx.save(wrap(onnx.load(str(tiny_artifacts / "model.int8_cpu.onnx"))), str(wrapped))
+    wrapped = tmp_path / INT8_CPU_INGRAPH_ONNX
+    onnx.save(wrap(onnx.load(str(tiny_artifacts / INT8_CPU_ONNX))), str(wrapped))
     backend = open_backend(wrapped, "onnxruntime", threads=1)
     assert backend.in_graph and backend.max_batch == MAX_BATCH
     batched, alone = masks_batched_and_single(backend, real_frames(N))

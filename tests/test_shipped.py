@@ -15,7 +15,7 @@ from onnx import numpy_helper
 
 from export import shipped
 from export.shipped import MAX_SHIPPED_BYTES, ShippedError, check, verify, write
-from runtime.artifacts import FP16_ONNX, INT8_ONNX, onnx_name
+from runtime.artifacts import FP16_ONNX, INT8_CPU_ONNX, INT8_ONNX, onnx_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,7 +72,7 @@ def test_check_compares_a_batch_1_shipped_file_with_a_symbolic_batch_export(tmp_
     from rtx_helpers import make_tiny_artifacts
 
     static = make_tiny_artifacts(tmp_path / "static", dynamic_batch=False)
-    dims = onnx.load(str(static / "model.int8.onnx")).graph.input[0].type.tensor_type.shape.dim
+    dims = onnx.load(str(static / INT8_ONNX)).graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_value == 1
     models = tmp_path / "models"
     models.mkdir()
@@ -81,13 +81,13 @@ def test_check_compares_a_batch_1_shipped_file_with_a_symbolic_batch_export(tmp_
     write(static, checkpoint)
     build = tmp_path / "build"
     shutil.copytree(tiny_artifacts, build)
-    assert onnx.load(str(build / "model.int8.onnx")).graph.input[0].type.tensor_type.shape.dim[0].dim_param
+    assert onnx.load(str(build / INT8_ONNX)).graph.input[0].type.tensor_type.shape.dim[0].dim_param
     lines = check(build, checkpoint)
     assert len(lines) == 4 and all("equivalent" in line for line in lines)
-    model = onnx.load(str(build / "model.int8_cpu.onnx"))
+    model = onnx.load(str(build / INT8_CPU_ONNX))
     node = next(n for n in model.graph.node if n.op_type == "MaxPool")
     node.op_type = "AveragePool"
-    onnx.save(model, str(build / "model.int8_cpu.onnx"))
+    onnx.save(model, str(build / INT8_CPU_ONNX))
     with pytest.raises(ShippedError, match="int8_cpu.*nodes differ"):
         check(build, checkpoint)
 
