@@ -43,14 +43,14 @@ def masks_agree(data: bytes, batch: int = CHECK_BATCH) -> bool:
     """One call on `batch` random frames gives the argmax of `batch` single calls, on ONNX Runtime CPU."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    info = session.get_inputs()[0]
+    ort_session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    info = ort_session.get_inputs()[0]
     shape = [batch, *[int(d) for d in info.shape[1:]]]
     rng = np.random.default_rng(0)
     frames = (rng.integers(0, 256, shape, dtype=np.uint8) if info.type == "tensor(uint8)"
               else rng.standard_normal(shape).astype(np.float32))
-    together = session.run(None, {info.name: frames})[0]
-    alone = np.concatenate([session.run(None, {info.name: frames[i:i + 1]})[0] for i in range(batch)])
+    together = ort_session.run(None, {info.name: frames})[0]
+    alone = np.concatenate([ort_session.run(None, {info.name: frames[i:i + 1]})[0] for i in range(batch)])
     if together.ndim == 4:  # logits: compare the masks
         together, alone = together.argmax(1), alone.argmax(1)
     return together.shape[0] == batch and np.array_equal(together, alone)
