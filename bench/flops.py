@@ -52,8 +52,10 @@ def _shapes(graph) -> dict[str, list[int]]:
     shapes: dict[str, list[int]] = {}
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
         dims = value.type.tensor_type.shape.dim
-        if dims and all(d.HasField("dim_value") for d in dims):
-            shapes[value.name] = [d.dim_value for d in dims]
+        # FLOPs are per frame: a symbolic batch axis (the first) counts as 1; other symbolic sides are unknown.
+        if dims and all(d.HasField("dim_value") for d in dims[1:]):
+            shapes[value.name] = [dims[0].dim_value if dims[0].HasField("dim_value") else 1,
+                                  *(d.dim_value for d in dims[1:])]
     for tensor in graph.initializer:
         shapes[tensor.name] = list(tensor.dims)
     return shapes
