@@ -117,9 +117,9 @@ def stream_output_cases(scene: dict[str, Path], rng: random.Random) -> list[tupl
         cases.append((f"{flag} onto {name}", [str(scene["video"]), flag, str(target)], expected))
     cases.append(("--stats-json onto the --output video",
                   [str(scene["video"]), "--output", str(other), "--stats-json", str(other)], "is also the --output"))
-    cases.append(("--save-masks onto the --images folder", ["--images", str(scene["images"]), "--save-masks",
-                                                            str(scene["images"])], "input folder"))
-    cases.append(("--stats-json onto an input image", ["--images", str(scene["images"]), "--stats-json",
+    cases.append(("--save-masks onto the images folder read", [str(scene["images"]), "--save-masks",
+                                                               str(scene["images"])], "input folder"))
+    cases.append(("--stats-json onto an input image", [str(scene["images"]), "--stats-json",
                                                        str(scene["image"])], "is the source input"))
     masks = scene["tmp"] / "m"
     cases.append(("--output inside the --save-masks folder",
