@@ -130,10 +130,13 @@ def test_a_signal_finalises_every_cameras_video(tiny_onnx, drives, tmp_path, sig
     out = tmp_path / "out"
     process = start_stream(*map(str, drives), "--loop", "--model", str(tiny_onnx), "--headless",
                            "--output", str(out), "--quiet")
-    partials = [out / ".front.partial.mp4", out / ".rear.partial.mp4"]
+    def growing(name: str) -> bool:  # the writer's unique temporary beside DIR/<name>.mp4 holds some frames
+        return any(p.stat().st_size > 50_000 for p in out.glob(f".{name}.*partial.mp4"))
+
     deadline = time.monotonic() + 240
-    while not all(p.exists() and p.stat().st_size > 50_000 for p in partials) and time.monotonic() < deadline:
+    while not (growing("front") and growing("rear")):
         assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no camera video grew within 240 s"
         time.sleep(0.2)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
@@ -141,7 +144,7 @@ def test_a_signal_finalises_every_cameras_video(tiny_onnx, drives, tmp_path, sig
     assert "Traceback" not in stderr and f"stopped by {signal.Signals(signum).name}" in stdout
     for name in ("front", "rear"):
         video = out / f"{name}.mp4"
-        assert video.is_file() and not (out / f".{name}.partial.mp4").exists()
+        assert video.is_file() and not list(out.glob(f".{name}.*partial.mp4"))
         frames = read_video(video)
         assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == len(frames) > 0  # index written
 
