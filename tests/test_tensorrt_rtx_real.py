@@ -200,6 +200,12 @@ SHIPPED = Path(__file__).resolve().parent.parent / "models"
 @pytest.mark.parametrize("variant", ["fp16", "int8", "int8_fp16", "int8_cpu"])
 @pytest.mark.parametrize("stem", ["fcn8s_vgg16_w0.25_cpu", "fcn8s_efficientnet_lite0"])
 def test_real_rtx_parser_on_the_shipped_models(trt, stem, variant):
-    """Every ONNX file shipped in models/ passes the real parser, the CPU-tuned one included."""
+    """Every ONNX file shipped in models/ passes the real parser, the VGG16 model's CPU-tuned one included. The
+    EfficientNet-Lite CPU-tuned file is the one exception, refused for the one reason it must be: its projection
+    convs' outputs are signed, so their u8 Q/DQ has a nonzero zero point, which TensorRT rejects (engines take
+    that model's s8 files, int8 and int8_fp16, which parse)."""
     ok, errors = parse(trt, SHIPPED / f"{stem}.{variant}.onnx")
-    assert ok, errors
+    if (stem, variant) == ("fcn8s_efficientnet_lite0", "int8_cpu"):
+        assert not ok and errors and all("buildZeroPointTensor" in error for error in errors), errors
+    else:
+        assert ok, errors

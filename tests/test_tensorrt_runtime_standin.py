@@ -8,6 +8,8 @@ every allocation, the graph and the stream. Test names end in _standin.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from standins.cuda_runtime import RecordingCudart, StandinContext, standin_engine, standin_trt
@@ -25,6 +27,8 @@ def backend_standin(monkeypatch):
     backend = object.__new__(tensorrt_backend.TensorRTBackend)  # past __init__'s GPU probe and engine load
     backend.spec = PreprocessSpec(HEIGHT, WIDTH)
     backend.in_graph = False
+    backend.max_batch = 1  # a batch-1 engine, as its sidecar would say
+    backend.path, backend._rebuild = Path("model.fp16.engine"), "python -m engine --batch N"
     backend.input_name, backend.output_name = "image", "logits"
     backend.engine = standin_engine((1, 3, HEIGHT, WIDTH))
     backend.context = StandinContext(cudart, (1, 3, HEIGHT, WIDTH))
@@ -77,6 +81,6 @@ def test_close_frees_every_allocation_standin(backend_standin):
 def test_wrong_batch_is_refused_before_any_copy_standin(backend_standin):
     backend, cudart = backend_standin
     start = len(cudart.calls)
-    with pytest.raises(ValueError, match="batch 1"):
+    with pytest.raises(ValueError, match=r"takes 1\.\.1 frames a call, got 2"):
         backend.infer(np.ones((2, 3, HEIGHT, WIDTH), np.float32))
     assert cudart.calls[start:] == []
