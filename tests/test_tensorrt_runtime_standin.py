@@ -15,6 +15,7 @@ import pytest
 from standins.cuda_runtime import RecordingCudart, StandinContext, standin_engine, standin_trt
 
 import runtime.tensorrt_backend as tensorrt_backend
+from runtime.artifacts import FP16_ENGINE
 from runtime.contract import PreprocessSpec
 
 HEIGHT, WIDTH = 8, 16
@@ -28,7 +29,7 @@ def backend_standin(monkeypatch):
     backend.spec = PreprocessSpec(HEIGHT, WIDTH)
     backend.in_graph = False
     backend.max_batch = 1  # a batch-1 engine, as its sidecar would say
-    backend.path, backend._rebuild = Path("model.fp16.engine"), "python -m engine --batch N"
+    backend.path, backend._rebuild = Path(FP16_ENGINE), "python -m engine --batch N"
     backend.input_name, backend.output_name = "image", "logits"
     backend.engine = standin_engine((1, 3, HEIGHT, WIDTH))
     backend.context = StandinContext(cudart, (1, 3, HEIGHT, WIDTH))
