@@ -52,6 +52,16 @@ def bilinear_kernel(in_channels: int, out_channels: int, size: int) -> torch.Ten
     return weight
 
 
+def padded_to_stride(logits_of, x: torch.Tensor) -> torch.Tensor:
+    """`logits_of` on `x` zero-padded bottom/right to a multiple of the model stride, cropped back to x's H x W."""
+    height, width = x.shape[-2:]
+    pad_h = (-height) % MODEL_STRIDE
+    pad_w = (-width) % MODEL_STRIDE
+    if not (pad_h or pad_w):
+        return logits_of(x)
+    return logits_of(F.pad(x, (0, pad_w, 0, pad_h)))[:, :, :height, :width]
+
+
 def add_fcn8s_head(model: nn.Module, num_classes: int, stride8_channels: int, stride16_channels: int,
                    stride32_channels: int) -> None:
     """FCN-8s's decoder: 1x1 scores on the stride-8/16/32 maps, transposed convolutions x2, x2, x8."""
@@ -129,20 +139,15 @@ class FCN8s(nn.Module):
         init_fcn8s_head(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h = (-height) % MODEL_STRIDE
-        pad_w = (-width) % MODEL_STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return padded_to_stride(self._logits, x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         pool3_end, pool4_end = self.pool_indices[2], self.pool_indices[3]
         pool3 = self.features[: pool3_end + 1](x)
         pool4 = self.features[pool3_end + 1 : pool4_end + 1](pool3)
         pool5 = self.features[pool4_end + 1 :](pool4)
         fc7 = self.drop7(torch.relu(self.fc7(self.drop6(torch.relu(self.fc6(pool5))))))
-        logits = fcn8s_decode(self, pool3, pool4, fc7)
-        if pad_h or pad_w:
-            logits = logits[:, :, :height, :width]
-        return logits
+        return fcn8s_decode(self, pool3, pool4, fc7)
 
     def arch(self) -> dict:
         arch = {"name": ARCH_NAME, "width": self.width, "num_classes": self.num_classes}
@@ -174,16 +179,11 @@ class FCN8sLite(nn.Module):
         init_fcn8s_head(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        pad_h = (-height) % MODEL_STRIDE
-        pad_w = (-width) % MODEL_STRIDE
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        return padded_to_stride(self._logits, x)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         stride8, stride16, head = self.encoder.features(x)
-        logits = fcn8s_decode(self, stride8, stride16, self.drop(head))
-        if pad_h or pad_w:
-            logits = logits[:, :, :height, :width]
-        return logits
+        return fcn8s_decode(self, stride8, stride16, self.drop(head))
 
     def train(self, mode: bool = True) -> FCN8sLite:
         super().train(mode)
