@@ -68,6 +68,10 @@ class FrameMuxer:
         self.cameras = list(cameras)
         self.push_timeout = push_timeout
         self._cond = threading.Condition()
+        # When the first frame of the coming batch reached its slot: the push timeout counts from here. A live
+        # camera's waiting frame may be replaced by a fresher one meanwhile; that must not restart the clock, or a
+        # camera faster than the timeout would hold the batch until a stalled one gives up.
+        self._batch_opened: float | None = None
         self._halt = threading.Event()
         self._threads = []
         for camera in self.cameras:
@@ -109,6 +113,8 @@ class FrameMuxer:
                 camera.source.release(frame)
                 return
             camera._slot, camera._arrived = frame, time.perf_counter()
+            if self._batch_opened is None:
+                self._batch_opened = camera._arrived
             self._cond.notify_all()
 
     # loop thread
@@ -126,7 +132,7 @@ class FrameMuxer:
                     break
                 now = time.perf_counter()
                 if ready and self.push_timeout is not None:
-                    deadline = min(c._arrived for c in ready) + self.push_timeout
+                    deadline = (self._batch_opened or now) + self.push_timeout
                     if now >= deadline:
                         break
                 self._cond.wait(min(POLL_S, deadline - now) if deadline is not None else POLL_S)
@@ -134,6 +140,7 @@ class FrameMuxer:
             batch = [Taken(c, c._slot, c._arrived, taken) for c in ready]
             for camera in ready:
                 camera._slot = None
+            self._batch_opened = None
             self._cond.notify_all()
         return batch
 
