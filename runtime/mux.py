@@ -10,7 +10,9 @@ adds one more thread per camera that moves the source's next frame into the came
 
 A live camera's slot follows the source's own freshness rule: a waiting frame is replaced by the next one only
 once it is older than the source's `max_age` (counted per camera as a "stale" drop); a loop with headroom
-therefore gets every frame. A file's slot is never replaced: every frame is processed, in order.
+therefore gets every frame. A file's slot is never replaced: every frame is processed, in order, and is filled
+only when the loop asks for a batch: the file source already decodes ahead on its own thread, so a frame parked in
+the slot a whole batch early would only make it look a batch older than it is.
 A camera whose source ends (end of file, or a live source that failed to reconnect) leaves the batch; the
 others go on. Frames are the sources' buffers, handed back with `release`.
 """
@@ -72,6 +74,7 @@ class FrameMuxer:
         # camera's waiting frame may be replaced by a fresher one meanwhile; that must not restart the clock, or a
         # camera faster than the timeout would hold the batch until a stalled one gives up.
         self._batch_opened: float | None = None
+        self._asking = False  # the loop waits in next_batch: file cameras may fill their slots
         self._halt = threading.Event()
         self._threads = []
         for camera in self.cameras:
@@ -98,10 +101,15 @@ class FrameMuxer:
                 self._cond.notify_all()
 
     def _put(self, camera: CameraFeed, frame: Frame) -> None:
-        """Wait for the slot to empty; a live camera's waiting frame is replaced once it is older than max_age."""
-        max_age = getattr(camera.source, "max_age", None) if camera.source.live else None
+        """Wait for the slot to empty (a file camera's also for the loop to ask); a live camera's waiting frame is
+        replaced once it is older than max_age."""
+        live = camera.source.live
+        max_age = getattr(camera.source, "max_age", None) if live else None
         with self._cond:
-            while camera._slot is not None and not self._halt.is_set():
+            while (camera._slot is not None or not (live or self._asking)) and not self._halt.is_set():
+                if camera._slot is None:  # a file camera waiting for the loop to ask
+                    self._cond.wait(POLL_S)
+                    continue
                 waited = time.perf_counter() - camera._slot.timestamp
                 if max_age is not None and waited > max_age:
                     camera.source.release(camera._slot)
@@ -121,11 +129,15 @@ class FrameMuxer:
     def next_batch(self, stopped=lambda: False) -> list[Taken] | None:
         with self._cond:
             deadline = None
+            self._asking = True
+            self._cond.notify_all()
             while True:
                 if stopped():
+                    self._asking = False
                     return []
                 running = [c for c in self.cameras if not c.done]
                 if not running:
+                    self._asking = False
                     return None
                 ready = [c for c in running if c._slot is not None]
                 if ready and len(ready) == len(running):
@@ -141,6 +153,7 @@ class FrameMuxer:
             for camera in ready:
                 camera._slot = None
             self._batch_opened = None
+            self._asking = False
             self._cond.notify_all()
         return batch
 
