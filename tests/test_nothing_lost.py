@@ -30,6 +30,8 @@ import numpy as np
 import onnx
 import pytest
 from conftest import REPO, run_cli
+from entry_points import HOSTILE_KINDS, write_hostile
+from entry_points import call_main as call_entry_point
 from onnx import TensorProto, helper
 from stream_helpers import STREAM, assert_one_error_line, read_video, run_stream, tiny_onnx_model, write_video
 
@@ -37,6 +39,12 @@ from runtime.artifacts import ACCURACY_JSON_FILE, FP16_ENGINE, FP32_ENGINE, FP32
 from runtime.contract import PREPROCESS_KEY, PreprocessSpec
 
 SEED = int(os.environ.get("ROADSEG_CORPUS_SEED", random.SystemRandom().randrange(2**32)))
+
+
+def call_main(main: Callable[[list[str]], int], argv: list[str], case: str) -> tuple[int, str]:
+    return call_entry_point(main, argv, f"[seed {SEED}] {case}")
+
+
 VIDEO_FRAMES = 12
 
 
@@ -47,24 +55,6 @@ def print_seed():
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def call_main(main: Callable[[list[str]], int], argv: list[str], case: str) -> tuple[int, str]:
-    """An entry point in this process, as its CLI runs it: an int exit code, and one error line when non-zero."""
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            code = main(argv)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    except BaseException as error:  # noqa: BLE001 - the point of the test: nothing may escape
-        pytest.fail(f"[seed {SEED}] {case}: raised {type(error).__name__}: {str(error)[:300]}")
-    text = stderr.getvalue()
-    assert "Traceback" not in text, f"[seed {SEED}] {case}: {text[-2000:]}"
-    if code != 0:
-        errors = [line for line in text.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, f"[seed {SEED}] {case}: exit {code}, stderr {text[-1000:]!r}"
-    return code, text
 
 
 @pytest.fixture(scope="module")
@@ -399,15 +389,8 @@ def test_hostile_accuracy_table_neither_hangs_nor_hides_its_name(tmp_path: Path,
     model = tmp_path / "model.onnx"
     model.write_bytes(tiny_onnx.read_bytes())
     table = tmp_path / ACCURACY_JSON_FILE
-    for kind in random.Random(SEED).sample(["fifo", "deep", "huge"], 3):
-        table.unlink(missing_ok=True)
-        if kind == "fifo":
-            os.mkfifo(table)
-        elif kind == "deep":
-            table.write_text("[" * 5000 + "]" * 5000)
-        else:
-            with open(table, "wb") as stream:
-                stream.truncate(1 << 31)
+    for kind in random.Random(SEED).sample(HOSTILE_KINDS, 3):
+        write_hostile(table, kind, 5000, 1 << 31)
         stderr, gated = io.StringIO(), []
 
         def read_table(stderr=stderr, gated=gated) -> None:
@@ -485,15 +468,8 @@ def test_engine_build_never_hangs_on_a_hostile_sidecar(tmp_path: Path):
     engine = tmp_path / FP16_ENGINE
     engine.write_bytes(b"engine")
     sidecar = Path(f"{engine}.json")
-    for kind in random.Random(SEED).sample(["fifo", "deep", "huge"], 3):
-        sidecar.unlink(missing_ok=True)
-        if kind == "fifo":
-            os.mkfifo(sidecar)
-        elif kind == "deep":
-            sidecar.write_text("[" * 100_000 + "]" * 100_000)
-        else:
-            with open(sidecar, "wb") as stream:
-                stream.truncate(1 << 33)
+    for kind in random.Random(SEED).sample(HOSTILE_KINDS, 3):
+        write_hostile(sidecar, kind, 100_000, 1 << 33)
         answer: list[bool] = []
         checker = threading.Thread(target=lambda answer=answer: answer.append(reusable(engine, {"k": 1})),
                                    daemon=True)

@@ -8,9 +8,7 @@ never a traceback, a hang, or the marker file a malicious pickle tries to write.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import os
 import pickle
@@ -24,11 +22,18 @@ import onnx
 import pytest
 import torch
 from conftest import REPO, run_cli
+from entry_points import call_main as call_entry_point
 from stream_helpers import assert_one_error_line, run_stream, tiny_onnx_model
 
 from runtime.contract import PRECISION_KEY, PREPROCESS_KEY, SIDECAR_FORMAT
 
 SEED = int(os.environ.get("ROADSEG_FUZZ_SEED", random.SystemRandom().randrange(2**32)))
+
+
+def call_main(main: Callable[[list[str]], int], argv: list[str], case: str) -> tuple[int, str]:
+    return call_entry_point(main, argv, f"[seed {SEED}] {case}")
+
+
 CASES_PER_KIND = int(os.environ.get("ROADSEG_FUZZ_CASES", "30"))
 
 
@@ -119,25 +124,6 @@ def mutate_bytes(data: bytes, rng: random.Random) -> bytes:
 
 
 # ------------------------------------------------------------------------------------------------- running
-
-def call_main(main: Callable[[list[str]], int], argv: list[str], case: str) -> tuple[int, str]:
-    """Run an entry point in this process the way its CLI would; anything but an int exit code is a bug."""
-    stderr = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-            code = main(argv)
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else 1
-    except BaseException as error:  # the point of the test: nothing may escape
-        pytest.fail(f"[seed {SEED}] {case}: raised {type(error).__name__}: {str(error)[:300]}")
-    text = stderr.getvalue()
-    assert "Traceback" not in text, f"[seed {SEED}] {case}: {text[-2000:]}"
-    if code != 0:
-        errors = [line for line in text.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1, f"[seed {SEED}] {case}: exit {code} with stderr {text[-1000:]!r}"
-        assert len(errors[0]) < 600, f"[seed {SEED}] {case}: error line too long: {errors[0][:200]}..."
-    return code, text
-
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory) -> Path:
