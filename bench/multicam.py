@@ -56,20 +56,21 @@ def file_cameras(frames: list[np.ndarray], count: int, per_camera: int) -> list[
     return cameras
 
 
-def close(cameras: list[CameraOutputs]) -> None:
-    for camera in cameras:
-        camera.outputs.close()
-        camera.feed.source.close()
-
-
-def run_files(backend: Backend, frames: list[np.ndarray], count: int, per_camera: int) -> dict:
-    cameras = file_cameras(frames, count, per_camera)
+def run_to_end(cameras: list[CameraOutputs], backend: Backend) -> dict:
+    """The multi-camera loop over these cameras until every one has ended, with the default push timeout; its
+    summary. The cameras are closed afterwards."""
     try:
         run = run_cameras(cameras, backend, StopRequest(), push_timeout_for([c.feed.source for c in cameras], None),
                           hud=False, say=lambda _line: None)
         return summary(cameras, run, backend)
     finally:
-        close(cameras)
+        for camera in cameras:
+            camera.outputs.close()
+            camera.feed.source.close()
+
+
+def run_files(backend: Backend, frames: list[np.ndarray], count: int, per_camera: int) -> dict:
+    return run_to_end(file_cameras(frames, count, per_camera), backend)
 
 
 def inference_bound(backend: Backend, frame: np.ndarray, batch_sizes: dict[str, int]) -> float:
@@ -109,12 +110,7 @@ def run_live(backend: Backend, frame: np.ndarray, count: int, fps: float, second
         source = open_uri(f"synthetic://{width}x{height}@{fps:g}", options)
         cameras.append(CameraOutputs(CameraFeed(f"live{index}", source), Outputs(Renderer("overlay", 0.5)),
                                      StreamStats(True)))
-    try:
-        run = run_cameras(cameras, backend, StopRequest(), push_timeout_for([c.feed.source for c in cameras], None),
-                          hud=False, say=lambda _line: None)
-        return summary(cameras, run, backend)
-    finally:
-        close(cameras)
+    return run_to_end(cameras, backend)
 
 
 def measure(backend: Backend, frames: list[np.ndarray], counts: list[int], per_camera: int, blocks: int) -> dict:
