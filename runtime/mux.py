@@ -56,7 +56,7 @@ class CameraFeed:
 
     def all_drops(self) -> dict[str, int]:
         """Drops by cause: the source's own (live queue) and the slot's (freshness rule)."""
-        source_drops = getattr(self.source, "drops", {})
+        source_drops = self.source.drops
         return {cause: self.drops[cause] + source_drops.get(cause, 0) for cause in DROP_CAUSES}
 
 
@@ -99,7 +99,7 @@ class FrameMuxer:
 
     def _put(self, camera: CameraFeed, frame: Frame) -> None:
         """Wait for the slot to empty; a live camera's waiting frame is replaced once it is older than max_age."""
-        max_age = getattr(camera.source, "max_age", None) if camera.source.live else None
+        max_age = camera.source.max_age if camera.source.live else None
         with self._cond:
             while camera._slot is not None and not self._halt.is_set():
                 waited = time.perf_counter() - camera._slot.timestamp

@@ -112,8 +112,8 @@ class StatusPrinter:
 
 def frame_preprocessor(backend: Backend, batch: int = 1) -> FramePreprocessor:
     """The preprocessor for this backend's model: the full contract, or only the resize for a model that does
-    the rest in its graph (older backends without `in_graph` take the float tensor); `batch` frames a call."""
-    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False), batch=batch)
+    the rest in its graph; `batch` frames a call."""
+    return FramePreprocessor(backend.spec, uint8_input=backend.in_graph, batch=batch)
 
 
 def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
