@@ -47,6 +47,7 @@ from runtime.pipeline import frame_preprocessor, pipelining_pays, run_pipeline
 from runtime.sources import (
     FrameSource,
     PrefetchSource,
+    Reader,
     SourceError,
     SourceOptions,
     open_uri,
@@ -91,13 +92,13 @@ def default_loop(backend: Backend) -> str:
     return "pipelined" if pipelining_pays(backend) else "serial"
 
 
-class MemoryReader:
+class MemoryReader(Reader):
     """The KITTI frames, decoded once up front and replayed from memory: each read is one copy into the
     source's buffer, as a camera's driver delivers a frame. Separates the runtime's own per-frame cost
     from H.264 decoding (about 4 CPU-ms a frame at 1242x376, which a Jetson would do in NVDEC)."""
 
     def __init__(self, frames: list[np.ndarray]) -> None:
-        self.description, self.fps = "KITTI frames in memory", 10.0
+        super().__init__("KITTI frames in memory", 10.0)
         self._frames, self._count = frames, 0
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str]:
@@ -107,9 +108,6 @@ class MemoryReader:
         np.copyto(buffer, frame)
         self._count += 1
         return buffer, f"{self._count - 1:06d}"
-
-    def release(self) -> None:
-        pass
 
 
 def stream(source, backend: Backend, pipelined: bool) -> StreamStats:

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -31,6 +32,9 @@ from runtime.paths import DEFAULT_VIDEO
 from runtime.postprocess import MaskPostprocessor
 from runtime.preprocess import FramePreprocessor
 from runtime.sources import read_video_frames
+
+if TYPE_CHECKING:
+    from runtime.backends import Backend
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -193,11 +197,10 @@ def open_model(path: str, provider: str, threads: int, backend: str = "onnxrunti
     return OnnxRuntimeBackend(path, provider=provider, threads=threads)
 
 
-def describe(backend) -> dict:
+def describe(backend: Backend) -> dict:
     row = {"backend": backend.name, "precision": backend.precision, "device": backend.device}
-    provider = getattr(backend, "provider", None)
-    if provider:
-        row["provider"] = provider
+    if backend.provider:
+        row["provider"] = backend.provider
     return row
 
 

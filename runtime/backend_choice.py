@@ -185,7 +185,7 @@ def open_auto(model: str | Path, threads: int | None, spinning: bool) -> tuple[B
     if backend.name != "onnxruntime" or backend.device != "cpu" or not openvino_installed() \
             or backend.precision not in OPENVINO_PRECISIONS:  # an FP16 file is a GPU artifact: as before
         return backend, None
-    if getattr(backend, "in_graph", False):  # the OpenVINO backend takes the float-input form only
+    if backend.in_graph:  # the OpenVINO backend takes the float-input form only
         return backend, Choice(backend.name, backend.precision, {}, why="in-graph pre/post model: ONNX Runtime")
     try:
         return choose(model, backend, threads, spinning)

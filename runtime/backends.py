@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
+from runtime.backend_base import Backend
 from runtime.contract import (
     MODEL_KEY,
     ModelFileError,
-    PreprocessSpec,
     TensorInfo,
     batch_capacity,
     check_model,
@@ -26,17 +25,6 @@ ENGINE_SUFFIXES = (".engine", ".plan")
 # ONNX Runtime's type strings for the element types a roadseg graph may carry.
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
               "tensor(int64)": "int64"}
-
-
-class Backend(Protocol):
-    name: str  # "onnxruntime", "openvino" or "tensorrt"
-    precision: str  # "fp32", "fp16", "bf16" or "int8"
-    device: str  # "cpu" or the GPU's name
-    spec: PreprocessSpec
-    metadata: dict[str, str]
-    max_batch: int  # the most frames one infer() call takes (1 for a model with a fixed batch of 1)
-
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def ort_tensor_info(node) -> TensorInfo:
@@ -76,7 +64,7 @@ def load_gpu_libraries(ort) -> None:
         pass
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, provider: str = "auto", threads: int | None = None,

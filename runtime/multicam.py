@@ -66,7 +66,7 @@ def push_timeout_for(sources: Sequence, requested_ms: float | None) -> float | N
     file (they have no real time to keep, and full batches are the fastest way through them)."""
     if requested_ms is not None:
         return requested_ms / 1000.0
-    intervals = [source.max_age for source in sources if source.live and getattr(source, "max_age", 0) > 0]
+    intervals = [source.max_age for source in sources if source.live and (source.max_age or 0) > 0]
     return max(intervals) if intervals else None
 
 
@@ -155,7 +155,7 @@ def run_cameras(cameras: Sequence[CameraOutputs], backend: Backend, stop: StopRe
     statistics (each camera's are in its CameraOutputs)."""
     keep_opencv_off_inference_cores(backend)
     by_name = {c.feed.name: c for c in cameras}
-    batch_limit = max(1, min(getattr(backend, "max_batch", 1), len(cameras)))
+    batch_limit = max(1, min(backend.max_batch, len(cameras)))
     if batch_limit < len(cameras):
         say(f"model takes {batch_limit} frame{'s' if batch_limit > 1 else ''} a call: {len(cameras)} cameras run as "
             f"{math.ceil(len(cameras) / batch_limit)} calls a step" + (" (export with a symbolic batch axis, "

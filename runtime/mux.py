@@ -58,7 +58,7 @@ class CameraFeed:
 
     def all_drops(self) -> dict[str, int]:
         """Drops by cause: the source's own (live queue) and the slot's (freshness rule)."""
-        source_drops = getattr(self.source, "drops", {})
+        source_drops = self.source.drops
         return {cause: self.drops[cause] + source_drops.get(cause, 0) for cause in DROP_CAUSES}
 
 
@@ -104,7 +104,7 @@ class FrameMuxer:
         """Wait for the slot to empty (a file camera's also for the loop to ask); a live camera's waiting frame is
         replaced once it is older than max_age."""
         live = camera.source.live
-        max_age = getattr(camera.source, "max_age", None) if live else None
+        max_age = camera.source.max_age if live else None
         with self._cond:
             while (camera._slot is not None or not (live or self._asking)) and not self._halt.is_set():
                 if camera._slot is None:  # a file camera waiting for the loop to ask

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backend_base import Backend
 from runtime.contract import ModelFileError, TensorInfo, batch_capacity, check_model
 
 INT8_BF16 = "int8+bf16"  # an INT8 Q/DQ file whose float rest runs in bf16
@@ -97,7 +98,7 @@ def openvino_tensor_info(port) -> TensorInfo:
     return TensorInfo(name, tuple(dims), dtype)
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(Backend):
     name = "openvino"
 
     def __init__(self, path: str | Path, precision: str = "fp32", threads: int | None = None,

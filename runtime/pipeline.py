@@ -10,6 +10,9 @@ Two forms of the same loop, with the same statistics (`pipelining_pays` picks on
   The price, with a camera faster than inference: a frame is read while the one before it is inferred,
   so results are up to one inference time older than the serial loop's.
 
+Both take each frame through the same steps (`prepare_frame`, `infer_frame`, `deliver_frame`); they differ only
+in which thread runs each step and when.
+
 Frames are not copied between stages: the source holds each frame's buffer until the output stage
 releases it, and two input tensors alternate between the preprocess and inference stages.
 """
@@ -112,8 +115,8 @@ class StatusPrinter:
 
 def frame_preprocessor(backend: Backend, batch: int = 1) -> FramePreprocessor:
     """The preprocessor for this backend's model: the full contract, or only the resize for a model that does
-    the rest in its graph (older backends without `in_graph` take the float tensor); `batch` frames a call."""
-    return FramePreprocessor(backend.spec, uint8_input=getattr(backend, "in_graph", False), batch=batch)
+    the rest in its graph; `batch` frames a call."""
+    return FramePreprocessor(backend.spec, uint8_input=backend.in_graph, batch=batch)
 
 
 def warm_up(backend: Backend, preprocess: FramePreprocessor) -> None:
@@ -161,43 +164,6 @@ def run_pipeline(source: FrameSource, backend: Backend, outputs: Outputs, stats:
     loop(source, backend, outputs, stats, stop or StopRequest(), hud, status_every)
 
 
-def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
-               hud: bool = True, status_every: float = 0.0) -> None:
-    preprocess = frame_preprocessor(backend)
-    postprocess = MaskPostprocessor(backend.spec.road_index)
-    hud_line = HudLine(backend, stats) if hud else None
-    status = StatusPrinter(backend, stats, status_every)
-    warm_up(backend, preprocess)
-    source.hold_frames()  # a frame's buffer stays valid until the file writer is done with it
-    while not stop.requested:
-        t_start = time.perf_counter()
-        stop.waiting = True
-        frame = source.read()
-        stop.waiting = False
-        if frame is None:
-            break
-        t_captured = time.perf_counter()
-        batch = preprocess(frame.image)
-        t_preprocessed = time.perf_counter()
-        logits = backend.infer(batch)
-        t_inferred = time.perf_counter()
-        mask = postprocess(logits[0], frame.image.shape[:2])
-        t_postprocessed = time.perf_counter()
-        # The source reuses the frame's buffer once released: the overlay may be drawn on it.
-        keep_going = outputs.write(frame.image, mask, frame.name, hud_line.text() if hud_line else None, scratch=True,
-                                   release=partial(source.release, frame))
-        t_rendered = time.perf_counter()
-        times = (t_start, t_captured, t_preprocessed, t_inferred, t_postprocessed, t_rendered)
-        stage_ms = [(b - a) * 1000.0 for a, b in zip(times, times[1:], strict=False)]
-        stats.record(stage_ms, arrival(t_start, frame), t_rendered, frame.timestamp)
-        if not keep_going:
-            break
-        status.tick(t_rendered)
-
-
-# ------------------------------------------------------------------------------------------ pipelined
-
-
 @dataclass
 class InFlight:
     """One frame on its way through the stages, with the milliseconds each stage took."""
@@ -209,6 +175,70 @@ class InFlight:
     preprocess_ms: float
     logits: np.ndarray | None = None
     inference_ms: float = 0.0
+
+
+def prepare_frame(source: FrameSource, preprocessor: FramePreprocessor,
+                  stop: StopRequest | None = None) -> InFlight | None:
+    """The next frame, read and preprocessed into `preprocessor`'s input tensor; None at the end of the source.
+    With `stop`, a signal that comes while the source keeps the loop waiting interrupts at once."""
+    t_start = time.perf_counter()
+    if stop is not None:
+        stop.waiting = True
+    frame = source.read()
+    if stop is not None:
+        stop.waiting = False
+    if frame is None:
+        return None
+    t_captured = time.perf_counter()
+    preprocessor(frame.image)
+    t_preprocessed = time.perf_counter()
+    return InFlight(frame, preprocessor, arrival(t_start, frame), (t_captured - t_start) * 1000.0,
+                    (t_preprocessed - t_captured) * 1000.0)
+
+
+def infer_frame(backend: Backend, item: InFlight) -> None:
+    t_start = time.perf_counter()
+    item.logits = backend.infer(item.preprocessor.input_tensor)  # a fresh array: ours to keep
+    item.inference_ms = (time.perf_counter() - t_start) * 1000.0
+
+
+def deliver_frame(item: InFlight, postprocess: MaskPostprocessor, outputs: Outputs, source: FrameSource,
+                  stats: StreamStats, hud_line: HudLine | None) -> tuple[bool, float]:
+    """Postprocess an inferred frame, hand it to the outputs and record its statistics; (whether the outputs want
+    more, perf_counter() when they had it)."""
+    t_start = time.perf_counter()
+    mask = postprocess(item.logits[0], item.frame.image.shape[:2])
+    t_postprocessed = time.perf_counter()
+    # The source reuses the frame's buffer once released: the overlay may be drawn on it.
+    keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None,
+                               scratch=True, release=partial(source.release, item.frame))
+    t_rendered = time.perf_counter()
+    stats.record((item.capture_ms, item.preprocess_ms, item.inference_ms,
+                  (t_postprocessed - t_start) * 1000.0, (t_rendered - t_postprocessed) * 1000.0),
+                 item.start, t_rendered, item.frame.timestamp)
+    return keep_going, t_rendered
+
+
+def run_serial(source: FrameSource, backend: Backend, outputs: Outputs, stats: StreamStats, stop: StopRequest,
+               hud: bool = True, status_every: float = 0.0) -> None:
+    preprocess = frame_preprocessor(backend)
+    postprocess = MaskPostprocessor(backend.spec.road_index)
+    hud_line = HudLine(backend, stats) if hud else None
+    status = StatusPrinter(backend, stats, status_every)
+    warm_up(backend, preprocess)
+    source.hold_frames()  # a frame's buffer stays valid until the file writer is done with it
+    while not stop.requested:
+        item = prepare_frame(source, preprocess, stop)
+        if item is None:
+            break
+        infer_frame(backend, item)
+        keep_going, t_delivered = deliver_frame(item, postprocess, outputs, source, stats, hud_line)
+        if not keep_going:
+            break
+        status.tick(t_delivered)
+
+
+# ------------------------------------------------------------------------------------------ pipelined
 
 
 END = None  # put on a queue when the stage before has no more frames
@@ -272,16 +302,10 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             preprocessor = get(free_inputs, halt)
             if preprocessor is END:
                 return
-            t_start = time.perf_counter()
-            frame = source.read()
-            if frame is None:
+            item = prepare_frame(source, preprocessor)
+            if item is None:
                 put(prepared, END, halt)
                 return
-            t_captured = time.perf_counter()
-            preprocessor(frame.image)
-            t_preprocessed = time.perf_counter()
-            item = InFlight(frame, preprocessor, arrival(t_start, frame), (t_captured - t_start) * 1000.0,
-                            (t_preprocessed - t_captured) * 1000.0)
             if not put(prepared, item, halt):
                 return
 
@@ -291,9 +315,7 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             if item is END:
                 put(inferred, END, halt)
                 return
-            t_start = time.perf_counter()
-            item.logits = backend.infer(item.preprocessor.input_tensor)  # a fresh array: ours to keep
-            item.inference_ms = (time.perf_counter() - t_start) * 1000.0
+            infer_frame(backend, item)
             free_inputs.put(item.preprocessor)
             if not put(inferred, item, halt):
                 return
@@ -308,18 +330,10 @@ def run_pipelined(source: FrameSource, backend: Backend, outputs: Outputs, stats
             stop.waiting = False
             if item is END:
                 break
-            t_start = time.perf_counter()
-            mask = postprocess(item.logits[0], item.frame.image.shape[:2])
-            t_postprocessed = time.perf_counter()
-            keep_going = outputs.write(item.frame.image, mask, item.frame.name, hud_line.text() if hud_line else None,
-                                       scratch=True, release=partial(source.release, item.frame))
-            t_rendered = time.perf_counter()
-            stats.record((item.capture_ms, item.preprocess_ms, item.inference_ms,
-                          (t_postprocessed - t_start) * 1000.0, (t_rendered - t_postprocessed) * 1000.0),
-                         item.start, t_rendered, item.frame.timestamp)
+            keep_going, t_delivered = deliver_frame(item, postprocess, outputs, source, stats, hud_line)
             if not keep_going:
                 break
-            status.tick(t_rendered)
+            status.tick(t_delivered)
     finally:
         halt.set()
         for stage in stages:

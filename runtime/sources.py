@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 from urllib.parse import parse_qs, urlparse
 
 import cv2
@@ -61,18 +60,29 @@ class Frame:
     name: str  # a stable name for per-frame outputs: the image's stem or the frame number
 
 
-class Reader(Protocol):
+class Reader:
     """The synchronous, single-threaded part of a source: one frame per call."""
 
     description: str
     fps: float  # nominal frames per second, 0 when unknown
+    input_paths: list[Path]  # the files it reads: no output of the run may replace one
+    unreadable: list[str]  # inputs it skipped because they would not decode
+
+    def __init__(self, description: str, fps: float = 0.0, input_paths: list[Path] | None = None) -> None:
+        self.description = description
+        self.fps = fps
+        self.input_paths = list(input_paths or [])
+        self.unreadable = []
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
         """The next BGR8 frame (written into `buffer` where possible) and its name; None at the end."""
-        ...
+        raise NotImplementedError
 
-    def release(self) -> None: ...
+    def release(self) -> None:
+        pass
 
+
+ReaderFactory = Callable[[], Reader]  # opens a reader; a live source calls it again to reconnect after a failure
 
 ARRIVAL_WINDOW = 32  # frames over which the arrival interval is measured
 MIN_ARRIVALS = 5
@@ -101,19 +111,18 @@ def lower_thread_priority() -> None:
 # --------------------------------------------------------------------------------------------- readers
 
 
-class CaptureReader:
+class CaptureReader(Reader):
     """A cv2.VideoCapture over a camera, file, URL or GStreamer pipeline."""
 
     def __init__(self, target: int | str, description: str, api: int = cv2.CAP_ANY,
                  params: list[int] | None = None, loop: bool = False, is_file: bool = False) -> None:
-        self.description = description
+        super().__init__(description, input_paths=[Path(target)] if is_file else [])
         self._target, self._api, self._params, self._loop = target, api, params or [], loop
         self._count = self._since_open = 0
         self._capture = self._open()
         # A file's container says how many frames it holds: ending well before that is a decode failure, not the end.
         count = self._capture.get(cv2.CAP_PROP_FRAME_COUNT) if is_file else 0.0
         self.frames_expected = int(count) if 0 < count < 1e9 else 0  # NaN and nonsense: unknown
-        self.input_paths = [Path(target)] if is_file else []  # what no output of the run may replace
         self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
         if not 0 < self.fps < 1000:  # backends report 0, NaN or 90000 when they don't know
             self.fps = 0.0
@@ -177,15 +186,12 @@ def network_reader(uri: str) -> CaptureReader:
     return CaptureReader(uri, uri, cv2.CAP_FFMPEG, params)
 
 
-class ImageFolderReader:
+class ImageFolderReader(Reader):
     """Images from a folder or a glob, in name order. Unreadable files are skipped, counted and named."""
 
     def __init__(self, pattern: str, loop: bool = False) -> None:
-        self.description = pattern
-        self.fps = 0.0
-        self.paths = list_images(pattern)
-        self.input_paths = self.paths
-        self.unreadable: list[str] = []
+        super().__init__(pattern, 0.0, list_images(pattern))
+        self.paths = self.input_paths
         self._loop = loop
         self._position = 0
         self._good = 0
@@ -209,24 +215,16 @@ class ImageFolderReader:
             self._good += 1
             return image, path.stem
 
-    def release(self) -> None:
-        pass
 
-
-class SyntheticReader:
+class SyntheticReader(Reader):
     """A test-pattern camera (`synthetic://WxH@FPS`), for benchmarks and tests of the live path.
 
     Frames are a few precomputed patterns copied into the caller's buffer, so producing one costs a memcpy.
-    `stall_after=N` blocks forever after N frames; `disconnect_after=N` fails the read after N frames (and,
-    with `reconnect=fail`, every later reopen too), to exercise the stall and reconnect handling.
     """
 
-    def __init__(self, width: int = 640, height: int = 192, fps: float = 30.0, stall_after: int = 0,
-                 disconnect_after: int = 0, description: str = "synthetic") -> None:
-        self.description = description
-        self.fps = fps
+    def __init__(self, width: int = 640, height: int = 192, fps: float = 30.0, description: str = "synthetic") -> None:
+        super().__init__(description, fps)
         self._period = 1.0 / fps if fps > 0 else 0.0
-        self._stall_after, self._disconnect_after = stall_after, disconnect_after
         self._count = 0
         self._next = time.perf_counter()
         grid_x, grid_y = np.meshgrid(np.linspace(0, 255, width, dtype=np.float32),
@@ -235,10 +233,6 @@ class SyntheticReader:
                           .astype(np.uint8) for k in range(4)]
 
     def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
-        if self._disconnect_after and self._count >= self._disconnect_after:
-            return None
-        if self._stall_after and self._count >= self._stall_after:
-            threading.Event().wait()  # a camera whose driver hangs: never returns
         if self._period:  # pace like a real sensor
             self._next += self._period
             delay = self._next - time.perf_counter()
@@ -254,18 +248,13 @@ class SyntheticReader:
         self._count += 1
         return buffer, name
 
-    def release(self) -> None:
-        pass
 
-
-class PacedReader:
+class PacedReader(Reader):
     """Plays a file at its own frame rate (`--realtime`): a file that behaves like a camera."""
 
     def __init__(self, reader: Reader, fps: float) -> None:
+        super().__init__(reader.description, fps, reader.input_paths)
         self._reader = reader
-        self.description = reader.description
-        self.input_paths = getattr(reader, "input_paths", [])
-        self.fps = fps
         self._period = 1.0 / fps
         self._next: float | None = None
 
@@ -291,14 +280,31 @@ class FrameSource:
     pipelined loop can keep several frames in flight without copying them.
     """
 
-    description: str
     live: bool
+    reader: Reader
+    description: str
     fps: float
+    input_paths: list[Path]  # the files it reads: no output of the run may replace one
     frames_read: int
-    frames_dropped: int
+    frames_dropped: int  # frames read but never handed over
+    drops: dict[str, int]  # frames_dropped by cause (DROP_CAUSES)
+    max_age: float | None  # a live source's freshness budget in seconds; None: no frame goes stale
+    reconnects: int  # times the reader was reopened after a failure
     error: str | None  # why the source ended early (None: a normal end of stream)
 
     _manual_release = False
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self.description = reader.description
+        self.fps = reader.fps
+        self.input_paths = reader.input_paths
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.drops = {cause: 0 for cause in DROP_CAUSES}
+        self.max_age = None
+        self.reconnects = 0
+        self.error = None
 
     def read(self) -> Frame | None:
         raise NotImplementedError
@@ -326,12 +332,7 @@ class PrefetchSource(FrameSource):
     live = False
 
     def __init__(self, reader: Reader, max_frames: int = 0, depth: int = PREFETCH_DEPTH) -> None:
-        self.reader = reader
-        self.description = reader.description
-        self.fps = reader.fps
-        self.frames_read = 0
-        self.frames_dropped = 0
-        self.error: str | None = None
+        super().__init__(reader)
         self._max_frames = max_frames
         self._free: queue.Queue[np.ndarray | None] = queue.Queue()
         for _ in range(depth):
@@ -401,14 +402,12 @@ class LiveSource(FrameSource):
 
     live = True
 
-    def __init__(self, open_reader: Callable[[], Reader], max_frames: int = 0, stall_timeout: float = 10.0,
+    def __init__(self, open_reader: ReaderFactory, max_frames: int = 0, stall_timeout: float = 10.0,
                  reconnect_attempts: int = 5, backoff_start: float = 0.5, backoff_max: float = 8.0,
                  reconnect: bool = True, max_age: float | None = None, depth: int = LIVE_QUEUE_DEPTH) -> None:
         self._open_reader = open_reader
         self._reconnect_enabled = reconnect  # False for a file played in real time: its end is the end
-        self.reader = open_reader()  # the first open is synchronous: a camera that won't open fails here
-        self.description = self.reader.description
-        self.fps = self.reader.fps
+        super().__init__(open_reader())  # the first open is synchronous: a camera that won't open fails here
         # Default freshness budget: one frame interval of the source, so a burst's frames are kept while the
         # loop keeps up, and a frame is never older than the one the source delivers next. The rate a stream
         # reports can be wrong (FFmpeg's short network probe reads a 10 FPS MPEG-TS stream as 20 FPS), so the
@@ -416,11 +415,6 @@ class LiveSource(FrameSource):
         self.max_age = max_age if max_age is not None else default_max_age(self.fps)
         self._measure_age = max_age is None
         self._arrivals: collections.deque[float] = collections.deque(maxlen=ARRIVAL_WINDOW)
-        self.frames_read = 0  # frames the capture thread got from the device
-        self.frames_dropped = 0  # of those, frames never handed to the pipeline
-        self.drops = {cause: 0 for cause in DROP_CAUSES}
-        self.reconnects = 0
-        self.error: str | None = None
         self._max_frames = max_frames
         self._stall_timeout = stall_timeout
         self._attempts, self._backoff_start, self._backoff_max = reconnect_attempts, backoff_start, backoff_max
@@ -670,26 +664,34 @@ def _gstreamer_reader(pipeline: str, description: str) -> CaptureReader:
     return CaptureReader(pipeline, description, cv2.CAP_GSTREAMER)
 
 
-def _synthetic_factory(uri: str) -> Callable[[], Reader]:
+def parse_synthetic_uri(uri: str) -> tuple[int, int, float, dict[str, str]]:
+    """`SCHEME://WIDTHxHEIGHT[@FPS][?KEY=VALUE&...]` -> (width, height, fps, options); 30 FPS unless given."""
     parsed = urlparse(uri)
     match = re.fullmatch(r"(\d+)x(\d+)(?:@([\d.]+))?", parsed.netloc + parsed.path.rstrip("/"))
     if not match:
-        raise SourceError(f"{uri}: expected synthetic://WIDTHxHEIGHT[@FPS][?stall_after=N&disconnect_after=N]")
-    width, height = int(match[1]), int(match[2])
-    fps = float(match[3]) if match[3] else 30.0
+        raise SourceError(f"{uri}: expected {parsed.scheme}://WIDTHxHEIGHT[@FPS]")
     options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
-    stall_after = int(options.get("stall_after", 0))
-    disconnect_after = int(options.get("disconnect_after", 0))
-    reconnect_ok = options.get("reconnect", "ok") == "ok"
-    opened = []
+    return int(match[1]), int(match[2]), float(match[3]) if match[3] else 30.0, options
 
-    def factory() -> Reader:
-        if opened and not reconnect_ok:
-            raise SourceError(f"{uri}: cannot be opened")
-        opened.append(True)
-        return SyntheticReader(width, height, fps, stall_after, disconnect_after, description=uri)
 
-    return factory
+def synthetic_factory(uri: str) -> ReaderFactory:
+    width, height, fps, options = parse_synthetic_uri(uri)
+    if options:  # a misspelt URI must not run as a plain test pattern unnoticed
+        raise SourceError(f"{uri}: synthetic://WIDTHxHEIGHT[@FPS] takes no options (got {', '.join(options)})")
+    return lambda: SyntheticReader(width, height, fps, description=uri)
+
+
+# Live-source URI schemes besides the network, camera and GStreamer ones: scheme -> the URI's ReaderFactory.
+_SCHEMES: dict[str, Callable[[str], ReaderFactory]] = {}
+
+
+def register_scheme(scheme: str, open_uri_reader: Callable[[str], ReaderFactory]) -> None:
+    """Make `SCHEME://...` open as a live source (stall timeout, reconnects, freshness budget like a camera's) whose
+    reader `open_uri_reader(uri)()` opens; a later registration of the same scheme replaces the earlier one."""
+    _SCHEMES[scheme.lower()] = open_uri_reader
+
+
+register_scheme("synthetic", synthetic_factory)
 
 
 @dataclass
@@ -703,7 +705,7 @@ class SourceOptions:
     max_age: float | None = None  # live sources' freshness budget in seconds (None: one frame interval)
 
 
-def _live(factory: Callable[[], Reader], options: SourceOptions, reconnect: bool = True) -> LiveSource:
+def _live(factory: ReaderFactory, options: SourceOptions, reconnect: bool = True) -> LiveSource:
     return LiveSource(factory, options.max_frames, options.stall_timeout, options.reconnect_attempts,
                       options.backoff_start, reconnect=reconnect, max_age=options.max_age)
 
@@ -737,8 +739,8 @@ def open_images(pattern: str, options: SourceOptions) -> FrameSource:
 
 
 def open_uri(uri: str, options: SourceOptions) -> FrameSource:
-    """rtsp/http/... URLs, `csi://N`, `synthetic://WxH@FPS`, `file://`, `v4l2:///dev/videoN`, or a raw
-    GStreamer pipeline (anything with ' ! ' in it)."""
+    """rtsp/http/... URLs, `csi://N`, `synthetic://WxH@FPS` (or another scheme given to `register_scheme`),
+    `file://`, `v4l2:///dev/videoN`, or a raw GStreamer pipeline (anything with ' ! ' in it)."""
     scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
     if " ! " in uri or uri.rstrip().endswith("appsink"):
         return _live(lambda: _gstreamer_reader(uri, "GStreamer pipeline"), options)
@@ -747,8 +749,8 @@ def open_uri(uri: str, options: SourceOptions) -> FrameSource:
         if not sensor.isdigit():
             raise SourceError(f"{uri}: expected csi://N with N the sensor id")
         return _live(lambda: _gstreamer_reader(csi_pipeline(int(sensor)), uri), options)
-    if scheme == "synthetic":
-        return _live(_synthetic_factory(uri), options)
+    if scheme in _SCHEMES:
+        return _live(_SCHEMES[scheme](uri), options)
     if scheme == "file":
         return open_path(urlparse(uri).path, options)
     if scheme == "v4l2":

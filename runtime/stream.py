@@ -159,8 +159,7 @@ def open_source(args: argparse.Namespace) -> FrameSource:
 def open_outputs(args: argparse.Namespace, source: FrameSource, model_path: Path | None = None) -> Outputs:
     renderer = Renderer(args.view, args.alpha)
     window = open_window(f"roadseg: {source.description}", args)
-    claim_output_paths(args.output, args.save_masks, args.stats_json, model_path,
-                       getattr(getattr(source, "reader", None), "input_paths", []))
+    claim_output_paths(args.output, args.save_masks, args.stats_json, model_path, source.input_paths)
     video = VideoFileOutput(args.output, source.fps, args.fourcc, source.description) if args.output else None
     masks = MaskWriter(args.save_masks) if args.save_masks else None
     return Outputs(renderer, window, video, masks)
@@ -170,10 +169,9 @@ def source_problem(source: FrameSource, processed: int) -> str | None:
     """Why the run should end non-zero although it finished: a source that failed or skipped input."""
     if source.error:
         return source.error
-    unreadable = getattr(getattr(source, "reader", None), "unreadable", [])
+    unreadable = source.reader.unreadable
     if unreadable:
-        total = len(getattr(source.reader, "paths", unreadable))
-        return f"{len(unreadable)} of {total} images could not be read (first: {unreadable[0]})"
+        return f"{len(unreadable)} of {len(source.input_paths)} images could not be read (first: {unreadable[0]})"
     if processed == 0:
         return f"{source.description}: no frames could be read"
     return None
@@ -181,7 +179,7 @@ def source_problem(source: FrameSource, processed: int) -> str | None:
 
 def live_policy(source: FrameSource) -> dict:
     """A live source's freshness budget and its drops by cause, for the summary."""
-    if not hasattr(source, "drops"):
+    if not source.live:
         return {}
     return {"max_age_ms": round(source.max_age * 1000.0, 3), "dropped_by_cause": dict(source.drops)}
 
@@ -300,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = stats.summary(source.frames_read, source.frames_dropped, backend.name, backend.precision,
                             device=backend.device, model=str(model_path), source=source.description,
                             input_size=list(backend.spec.size_hw), wall_s=round(time.perf_counter() - started, 3),
-                            reconnects=getattr(source, "reconnects", 0), stopped_by=stop.signal_name,
+                            reconnects=source.reconnects, stopped_by=stop.signal_name,
                             **live_policy(source))
     print(format_summary(summary))
     if stop.signal_name:
@@ -328,7 +326,7 @@ def claim_camera_outputs(args: argparse.Namespace, feeds: list, model_path: Path
     """The multi-camera run's files under the same rule as one camera's: no output is an input or another output."""
     videos = {f"--output {feed.name}.mp4": Path(args.output) / f"{feed.name}.mp4" for feed in feeds} \
         if args.output else {}
-    sources = [path for feed in feeds for path in getattr(getattr(feed.source, "reader", None), "input_paths", [])]
+    sources = [path for feed in feeds for path in feed.source.input_paths]
     claim_outputs({**videos, "--stats-json": args.stats_json}, {"--model": model_path},
                   {"--save-masks": args.save_masks}, {"source": sources})
 

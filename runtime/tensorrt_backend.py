@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backend_base import Backend
 from runtime.contract import (
     MAX_BATCH,
     PRECISION_KEY,
@@ -238,8 +239,8 @@ def engine_max_batch(sidecar: dict, path: Path) -> int:
     return 1
 
 
-class TensorRTBackend:
-    """Implements runtime.backends.Backend for a serialized TensorRT (8.6, 10.x, 11.x) or TensorRT-RTX engine."""
+class TensorRTBackend(Backend):
+    """A Backend for a serialized TensorRT (8.6, 10.x, 11.x) or TensorRT-RTX engine."""
 
     name = "tensorrt"
 

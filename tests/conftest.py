@@ -27,6 +27,15 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd: Path
                           cwd=cwd, env=full_env)
 
 
+@pytest.fixture()
+def faulty_scheme() -> str:
+    """`faulty://WxH@FPS?...` opens tests/fault_sources.py's fault-injecting camera in this process."""
+    from fault_sources import SCHEME, register
+
+    register()
+    return SCHEME
+
+
 def random_fcn8s(width: float = 0.125, seed: int = 0):
     """A randomly initialised FCN-8s whose pool3/pool4 skip scores are live: the model's own init zeroes them (training
     starts as FCN-32s), and a fixture left that way would test export, INT8 and parity on an FCN-32s."""

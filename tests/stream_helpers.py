@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROADSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 KITTI_VIDEO = SHARED_DATA / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
 STREAM = REPO / "runtime" / "stream.py"
+FAULT_STREAM = REPO / "tests" / "fault_stream.py"  # STREAM that also opens the faulty:// test camera
 TINY_SIZE_HW = (96, 320)
 
 
@@ -34,9 +35,11 @@ def tiny_onnx_model(base: Path) -> Path:
     return path
 
 
-def run_stream(*args: str, timeout: float = 120, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python runtime/stream.py ARGS` as a real process, the way a user types it."""
-    return subprocess.run([sys.executable, str(STREAM), *args], capture_output=True, text=True,
+def run_stream(*args: str, timeout: float = 120, env: dict | None = None,
+               script: Path = STREAM) -> subprocess.CompletedProcess:
+    """`python runtime/stream.py ARGS` as a real process, the way a user types it (`script=FAULT_STREAM` for a run
+    with faulty:// sources)."""
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
 
 

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 from stream_helpers import (
+    FAULT_STREAM,
     KITTI_VIDEO,
     TINY_SIZE_HW,
     assert_one_error_line,
@@ -108,10 +109,11 @@ def test_an_unreadable_source_among_several_is_named_in_one_line_and_the_others_
 
 
 def test_a_live_camera_that_dies_is_retired_in_one_line_and_the_other_goes_on(tiny_onnx, tmp_path):
-    dying = "synthetic://320x96@60?disconnect_after=5&reconnect=fail"
+    dying = "faulty://320x96@60?disconnect_after=5&reconnect=fail"
     stats = tmp_path / "stats.json"
     result = run_stream("synthetic://320x96@60", dying, "--reconnect-attempts", "1", "--model", str(tiny_onnx),
-                        "--headless", "--max-frames", "40", "--stats-json", str(stats), "--quiet", timeout=300)
+                        "--headless", "--max-frames", "40", "--stats-json", str(stats), "--quiet", timeout=300,
+                        script=FAULT_STREAM)
     assert result.returncode == 3, result.stderr
     retired = [line for line in result.stdout.splitlines() if "retired" in line and line.startswith("warning:")]
     assert len(retired) == 1 and "disconnected; 1 reconnect attempts failed" in retired[0], result.stdout
@@ -149,10 +151,11 @@ def test_a_signal_finalises_every_cameras_video(tiny_onnx, drives, tmp_path, sig
         assert cv2.VideoCapture(str(video)).get(cv2.CAP_PROP_FRAME_COUNT) == len(frames) > 0  # index written
 
 
+@pytest.mark.usefixtures("faulty_scheme")
 def test_a_stalled_camera_delays_the_others_by_at_most_the_push_timeout():
     options = SourceOptions(stall_timeout=30.0)
     feeds = [CameraFeed("steady", open_path("synthetic://64x32@100", options)),
-             CameraFeed("stuck", open_path("synthetic://64x32@100?stall_after=2", options))]
+             CameraFeed("stuck", open_path("faulty://64x32@100?stall_after=2", options))]
     muxer = FrameMuxer(feeds, push_timeout=0.02)
     try:
         taken, gaps = [], []

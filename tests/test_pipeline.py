@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from stream_helpers import KITTI_VIDEO, tiny_onnx_model
 
-from runtime.backends import open_backend
+from runtime.backends import Backend, open_backend
 from runtime.outputs import MaskWriter, Outputs, Renderer
 from runtime.pipeline import run_pipeline
 from runtime.sources import SourceOptions, open_uri, open_video
@@ -54,7 +54,7 @@ def test_pipelined_loop_gives_the_serial_loops_masks_frame_for_frame(tiny_backen
     assert np.array_equal(results[True][108][1], results[True][0][1])
 
 
-class FailingBackend:
+class FailingBackend(Backend):
     """The real tiny backend, except that the 5th inference raises (a device lost mid-stream)."""
 
     def __init__(self, backend) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from fault_sources import FaultyReader
 from stream_helpers import KITTI_VIDEO, write_video
 
 from runtime.sources import (
@@ -15,9 +16,9 @@ from runtime.sources import (
     PREFETCH_DEPTH,
     LiveSource,
     PrefetchSource,
+    Reader,
     SourceError,
     SourceOptions,
-    SyntheticReader,
     csi_pipeline,
     has_gstreamer,
     open_camera,
@@ -135,12 +136,12 @@ def test_fast_live_source_drops_stale_frames_and_keeps_age_bounded():
     assert len({s[3] for s in seen}) <= LIVE_QUEUE_DEPTH + 2  # buffers are recycled, not allocated per frame
 
 
-class BurstReader:
+class BurstReader(Reader):
     """A network camera's delivery pattern (a stand-in; the real one is in test_network_stream.py): bursts of
     4 frames at once every 200 ms, 20 FPS on average, frames numbered in their names."""
 
     def __init__(self, fps: float = 20.0, burst: int = 4, frames: int = 40) -> None:
-        self.description, self.fps = "burst", fps
+        super().__init__("burst", fps)
         self._burst, self._frames, self._count = burst, frames, 0
         self._next = time.perf_counter()
 
@@ -154,9 +155,6 @@ class BurstReader:
         image.fill(self._count % 256)
         self._count += 1
         return image, f"{self._count - 1:06d}"
-
-    def release(self) -> None:
-        pass
 
 
 def test_bursty_live_source_keeps_every_frame_the_loop_can_process_in_time():
@@ -180,8 +178,9 @@ def test_a_tight_budget_drops_stale_frames_but_never_the_newest():
     assert source.frames_read == len(names) + source.frames_dropped == 40
 
 
+@pytest.mark.usefixtures("faulty_scheme")
 def test_live_source_that_stalls_ends_cleanly():
-    source = open_uri("synthetic://64x32@200?stall_after=5", SourceOptions(stall_timeout=0.5))
+    source = open_uri("faulty://64x32@200?stall_after=5", SourceOptions(stall_timeout=0.5))
     started = time.perf_counter()
     seen = drain(source)
     assert len(seen) <= 5 and seen
@@ -189,8 +188,9 @@ def test_live_source_that_stalls_ends_cleanly():
     assert time.perf_counter() - started < 60  # ends, rather than waiting forever (not a speed check)
 
 
+@pytest.mark.usefixtures("faulty_scheme")
 def test_live_source_reconnects_with_backoff_then_gives_up():
-    ok = open_uri("synthetic://64x32@500?disconnect_after=4", SourceOptions(max_frames=10, backoff_start=0.01))
+    ok = open_uri("faulty://64x32@500?disconnect_after=4", SourceOptions(max_frames=10, backoff_start=0.01))
     assert len(drain(ok)) == 10 and ok.reconnects >= 2 and ok.error is None
 
     lost = LiveSource(_failing_after_first_open(), reconnect_attempts=3, backoff_start=0.05)
@@ -209,7 +209,7 @@ def _failing_after_first_open():
         if opened:
             raise SourceError("synthetic: cannot be opened")
         opened.append(1)
-        return SyntheticReader(64, 32, 500, disconnect_after=4)
+        return FaultyReader(64, 32, 500, disconnect_after=4)
 
     return factory
 

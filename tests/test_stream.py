@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from stream_helpers import (
+    FAULT_STREAM,
     KITTI_VIDEO,
     assert_one_error_line,
     read_video,
@@ -179,6 +180,7 @@ def _not_ours_onnx(path: Path) -> Path:
     return path
 
 
+@pytest.mark.usefixtures("faulty_scheme")
 def test_faults_give_one_line_and_nonzero_exit(tiny_onnx: Path, tmp_path: Path, capsys):
     empty = tmp_path / "zero.mp4"
     empty.touch()
@@ -207,8 +209,8 @@ def test_faults_give_one_line_and_nonzero_exit(tiny_onnx: Path, tmp_path: Path, 
          "several sources write a folder"),
         ([str(KITTI_VIDEO), "--alpha", "1.5", *model], "--alpha 1.5"),
         ([str(KITTI_VIDEO), "--output", str(tmp_path / "x.gif"), *model], "unsupported container"),
-        (["synthetic://64x32@200?stall_after=3", "--stall-timeout", "0.3", *model], "stalled"),
-        (["synthetic://64x32@200?disconnect_after=3&reconnect=fail", "--reconnect-attempts", "2",
+        (["faulty://64x32@200?stall_after=3", "--stall-timeout", "0.3", *model], "stalled"),
+        (["faulty://64x32@200?disconnect_after=3&reconnect=fail", "--reconnect-attempts", "2",
           *model], "disconnected; 2 reconnect attempts failed"),
     ]
     for argv, words in cases:
@@ -220,8 +222,8 @@ def test_faults_give_one_line_and_nonzero_exit(tiny_onnx: Path, tmp_path: Path, 
 
 def test_stalled_source_still_finalises_the_video(tiny_onnx: Path, tmp_path: Path):
     out = tmp_path / "stall.mp4"
-    result = run_stream("synthetic://320x96@100?stall_after=8", "--stall-timeout", "0.5",
-                        "--model", str(tiny_onnx), "--headless", "--output", str(out))
+    result = run_stream("faulty://320x96@100?stall_after=8", "--stall-timeout", "0.5",
+                        "--model", str(tiny_onnx), "--headless", "--output", str(out), script=FAULT_STREAM)
     assert result.returncode == 3
     assert "stalled" in assert_one_error_line(result.stderr)
     processed = int(re.search(r"(\d+) processed", result.stdout)[1])
