@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.stream import MemoryReader
+from runtime.backend_choice import DEVICES, RUNTIMES, open_requested
 from runtime.backends import Backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail
@@ -190,8 +191,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.multicam", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt"))
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--backend", default="auto", choices=RUNTIMES)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: all cores)")
     parser.add_argument("--cameras", default="1,2,4,8", help="camera counts, comma-separated")
@@ -223,8 +224,6 @@ def batchable(model: Path, scratch: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from runtime.stream import open_chosen_backend
-
     counts = sorted({int(part) for part in args.cameras.split(",") if part.strip()})
     frames = read_video_frames(args.video, limit=32)
     if not frames:
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="roadseg-multicam-") as scratch:
         try:
             model = batchable(Path(args.model) if args.model else default_model(), Path(scratch))
-            backend, choice = open_chosen_backend(model, args)
+            backend, choice = open_requested(model, args.backend, args.device, args.precision, args.threads or None)
         except (ModelFileError, ImportError, OSError, RuntimeError, ValueError) as error:
             return fail(error)
         if choice is not None:

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from bench.stream_targets import measure_targets, print_targets
+from runtime.backend_choice import DEVICES, RUNTIMES, open_requested
 from runtime.backends import Backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail
@@ -55,7 +56,6 @@ from runtime.sources import (
     read_video_frames,
 )
 from runtime.stats import StreamStats
-from runtime.stream import BACKENDS, DEVICES, open_chosen_backend
 
 SHIPPED_SIZE_HW = (192, 640)
 OVERHEAD_LIMIT = 0.10
@@ -275,7 +275,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="default: the best model in build/ (as runtime/stream.py picks it)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+    parser.add_argument("--backend", default="auto", choices=RUNTIMES,
                         help="auto (the default, as runtime/stream.py's): as the runtime picks, a measured CPU "
                         "choice where OpenVINO is installed")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="as runtime/stream.py's --device")
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         model = Path(args.model) if args.model else default_model()
-        backend, choice = open_chosen_backend(model, args)
+        backend, choice = open_requested(model, args.backend, args.device, args.precision, args.threads or None)
         if choice is not None:
             print(choice.line())
     except (ModelFileError, ImportError, OSError, RuntimeError) as error:

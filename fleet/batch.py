@@ -40,6 +40,7 @@ from fleet.videos import (
     plan_video,
     segments,
 )
+from runtime.backend_choice import DEVICES, RUNTIMES
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.model_select import default_model
@@ -87,10 +88,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", metavar="ADDR", help="join the Ray cluster at HOST:PORT ('auto': the one "
                         "`ray start` began on this machine); default: start a local cluster")
     parser.add_argument("--model", metavar="PATH", help=".onnx or engine (default: the best for this machine)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "cpu", "cuda",
-                                                               "tensorrt"),
-                        help="what each actor runs the model on. auto: what runtime/stream.py picks on this machine "
-                        "(measured once here, then used by every actor); cpu/cuda: ONNX Runtime with that provider")
+    parser.add_argument("--backend", default="auto", choices=RUNTIMES,
+                        help="the runtime each actor runs the model on. auto: what runtime/stream.py picks on this "
+                        "machine (measured once here, then used by every actor)")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="cpu or cuda (auto: the runtime's choice)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="OpenVINO CPU precision hint")
     parser.add_argument("--actors", type=int, default=0, metavar="N",
@@ -216,7 +217,7 @@ def run_batch(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     out = Path(args.out)
     model = Path(args.model) if args.model else default_model()
-    args.backend, args.precision, label = resolve_backend(model, args.backend, args.precision)
+    args.backend, args.precision, label = resolve_backend(model, args.backend, args.device, args.precision)
     out.mkdir(parents=True, exist_ok=True)
     plans, skipped, unreadable = plan_videos(args, model, out)
     summary: dict = {"model": str(model), "backend": label, "videos": {}, "skipped_finished": skipped,

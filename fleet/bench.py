@@ -146,7 +146,7 @@ def single_frame_ms(model: Path, backend: str, frames: list[np.ndarray], repeats
     """p50 of preprocess + inference + postprocess of one frame, in this process, no Ray."""
     from fleet.segmenter import FrameSegmenter, resolve_backend
 
-    name, precision, _label = resolve_backend(model, backend, "auto")
+    name, precision, _label = resolve_backend(model, backend, "auto", "auto")
     segmenter = FrameSegmenter(model, name, None, precision)
     times = []
     for i in range(repeats):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backend_choice import open_requested
 from runtime.backends import Backend, open_backend
 from runtime.contract import MAX_BATCH
 from runtime.pipeline import frame_preprocessor, warm_up
@@ -26,21 +27,20 @@ def model_batch_limit(backend: Backend) -> int | None:
     return DYNAMIC if backend.max_batch >= MAX_BATCH else backend.max_batch
 
 
-def resolve_backend(model: Path, backend: str, precision: str) -> tuple[str, str, str]:
-    """(backend, precision, label) that every actor or replica opens: the model opened here once, so a bad one
-    fails before a cluster starts; `auto`/`auto` becomes runtime/stream.py's own measured choice on this machine
-    (runtime/backend_choice.py), printed as it prints it."""
-    if backend == "auto" and precision == "auto":
-        from runtime.backend_choice import open_auto
-
-        opened, choice = open_auto(model, None, spinning=False)
-        if choice is not None:
-            print(choice.line(), flush=True)
-        if opened.name == "openvino":
-            precision = "bf16" if "bf16" in opened.precision else "fp32"
+def resolve_backend(model: Path, runtime: str, device: str, precision: str) -> tuple[str, str, str]:
+    """(open_backend's name, precision, label) that every actor or replica opens: runtime/stream.py's own reading
+    of --backend/--device/--precision (its measured choice for auto), made here once so that a bad model or pair
+    fails in one line before a cluster starts, and pinned to the runtime and device it chose."""
+    opened, choice = open_requested(model, runtime, device, precision, threads=1)
+    if choice is not None:
+        print(choice.line(), flush=True)
+    if opened.name == "openvino":
+        name, precision = "openvino", "bf16" if "bf16" in opened.precision else "fp32"
+    elif opened.name == "onnxruntime":
+        name, precision = opened.device, "auto"  # ONNX Runtime with that provider
     else:
-        opened = open_backend(model, backend, threads=1, precision=precision)
-    return opened.name, precision, f"{opened.name} {opened.precision}"
+        name = opened.name
+    return name, precision, f"{opened.name} {opened.precision}"
 
 
 @dataclass

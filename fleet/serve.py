@@ -32,6 +32,7 @@ from ray import serve
 from fleet.cluster import LOOPBACK, ClusterError, connect, disconnect
 from fleet.frames import FrameError, decode_frame, encode_mask
 from fleet.segmenter import DYNAMIC, FrameSegmenter, resolve_backend
+from runtime.backend_choice import DEVICES, RUNTIMES
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
 from runtime.model_select import default_model
@@ -104,14 +105,14 @@ class RoadSegmenter:
                 "model_batch_limit": self.segmenter.batch_limit or "dynamic"}
 
 
-def build_app(model: Path, backend: str = "auto", precision: str = "auto", threads: int = 0,
+def build_app(model: Path, backend: str = "auto", device: str = "auto", precision: str = "auto", threads: int = 0,
               max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, replicas: int = 1,
               num_cpus: float = 1.0, num_gpus: float = 0.0):
     """The bound application. max_ongoing_requests is twice the batch so that while one batch runs the next one
     can fill (Serve's default of 5 would cap every batch at 5)."""
     from ray import serve
 
-    backend, precision, _label = resolve_backend(model, backend, precision)  # every replica runs the same one
+    backend, precision, _label = resolve_backend(model, backend, device, precision)  # every replica runs the same one
     options = {"num_cpus": num_cpus, **({"num_gpus": num_gpus} if num_gpus else {})}
     deployment = serve.deployment(RoadSegmenter, name=APP_NAME, num_replicas=replicas, ray_actor_options=options,
                                   max_ongoing_requests=2 * max(max_batch, 1))
@@ -133,8 +134,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m fleet.serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", metavar="PATH", help=".onnx or engine (default: the best for this machine)")
-    parser.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "cpu", "cuda",
-                                                               "tensorrt"))
+    parser.add_argument("--backend", default="auto", choices=RUNTIMES)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads per replica (0: all)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
@@ -157,11 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stopped.set())
     try:
         model = Path(args.model) if args.model else default_model()
-        resolve_backend(model, args.backend, args.precision)  # a bad model fails here in one line
+        resolve_backend(model, args.backend, args.device, args.precision)  # a bad model fails here in one line
         print(connect(args.address).line(), flush=True)
-        handle = start(model, args.port, backend=args.backend, precision=args.precision, threads=args.threads,
-                       max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms, replicas=args.replicas,
-                       num_gpus=args.num_gpus)
+        handle = start(model, args.port, backend=args.backend, device=args.device, precision=args.precision,
+                       threads=args.threads, max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                       replicas=args.replicas, num_gpus=args.num_gpus)
         info = handle.info.remote().result()
         print(f"serving {info['model']} ({info['backend']}, batches of up to {info['max_batch']}) at "
               f"http://{LOOPBACK}:{args.port}{ROUTE}; Ctrl-C stops", flush=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.artifacts import ACCURACY_JSON_FILE
-from runtime.backends import Backend, open_backend
+from runtime.backends import ENGINE_SUFFIXES, Backend, int8_saturation_warning, open_backend
 from runtime.contract import PRECISIONS, ModelFileError, shorten
 from runtime.input_policy import read_json
 from runtime.ioutil import atomic_write_text, sha256_file
@@ -37,7 +37,9 @@ CACHE_FORMAT = "roadseg-backend-probe-v1"
 CACHE_NAME = "backend-probe.json"
 PROBE_WARMUP, PROBE_ROUNDS = 3, 12
 MAX_CACHE_ENTRIES = 64
-BACKENDS = ("onnxruntime", "openvino")
+BACKENDS = ("onnxruntime", "openvino")  # what the probe compares
+RUNTIMES = ("auto", "onnxruntime", "openvino", "tensorrt")  # what a user names with --backend
+DEVICES = ("auto", "cpu", "cuda")  # ... and with --device
 # What OpenVINO runs on a CPU: every model precision but FP16 (a GPU artifact), and an INT8 file with a bf16 rest.
 OPENVINO_PRECISIONS = (*(precision for precision in PRECISIONS if precision != "fp16"), INT8_BF16)
 
@@ -191,3 +193,42 @@ def open_auto(model: str | Path, threads: int | None, spinning: bool) -> tuple[B
         return choose(model, backend, threads, spinning)
     except ModelFileError as error:  # OpenVINO cannot run this file: ONNX Runtime, and say why
         return backend, Choice(backend.name, backend.precision, {}, why=f"OpenVINO not usable ({error})")
+
+
+def backend_name(runtime: str, device: str) -> str:
+    """open_backend's name for --backend x --device: ONNX Runtime's provider by device; one line for a pair that
+    cannot run."""
+    if device == "cuda" and runtime == "openvino":
+        raise ModelFileError("--backend openvino --device cuda: OpenVINO runs on the CPU here; use --device cpu")
+    if device == "cpu" and runtime == "tensorrt":
+        raise ModelFileError("--backend tensorrt --device cpu: TensorRT runs on a GPU; use --backend onnxruntime "
+                             "or openvino for the CPU")
+    if runtime in ("auto", "onnxruntime") and device != "auto":
+        return device  # ONNX Runtime with that provider (an engine refuses it in one line)
+    return runtime
+
+
+def open_requested(model: Path, runtime: str, device: str, precision: str, threads: int | None = None,
+                   spinning: bool = False) -> tuple[Backend, Choice | None]:
+    """(backend, the auto choice's evidence or None) for --backend/--device/--precision: a measured pick only for
+    `auto`/`auto|cpu`/`auto`; any explicit choice opens exactly what was asked for, and a precision the runtime
+    cannot honour is refused."""
+    if model.suffix in ENGINE_SUFFIXES and (device == "cpu" or runtime in ("onnxruntime", "openvino")):
+        raise ModelFileError(f"{model}: a TensorRT engine runs on TensorRT on a GPU; for --backend {runtime} "
+                             f"--device {device} give the .onnx")
+    backend, choice = None, None
+    if runtime == "auto" and device in ("auto", "cpu") and precision == "auto":
+        backend, choice = open_auto(model, threads, spinning)
+        if device != "auto" and backend.device != "cpu":
+            backend, choice = None, None
+    if backend is None:
+        name = "openvino" if runtime == "auto" and precision == "bf16" else backend_name(runtime, device)
+        backend = open_backend(model, name, threads=threads, spinning=spinning, precision=precision)
+        if backend.name != "openvino" and precision not in ("auto", backend.precision):
+            raise ModelFileError(f"--precision {precision}: {backend.name} runs {model} in its own precision "
+                                 f"({backend.precision}); bf16/fp32 math is an OpenVINO CPU choice "
+                                 "(--backend openvino)")
+    warning = int8_saturation_warning(backend, model)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    return backend, choice

@@ -8,12 +8,14 @@ file's own metadata, never from constants copied here.
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backend_base import Backend
 from runtime.contract import (
+    CALIBRATION_KEY,
     MODEL_KEY,
     ModelFileError,
     TensorInfo,
@@ -171,3 +173,26 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
     if backend == "onnxruntime":
         backend = "auto"
     return OnnxRuntimeBackend(path, provider=backend, threads=threads, spinning=spinning)
+
+
+# x86 instructions that multiply-add int8 into 32-bit sums. Without them ONNX Runtime's and OpenVINO's int8
+# kernels go through 16-bit intermediate sums (VPMADDUBSW), which saturate on large folded weights.
+INT8_DOT_PRODUCT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def int8_saturation_warning(backend: Backend, path: str | Path) -> str | None:
+    """A warning line when an INT8 file quantized for TensorRT (s8 activations, full-range weights) runs on an x86
+    CPU without int8 dot-product instructions, where it can lose accuracy; None otherwise. The CPU-tuned file
+    (7-bit weights) is made for exactly those CPUs."""
+    from runtime.machine import cpu_flags
+
+    if backend.precision != "int8" or backend.device != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    if '"cpu-tuned"' in backend.metadata.get(CALIBRATION_KEY, ""):
+        return None
+    flags = cpu_flags()
+    if not flags or flags & INT8_DOT_PRODUCT_FLAGS:
+        return None
+    return (f"warning: {path} is INT8 quantized for TensorRT; this CPU has no VNNI, and {backend.name}'s int8 "
+            f"kernels can saturate on such a file and lose accuracy: use the CPU-tuned INT8 file of the same model "
+            f"(`make calibrate` writes it beside this one) here")

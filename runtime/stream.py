@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the p
         sys.path.insert(0, _ROOT)
 
 from runtime import multicam  # noqa: E402
-from runtime.backends import ENGINE_SUFFIXES, open_backend  # noqa: E402
+from runtime.backend_choice import DEVICES, RUNTIMES, open_requested  # noqa: E402
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
 from runtime.model_select import default_model  # noqa: E402
@@ -69,8 +69,6 @@ STATUS_EVERY_S = 5.0
 EXIT_SOURCE_FAILED = 3
 
 
-BACKENDS = ("auto", "onnxruntime", "openvino", "tensorrt")
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -87,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model = parser.add_argument_group("model and backend")
     model.add_argument("--model", metavar="PATH", help=".onnx or TensorRT .engine/.plan (default: the best in "
                        "build/ for this machine, else models/*.onnx)")
-    model.add_argument("--backend", default="auto", choices=BACKENDS,
+    model.add_argument("--backend", default="auto", choices=RUNTIMES,
                        help="the runtime. auto: engines on TensorRT; ONNX on ONNX Runtime, or on a CPU with OpenVINO "
                        "installed the faster of the two (a short cached probe)")
     model.add_argument("--device", default="auto", choices=DEVICES,
@@ -184,41 +182,6 @@ def live_policy(source: FrameSource) -> dict:
     return {"max_age_ms": round(source.max_age * 1000.0, 3), "dropped_by_cause": dict(source.drops)}
 
 
-def runtime_name(args: argparse.Namespace) -> str:
-    """open_backend's name for --backend x --device: ONNX Runtime's provider by device; one line for a pair that
-    cannot run."""
-    if args.device == "cuda" and args.backend == "openvino":
-        raise ModelFileError("--backend openvino --device cuda: OpenVINO runs on the CPU here; use --device cpu")
-    if args.device == "cpu" and args.backend == "tensorrt":
-        raise ModelFileError("--backend tensorrt --device cpu: TensorRT runs on a GPU; use --backend onnxruntime "
-                             "or openvino for the CPU")
-    if args.backend in ("auto", "onnxruntime") and args.device != "auto":
-        return args.device  # ONNX Runtime with that provider (an engine refuses it in one line)
-    return args.backend
-
-
-def open_chosen_backend(model_path: Path, args: argparse.Namespace):
-    """(backend, the auto choice's evidence or None): a measured pick only for `--backend auto --device auto|cpu
-    --precision auto`; any explicit choice opens exactly what was asked for, and a precision the runtime cannot
-    honour is refused."""
-    threads = args.threads or None
-    if model_path.suffix in ENGINE_SUFFIXES and (args.device == "cpu" or args.backend in ("onnxruntime", "openvino")):
-        raise ModelFileError(f"{model_path}: a TensorRT engine runs on TensorRT on a GPU; for --backend "
-                             f"{args.backend} --device {args.device} give the .onnx")
-    if args.backend == "auto" and args.device in ("auto", "cpu") and args.precision == "auto":
-        from runtime.backend_choice import open_auto
-
-        backend, choice = open_auto(model_path, threads, spinning=False)
-        if args.device == "auto" or backend.device == "cpu":
-            return backend, choice
-    name = "openvino" if args.backend == "auto" and args.precision == "bf16" else runtime_name(args)
-    backend = open_backend(model_path, name, threads=threads, spinning=False, precision=args.precision)
-    if backend.name != "openvino" and args.precision not in ("auto", backend.precision):
-        raise ModelFileError(f"--precision {args.precision}: {backend.name} runs {model_path} in its own precision "
-                             f"({backend.precision}); bf16/fp32 math is an OpenVINO CPU choice (--backend openvino)")
-    return backend, None
-
-
 def quiet_opencv() -> None:
     """OpenCV logs its own WARN/ERROR lines for every backend it tries (V4L2, FFmpeg, Orbbec...) before a
     camera open fails; the runtime reports failures itself in one line. OPENCV_LOG_LEVEL=INFO shows them."""
@@ -244,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     model_path = Path(args.model) if args.model else None
     try:
         model_path = model_path or default_model()
-        backend, choice = open_chosen_backend(model_path, args)
+        backend, choice = open_requested(model_path, args.backend, args.device, args.precision, args.threads or None)
     except KeyboardInterrupt:
         stop.restore()
         print(f"stopped by {stop.signal_name or 'SIGINT'}")

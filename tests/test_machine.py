@@ -5,6 +5,7 @@ No NVIDIA driver here: a stand-in `nvidia-smi` script on PATH answers the exact 
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -61,3 +62,31 @@ def test_no_driver_means_no_gpu(monkeypatch, tmp_path: Path, script: str | None)
         put_on_path(monkeypatch, tmp_path, script)
     assert nvidia_smi("gpu", ["name"]) == [] and nvidia_gpus() == []
     assert OnnxRuntimeBackend._gpu_name() == "cuda" and gpu_memory_mb() is None
+
+
+def test_int8_files_made_for_tensorrt_are_flagged_only_on_cpus_without_int8_dot_products(monkeypatch):
+    import platform
+
+    import runtime.machine
+    from runtime.backend_base import Backend
+    from runtime.backends import int8_saturation_warning
+    from runtime.contract import CALIBRATION_KEY
+
+    def backend(flavour: str, precision: str = "int8", device: str = "cpu") -> Backend:
+        opened = Backend()
+        opened.name, opened.precision, opened.device = "onnxruntime", precision, device
+        opened.metadata = {CALIBRATION_KEY: json.dumps({"flavour": flavour})}
+        return opened
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(runtime.machine, "cpu_flags", lambda: {"avx2", "fma"})
+    assert "m.onnx" in int8_saturation_warning(backend("tensorrt"), "m.onnx")
+    assert int8_saturation_warning(backend("cpu-tuned"), "m.onnx") is None
+    assert int8_saturation_warning(backend("tensorrt", precision="fp16"), "m.onnx") is None
+    assert int8_saturation_warning(backend("tensorrt", device="NVIDIA H100"), "m.onnx") is None
+    for flag in ("avx512_vnni", "avx_vnni", "amx_int8"):
+        monkeypatch.setattr(runtime.machine, "cpu_flags", lambda flag=flag: {"avx2", flag})
+        assert int8_saturation_warning(backend("tensorrt"), "m.onnx") is None
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")  # the 16-bit sums are an x86 path
+    monkeypatch.setattr(runtime.machine, "cpu_flags", lambda: {"asimd"})
+    assert int8_saturation_warning(backend("tensorrt"), "m.onnx") is None
