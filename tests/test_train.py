@@ -135,7 +135,7 @@ def test_training_lowers_the_loss(synthetic_kitti):
     from runtime.contract import PreprocessSpec
     from runtime.pipeline import StopRequest
     from train.dataset import RoadDataset, load_kitti_arrays
-    from train.train import train_one_epoch
+    from train.train import EpochOptions, train_one_epoch
 
     dataset = RoadDataset(*load_kitti_arrays(find_samples(synthetic_kitti)[:2]), PreprocessSpec(64, 192), None)
     images, labels = zip(*(dataset[index] for index in range(len(dataset))), strict=True)
@@ -151,7 +151,7 @@ def test_training_lowers_the_loss(synthetic_kitti):
             return float(torch.nn.functional.cross_entropy(model(batch[0]), batch[1], ignore_index=255))
 
     before, state = loss_now(), {"step": 0, "loss_sum": 0.0}
-    assert train_one_epoch(model, [batch] * 30, optimizer, scheduler, scaler, torch.device("cpu"), 0, state,
-                           StopRequest(), progress=False)
+    assert train_one_epoch(model, [batch] * 30, optimizer, scheduler, scaler, 0, state, StopRequest(),
+                           EpochOptions(torch.device("cpu"), progress=False))
     after = loss_now()
     assert state["step"] == 30 and after < 0.5 * before, (before, after)

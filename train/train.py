@@ -16,6 +16,8 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from kitti.data import DataError, find_samples
 from kitti.evaluate import evaluate_samples
 from kitti.splits import DEFAULT_SELECT_FRACTION, LAST_EPOCH, split_record, three_way_split
+from runtime.contract import PreprocessSpec
 from runtime.ioutil import fail, save_figure
 from runtime.machine import cpu_name
 from runtime.paths import DEFAULT_KITTI_DIR
@@ -40,8 +43,8 @@ from train.checkpoint import (
     widened_state,
 )
 from train.configs import CONFIGS
-from train.cpu_precision import CPU_PRECISIONS, autocast, choose_cpu_precision
-from train.dataset import Augment, RoadDataset, load_kitti_arrays
+from train.cpu_precision import CPU_PRECISIONS, CpuPrecision, autocast, choose_cpu_precision
+from train.dataset import IGNORE_INDEX, Augment, RoadDataset, load_kitti_arrays
 from train.model import (
     ARCH_NAME,
     ARCH_NAMES,
@@ -95,7 +98,7 @@ RECIPE_DEFAULTS = {"keep": "best", "select_fraction": DEFAULT_SELECT_FRACTION, "
                    "encoder_lr_scale": 1.0}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="cpu", choices=sorted(CONFIGS))
@@ -150,6 +153,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-progress", action="store_true")
     # Behaves exactly like a Ctrl-C after N optimiser steps: lets tests interrupt at a known point.
     parser.add_argument("--stop-after-steps", type=int, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line over the config's recipe over RECIPE_DEFAULTS."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for key, value in (RECIPE_DEFAULTS | CONFIGS[args.config]).items():
         if getattr(args, key, None) is None:
@@ -191,29 +200,48 @@ def lr_lambda(total_steps: int, warmup_steps: int):
     return factor
 
 
-def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, state, stop,
-                    max_steps=None, progress=True, stop_after_steps=None, criterion=None, cpu_bf16=False,
-                    channels_last=False, ema=None) -> bool:
+@dataclass(frozen=True)
+class EpochOptions:
+    """What stays the same for every epoch of a run: where and how far it trains, and at what precision."""
+
+    device: torch.device
+    max_steps: int | None = None
+    progress: bool = True
+    # Counted in optimiser steps since the run began (the scheduler's count, which a resume restores).
+    stop_after_steps: int | None = None
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = field(
+        default_factory=lambda: torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX))
+    cpu_bf16: bool = False
+    channels_last: bool = False
+
+
+def batch_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, options: EpochOptions,
+               use_amp: bool) -> torch.Tensor:
+    images = images.to(options.device, non_blocking=True)
+    labels = labels.to(options.device, non_blocking=True)
+    if options.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    if options.device.type == "cpu":
+        with autocast(options.device, options.cpu_bf16):
+            logits = model(images)
+        return options.criterion(logits.float(), labels)  # the loss in FP32 even when the forward ran in bf16
+    with torch.autocast(device_type=options.device.type, dtype=torch.float16, enabled=use_amp):
+        return options.criterion(model(images), labels)
+
+
+def train_one_epoch(model: torch.nn.Module, loader: DataLoader | Sequence[tuple[torch.Tensor, torch.Tensor]],
+                    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                    scaler: torch.amp.GradScaler, epoch: int, state: dict, stop: StopRequest,
+                    options: EpochOptions, ema: WeightEma | None = None) -> bool:
     """Run (the rest of) one epoch; `state` carries step and loss sums so an interrupted epoch can resume."""
     model.train()
-    criterion = criterion or torch.nn.CrossEntropyLoss(ignore_index=255)
     use_amp = scaler.is_enabled()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not progress, leave=False,
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not options.progress, leave=False,
                initial=state["step"], total=state["step"] + len(loader))
     for images, labels in bar:
-        if max_steps is not None and state["step"] >= max_steps:
+        if options.max_steps is not None and state["step"] >= options.max_steps:
             break
-        images = images.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if device.type == "cpu":
-            with autocast(device, cpu_bf16):
-                logits = model(images)
-            loss = criterion(logits.float(), labels)
-        else:
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                loss = criterion(model(images), labels)
+        loss = batch_loss(model, images, labels, options, use_amp)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -224,7 +252,7 @@ def train_one_epoch(model, loader, optimizer, scheduler, scaler, device, epoch, 
         state["step"] += 1
         state["loss_sum"] += float(loss.detach())
         bar.set_postfix(loss=f"{state['loss_sum'] / state['step']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-        if stop_after_steps is not None and scheduler.last_epoch >= stop_after_steps:
+        if options.stop_after_steps is not None and scheduler.last_epoch >= options.stop_after_steps:
             stop.requested = True
         if stop.requested:
             return False
@@ -309,27 +337,51 @@ def setup_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world_size
 
 
-def run(args: argparse.Namespace) -> int:
+def fresh_epoch_state() -> dict:
+    return {"step": 0, "loss_sum": 0.0}
+
+
+def start_process(args: argparse.Namespace) -> tuple[torch.device, int, int]:
+    """The device, this process's rank and the world size, with every generator seeded."""
     device = resolve_device(args.device)
     rank, world_size = setup_distributed(device)
     if device.type == "cuda" and world_size > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    is_main = rank == 0
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
+    return device, rank, world_size
 
-    samples = find_samples(args.data)
-    parts = three_way_split(samples, args.val_fraction, args.select_fraction)
-    train_samples, report_samples = parts["train"], parts["report"]
+
+@dataclass(frozen=True)
+class Split:
+    """Which images train, which are scored after epochs, and which are kept for the one final report."""
+
+    parts: dict[str, list]
+    selected_on: str  # what picks best.pt: "select", "report", or LAST_EPOCH (nothing)
+    val_samples: list  # scored after epochs: the picking block, or under --keep last the select block, only watched
+    watched: str  # the name val_samples are printed and logged under
+
+
+def resolve_split(args: argparse.Namespace) -> Split:
+    parts = three_way_split(find_samples(args.data), args.val_fraction, args.select_fraction)
     if args.keep == "last":
-        selected_on, val_samples = LAST_EPOCH, parts["select"]  # select, if any, is only watched
-    else:
-        selected_on = "select" if parts["select"] else "report"
-        val_samples = parts[selected_on]  # what picks the best epoch
-        if not val_samples:
-            raise DataError("no images to select the best epoch on (too few per category)")
-    spec = preprocess_for(args.arch, args.input_size)
+        return Split(parts, LAST_EPOCH, parts["select"], "select")
+    selected_on = "select" if parts["select"] else "report"
+    if not parts[selected_on]:
+        raise DataError("no images to select the best epoch on (too few per category)")
+    return Split(parts, selected_on, parts[selected_on], selected_on)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    dataset: RoadDataset
+    sampler: EpochSampler
+    loader: DataLoader
+
+
+def build_data(args: argparse.Namespace, train_samples: list, spec: PreprocessSpec, rank: int,
+               world_size: int) -> TrainingData:
     images, labels = load_kitti_arrays(train_samples)
     if args.augment == "strong":
         dataset = StrongRoadDataset(images, labels, spec, STRONG, seed=args.seed)
@@ -340,7 +392,29 @@ def run(args: argparse.Namespace) -> int:
                         drop_last=len(sampler) >= args.batch_size,
                         # its own generator: the loader's seed draw must not shift the global RNG on resume
                         generator=torch.Generator().manual_seed(args.seed))
+    return TrainingData(dataset, sampler, loader)
 
+
+def steps_per_epoch(args: argparse.Namespace, sampler: EpochSampler) -> int:
+    steps = max(1, len(sampler) // args.batch_size)
+    return min(steps, args.max_steps_per_epoch) if args.max_steps_per_epoch else steps
+
+
+@dataclass
+class Learner:
+    """The network and everything that updates it; a resume restores each of these."""
+
+    model: FCN8s | FCN8sLite
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: WeightEma | None
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    precision: CpuPrecision | None  # None on CUDA
+    init_note: str  # where the weights came from, for the log line and best.pt's summary
+
+
+def build_learner(args: argparse.Namespace, spec: PreprocessSpec, device: torch.device, steps: int) -> Learner:
     model = make_model(args, len(spec.class_names))
     if args.init_checkpoint:
         init_note = initialise_from(model, args.init_checkpoint)
@@ -353,154 +427,235 @@ def run(args: argparse.Namespace) -> int:
     criterion = make_criterion(args.loss)
     optimizer = torch.optim.AdamW(parameter_groups(model, args.lr, args.encoder_lr_scale), lr=args.lr,
                                   weight_decay=args.weight_decay)
-    steps_per_epoch = max(1, len(sampler) // args.batch_size)
-    if args.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, args.max_steps_per_epoch)
     schedule = cosine_lambda if args.schedule == "cosine" else lr_lambda
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, schedule(steps_per_epoch * args.epochs, int(args.warmup_epochs * steps_per_epoch)))
+        optimizer, schedule(steps * args.epochs, int(args.warmup_epochs * steps)))
     ema = WeightEma(model, args.ema) if args.ema > 0 else None
     scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and not args.no_amp)
+    return Learner(model, optimizer, scheduler, scaler, ema, criterion, precision, init_note)
 
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    last_path, best_path = args.output_dir / "last.pt", args.output_dir / "best.pt"
-    log_path, curves_path = args.output_dir / "metrics.jsonl", args.output_dir / "curves.png"
-    start_epoch, state, history, best_maxf, elapsed_before = 0, {"step": 0, "loss_sum": 0.0}, [], -1.0, 0.0
+
+@dataclass
+class Progress:
+    """Where training stands: what last.pt records and --resume restores."""
+
+    start_epoch: int = 0
+    state: dict = field(default_factory=fresh_epoch_state)  # the current epoch's step and loss sum
+    history: list[dict] = field(default_factory=list)
+    best_maxf: float = -1.0
+    elapsed_before: float = 0.0  # training seconds spent by the runs this one continues
+
+
+def resume_from_checkpoint(args: argparse.Namespace, learner: Learner, last_path: Path) -> Progress:
+    """--resume: pick the file, check it fits this run, restore every piece of training state from it."""
     resume = str(last_path) if args.resume == "auto" and last_path.is_file() else args.resume
-    if resume and resume != "auto":
-        payload = read_checkpoint(resume)
-        validate_training_state(payload, Path(resume))
-        if payload["arch"] != model.arch():
-            raise CheckpointError(f"{resume}: checkpoint is {payload['arch']}, this run is {model.arch()}")
-        try:
-            model.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            scheduler.load_state_dict(payload["scheduler"])
-            scaler.load_state_dict(payload["scaler"])
-            restore_rng_states(payload["rng"])
-            if ema is not None:
-                ema.load_state_dict(payload["ema"])
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
-            # The optimiser's and generators' own loaders are the authority on their formats: let them judge.
-            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-            raise CheckpointError(f"{resume}: training state does not restore into this run ({reason})") from error
-        start_epoch, state = payload["epoch"], payload["epoch_state"]
-        history, best_maxf = payload["history"], payload["best_maxf"]
-        elapsed_before = payload.get("elapsed_s", 0.0)
-        init_note = f"resumed from {resume} at epoch {start_epoch} step {state['step']}"
+    if not resume or resume == "auto":  # auto with nothing saved yet: a fresh start
+        return Progress()
+    payload = read_checkpoint(resume)
+    validate_training_state(payload, Path(resume))
+    model = learner.model
+    if payload["arch"] != model.arch():
+        raise CheckpointError(f"{resume}: checkpoint is {payload['arch']}, this run is {model.arch()}")
+    try:
+        model.load_state_dict(payload["model"])
+        learner.optimizer.load_state_dict(payload["optimizer"])
+        learner.scheduler.load_state_dict(payload["scheduler"])
+        learner.scaler.load_state_dict(payload["scaler"])
+        restore_rng_states(payload["rng"])
+        if learner.ema is not None:
+            learner.ema.load_state_dict(payload["ema"])
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
+        # The optimiser's and generators' own loaders are the authority on their formats: let them judge.
+        reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{resume}: training state does not restore into this run ({reason})") from error
+    progress = Progress(payload["epoch"], payload["epoch_state"], payload["history"], payload["best_maxf"],
+                        payload.get("elapsed_s", 0.0))
+    learner.init_note = f"resumed from {resume} at epoch {progress.start_epoch} step {progress.state['step']}"
+    return progress
 
-    train_model = model
-    if world_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if is_main:
+
+def recipe_record(args: argparse.Namespace, precision: CpuPrecision | None) -> dict:
+    return {"batch_norm": args.batch_norm, "schedule": args.schedule, "ema": args.ema, "loss": args.loss,
+            "augment": args.augment, "lr": args.lr, "epochs": args.epochs, "width": args.width,
+            "arch": args.arch, "encoder_lr_scale": args.encoder_lr_scale,
+            "input_size": list(args.input_size),
+            "precision": precision.describe() if precision else "CUDA, fp16 autocast unless --no-amp"}
+
+
+@dataclass
+class TrainingRun:
+    """One training run's parts once built; its methods are the epoch loop and what happens around it."""
+
+    args: argparse.Namespace
+    device: torch.device
+    rank: int
+    world_size: int
+    split: Split
+    spec: PreprocessSpec
+    data: TrainingData
+    learner: Learner
+    progress: Progress
+    started: float = 0.0
+
+    def __post_init__(self) -> None:
+        output_dir = self.args.output_dir
+        self.last_path, self.best_path = output_dir / "last.pt", output_dir / "best.pt"
+        self.log_path, self.curves_path = output_dir / "metrics.jsonl", output_dir / "curves.png"
+        self.is_main = self.rank == 0
+        self.train_model = self.learner.model
+        if self.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.learner.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.recipe = recipe_record(self.args, self.learner.precision)
+
+    def announce(self) -> None:
+        args, spec, parts, precision = self.args, self.spec, self.split.parts, self.learner.precision
+        model = self.learner.model
         print(f"roadseg train: config {args.config}, {describe_arch(model)}, input {spec.input_height}x"
-              f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {device}, "
-              f"world size {world_size}; {len(train_samples)} train / {len(parts['select'])} select / "
-              f"{len(report_samples)} report images (epoch chosen by: {selected_on}); {init_note}; "
-              f"{precision.describe() if precision else 'CUDA'}", flush=True)
-    recipe = {"batch_norm": args.batch_norm, "schedule": args.schedule, "ema": args.ema, "loss": args.loss,
-              "augment": args.augment, "lr": args.lr, "epochs": args.epochs, "width": args.width,
-              "arch": args.arch, "encoder_lr_scale": args.encoder_lr_scale,
-              "input_size": list(args.input_size),
-              "precision": precision.describe() if precision else "CUDA, fp16 autocast unless --no-amp"}
+              f"{spec.input_width}, {count_parameters(model) / 1e6:.2f} M parameters, device {self.device}, "
+              f"world size {self.world_size}; {len(parts['train'])} train / {len(parts['select'])} select / "
+              f"{len(parts['report'])} report images (epoch chosen by: {self.split.selected_on}); "
+              f"{self.learner.init_note}; {precision.describe() if precision else 'CUDA'}", flush=True)
 
-    stop = StopRequest()  # Ctrl-C finishes the step, saves last.pt and exits; a second one stops at once
-    stop.install()
-    started = time.time()
+    def epoch_options(self) -> EpochOptions:
+        precision = self.learner.precision
+        return EpochOptions(self.device, self.args.max_steps_per_epoch,
+                            progress=self.is_main and not self.args.no_progress,
+                            stop_after_steps=self.args.stop_after_steps, criterion=self.learner.criterion,
+                            cpu_bf16=bool(precision and precision.bf16),
+                            channels_last=bool(precision and precision.channels_last))
 
-    def training_state(epoch: int) -> dict:
-        payload = model_payload(model, spec, {"config": args.config, "epoch": epoch})
+    def elapsed(self) -> float:
+        return self.progress.elapsed_before + time.time() - self.started
+
+    def train(self, stop: StopRequest) -> bool:
+        """Every remaining epoch; False when a stop request interrupted one (last.pt then holds where it was)."""
+        args, data, learner, progress = self.args, self.data, self.learner, self.progress
+        options = self.epoch_options()
+        for epoch in range(progress.start_epoch, args.epochs):
+            data.dataset.set_epoch(epoch)
+            data.sampler.set_epoch(epoch, skip_samples=progress.state["step"] * args.batch_size)
+            completed = train_one_epoch(self.train_model, data.loader, learner.optimizer, learner.scheduler,
+                                        learner.scaler, epoch, progress.state, stop, options, ema=learner.ema)
+            if not completed:
+                if self.is_main:
+                    atomic_torch_save(self.training_state(epoch), self.last_path)
+                    print(f"interrupted: saved {self.last_path} (epoch {epoch}, step {progress.state['step']}); "
+                          f"continue with --resume {self.last_path}", flush=True)
+                return False
+            self.end_epoch(epoch)
+            if self.world_size > 1:
+                dist.barrier()
+        return True
+
+    def end_epoch(self, epoch: int) -> None:
+        """The main process scores, logs and saves as --keep and --eval-every ask; other ranks only reset their sums."""
+        last_epoch = epoch + 1 == self.args.epochs
+        scored = (epoch + 1) % max(1, self.args.eval_every) == 0 or last_epoch
+        if not self.is_main:
+            self.progress.state = fresh_epoch_state()
+        elif not self.split.val_samples:  # --keep last with no select block: nothing to score, log the loss
+            if last_epoch:
+                self.save_best(epoch, None)
+            self.log_epoch(self.epoch_row(epoch, {}))
+        elif not scored:
+            self.progress.state = fresh_epoch_state()
+            atomic_torch_save(self.training_state(epoch + 1), self.last_path)
+        else:
+            self.score_epoch(epoch, last_epoch)
+
+    def score_epoch(self, epoch: int, last_epoch: bool) -> None:
+        args, model, ema, progress = self.args, self.learner.model, self.learner.ema, self.progress
+        live_weights = ema.swapped_into(model) if ema is not None else None
+        model.eval()
+        metrics = evaluate_samples(TorchPredictor(model, self.spec, str(self.device)), self.split.val_samples,
+                                   progress=not args.no_progress, description=self.split.watched)
+        row = self.epoch_row(epoch, {f"val_{key}": metrics[key]
+                                     for key in ("maxf", "ap", "iou", "precision", "recall")})
+        if metrics["maxf"] > progress.best_maxf:
+            progress.best_maxf = metrics["maxf"]
+            if args.keep == "best":
+                self.save_best(epoch, metrics)
+        if args.keep == "last" and last_epoch:
+            self.save_best(epoch, metrics)
+        if live_weights is not None:
+            model.load_state_dict(live_weights)
+        self.log_epoch(row)
+        print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {self.split.watched} MaxF "
+              f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {progress.best_maxf * 100:.2f})  "
+              f"{row['elapsed_s']:.0f}s", flush=True)
+
+    def epoch_row(self, epoch: int, scores: dict) -> dict:
+        state = self.progress.state
+        return {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
+                "lr": self.learner.scheduler.get_last_lr()[0], **scores, "elapsed_s": round(self.elapsed(), 1)}
+
+    def log_epoch(self, row: dict) -> None:
+        self.progress.history.append(row)
+        self.progress.state = fresh_epoch_state()
+        atomic_torch_save(self.training_state(row["epoch"]), self.last_path)
+        with self.log_path.open("a") as log:
+            log.write(json.dumps(row) + "\n")
+        plot_curves(self.progress.history, self.curves_path)
+
+    def training_state(self, epoch: int) -> dict:
+        args, learner, progress = self.args, self.learner, self.progress
+        payload = model_payload(learner.model, self.spec, {"config": args.config, "epoch": epoch})
         payload.update({
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "epoch": epoch, "epoch_state": dict(state), "history": history,
-            "best_maxf": best_maxf, "rng": rng_states(), "args": vars(args) | {"output_dir": str(args.output_dir)},
-            "elapsed_s": elapsed_before + time.time() - started,
+            "optimizer": learner.optimizer.state_dict(), "scheduler": learner.scheduler.state_dict(),
+            "scaler": learner.scaler.state_dict(), "epoch": epoch, "epoch_state": dict(progress.state),
+            "history": progress.history, "best_maxf": progress.best_maxf, "rng": rng_states(),
+            "args": vars(args) | {"output_dir": str(args.output_dir)}, "elapsed_s": self.elapsed(),
         })
-        if ema is not None:
-            payload["ema"] = ema.state_dict()
+        if learner.ema is not None:
+            payload["ema"] = learner.ema.state_dict()
         return payload
 
-    watched = "select" if args.keep == "last" else selected_on
-
-    def save_best(epoch: int, metrics: dict | None) -> None:
+    def save_best(self, epoch: int, metrics: dict | None) -> None:
         """best.pt: the chosen weights (EMA ones when on) with the split and recipe that produced them."""
+        args, split, model, ema = self.args, self.split, self.learner.model, self.learner.ema
         summary = {"config": args.config, "epoch": epoch + 1, "keep": args.keep,
-                   "train_images": len(train_samples), "val_fraction": args.val_fraction,
-                   "select_fraction": args.select_fraction, "selected_on": selected_on,
-                   "split": split_record(parts, selected_on), "recipe": recipe,
-                   "init": init_note, "command": args.command, "machine": machine_description(device)}
+                   "train_images": len(split.parts["train"]), "val_fraction": args.val_fraction,
+                   "select_fraction": args.select_fraction, "selected_on": split.selected_on,
+                   "split": split_record(split.parts, split.selected_on), "recipe": self.recipe,
+                   "init": self.learner.init_note, "command": args.command,
+                   "machine": machine_description(self.device)}
         if metrics:
             summary["val"] = {k: metrics[k] for k in ("maxf", "ap", "iou", "precision", "recall", "images")}
+        # Scored epochs already hold the EMA weights in the model; an unscored last epoch swaps them in here.
         live_weights = ema.swapped_into(model) if metrics is None and ema is not None else None
-        atomic_torch_save(model_payload(model, spec, summary), best_path)
+        atomic_torch_save(model_payload(model, self.spec, summary), self.best_path)
         if live_weights is not None:
             model.load_state_dict(live_weights)
 
-    def log_epoch(row: dict) -> None:
-        nonlocal state
-        history.append(row)
-        state = {"step": 0, "loss_sum": 0.0}
-        atomic_torch_save(training_state(row["epoch"]), last_path)
-        with log_path.open("a") as log:
-            log.write(json.dumps(row) + "\n")
-        plot_curves(history, curves_path)
+    def finish(self) -> None:
+        if not self.is_main:
+            return
+        kept = ("the last epoch" if self.args.keep == "last"
+                else f"best {self.split.selected_on} MaxF {self.progress.best_maxf * 100:.2f}")
+        print(f"done: {kept}; {self.best_path}, {self.log_path}, {self.curves_path}")
+        report_samples = self.split.parts["report"]
+        if self.best_path.is_file() and report_samples:
+            report_best_checkpoint(self.best_path, report_samples, self.device, progress=not self.args.no_progress)
 
-    for epoch in range(start_epoch, args.epochs):
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, skip_samples=state["step"] * args.batch_size)
-        completed = train_one_epoch(train_model, loader, optimizer, scheduler, scaler, device, epoch, state,
-                                    stop, args.max_steps_per_epoch, progress=is_main and not args.no_progress,
-                                    stop_after_steps=args.stop_after_steps, criterion=criterion,
-                                    cpu_bf16=bool(precision and precision.bf16),
-                                    channels_last=bool(precision and precision.channels_last), ema=ema)
-        if not completed:
-            if is_main:
-                atomic_torch_save(training_state(epoch), last_path)
-                print(f"interrupted: saved {last_path} (epoch {epoch}, step {state['step']}); "
-                      f"continue with --resume {last_path}", flush=True)
-            return 130
-        last_epoch = epoch + 1 == args.epochs
-        scored = (epoch + 1) % max(1, args.eval_every) == 0 or last_epoch
-        if is_main and not val_samples:  # --keep last with no select block: nothing to score, log the loss
-            if last_epoch:
-                save_best(epoch, None)
-            log_epoch({"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
-                       "lr": scheduler.get_last_lr()[0],
-                       "elapsed_s": round(elapsed_before + time.time() - started, 1)})
-        elif is_main and not scored:
-            state = {"step": 0, "loss_sum": 0.0}
-            atomic_torch_save(training_state(epoch + 1), last_path)
-        elif is_main:
-            live_weights = ema.swapped_into(model) if ema is not None else None
-            model.eval()
-            metrics = evaluate_samples(TorchPredictor(model, spec, str(device)), val_samples,
-                                       progress=not args.no_progress, description=watched)
-            row = {"epoch": epoch + 1, "train_loss": state["loss_sum"] / max(1, state["step"]),
-                   "lr": scheduler.get_last_lr()[0], "val_maxf": metrics["maxf"], "val_ap": metrics["ap"],
-                   "val_iou": metrics["iou"], "val_precision": metrics["precision"],
-                   "val_recall": metrics["recall"], "elapsed_s": round(elapsed_before + time.time() - started, 1)}
-            if metrics["maxf"] > best_maxf:
-                best_maxf = metrics["maxf"]
-                if args.keep == "best":
-                    save_best(epoch, metrics)
-            if args.keep == "last" and last_epoch:
-                save_best(epoch, metrics)
-            if live_weights is not None:
-                model.load_state_dict(live_weights)
-            log_epoch(row)
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {row['train_loss']:.4f}  {watched} MaxF "
-                  f"{metrics['maxf'] * 100:.2f}  IoU {metrics['iou'] * 100:.2f}  (best {best_maxf * 100:.2f})  "
-                  f"{row['elapsed_s']:.0f}s", flush=True)
-        else:
-            state = {"step": 0, "loss_sum": 0.0}
-        if world_size > 1:
-            dist.barrier()
-    if is_main:
-        kept = "the last epoch" if args.keep == "last" else f"best {selected_on} MaxF {best_maxf * 100:.2f}"
-        print(f"done: {kept}; {best_path}, {log_path}, {curves_path}")
-        if best_path.is_file() and report_samples:
-            report_best_checkpoint(best_path, report_samples, device, progress=not args.no_progress)
+
+def run(args: argparse.Namespace) -> int:
+    device, rank, world_size = start_process(args)
+    split = resolve_split(args)
+    spec = preprocess_for(args.arch, args.input_size)
+    data = build_data(args, split.parts["train"], spec, rank, world_size)
+    learner = build_learner(args, spec, device, steps_per_epoch(args, data.sampler))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    progress = resume_from_checkpoint(args, learner, args.output_dir / "last.pt")
+    training = TrainingRun(args, device, rank, world_size, split, spec, data, learner, progress)
+    if training.is_main:
+        training.announce()
+    stop = StopRequest()  # Ctrl-C finishes the step, saves last.pt and exits; a second one stops at once
+    stop.install()
+    training.started = time.time()
+    if not training.train(stop):
+        return 130
+    training.finish()
     if world_size > 1:
         dist.destroy_process_group()
     return 0
