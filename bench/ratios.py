@@ -9,24 +9,24 @@ on the median of the per-block ratios, and the spread (min / median / max) is pr
 
 from __future__ import annotations
 
+import argparse
 import statistics
+
+from bench.jobs import Config
+from bench.rows import BenchRow
 
 CANDIDATE_BACKENDS = ("onnxruntime", "openvino")
 ROUNDS, QUICK_ROUNDS, HEAVY_ROUNDS = 9, 5, 3
 RUNS_PER_BLOCK, HEAVY_RUNS_PER_BLOCK = 5, 2
 
 
-def row_label(row: dict) -> str:
-    return f"{row['backend']} {row['precision']} {row['variant']}".strip()
-
-
-def candidates(rows: list[dict]) -> list[dict]:
+def candidates(rows: list[BenchRow]) -> list[BenchRow]:
     """This configuration's measured CPU rows that can be timed against torch in one process."""
-    return [r for r in rows if r["skipped"] is None and r["device"] == "cpu" and r["backend"] in CANDIDATE_BACKENDS
-            and r.get("file")]
+    return [r for r in rows if r.skipped is None and r.device == "cpu" and r.backend in CANDIDATE_BACKENDS
+            and r.file]
 
 
-def interleave_command(config, rows: list[dict], args) -> list[str] | None:
+def interleave_command(config: Config, rows: list[BenchRow], args: argparse.Namespace) -> list[str] | None:
     """Arguments for the interleaving child (bench/interleave.py), or None when there is nothing to compare."""
     chosen = candidates(rows)
     if not chosen:
@@ -38,8 +38,8 @@ def interleave_command(config, rows: list[dict], args) -> list[str] | None:
     command = [*source, "--size", config.size, "--threads", str(args.threads),
                "--rounds", str(rounds), "--runs", str(runs), "--video", args.video]
     for row in chosen:
-        precision = row["precision"] if row["backend"] == "openvino" else "auto"
-        command += ["--candidate", f"{row_label(row)}|{row['backend']}|{precision}|{row['file']}"]
+        precision = row.precision if row.backend == "openvino" else "auto"
+        command += ["--candidate", f"{row.label}|{row.backend}|{precision}|{row.file}"]
     return command
 
 
@@ -59,12 +59,12 @@ def summarize(result: dict) -> dict[str, dict]:
     return out
 
 
-def speedup(interleaved: dict[str, dict] | None, torch_row: dict, row: dict) -> tuple[float, dict | None]:
+def speedup(interleaved: dict[str, dict] | None, torch_row: BenchRow, row: BenchRow) -> tuple[float, dict | None]:
     """(speed-up of `row` over torch, its spread): the interleaved median where measured, else the p50 ratio."""
-    found = (interleaved or {}).get(row_label(row))
+    found = (interleaved or {}).get(row.label)
     if found:
         return found["median"], found
-    return round(torch_row["p50_ms"] / row["p50_ms"], 2), None
+    return round(torch_row.p50_ms / row.p50_ms, 2), None
 
 
 def spread_text(found: dict | None) -> str:

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.floors import FLOOR_INT8_SPEEDUP, floor_checks, floor_lines
 from bench.flops import fcn8s_flops, graph_flops
-from bench.ratios import row_label
-from bench.table import FLOOR_INT8_SPEEDUP, INT8_VARIANTS, Config, floor_checks, floor_lines
+from bench.jobs import Config
+from bench.plan import INT8_VARIANTS
+from bench.rows import BenchRow
 from tests.conftest import run_cli
 
 REQUIRED = ("model", "width", "backend", "precision", "device", "input_size", "size_mb", "maxf", "iou",
@@ -132,8 +134,9 @@ def test_floors_are_ratios_of_this_run(bench_report):
     assert ("PASS" if check["passed"] else "FAIL") in bench_report["_stdout"]
     assert f"median {blocks['median']:.2f}" in bench_report["_stdout"]
     # The best CPU row of any backend is judged the same way, against the 10x floor.
-    eligible = [row_label(r) for r in rows if r["backend"] != "torch" and torch_row["maxf"] - r["maxf"] <= 0.5
-                and row_label(r) in ratios]
+    labels = [BenchRow.from_json(r).label for r in rows if r["backend"] != "torch"
+              and torch_row["maxf"] - r["maxf"] <= 0.5]
+    eligible = [label for label in labels if label in ratios]
     assert check["best_cpu_speedup"] == ratios[check["best_cpu_row"]]["median"] == max(
         ratios[label]["median"] for label in eligible)
     assert check["best_cpu_passed"] == (check["best_cpu_speedup"] >= 10.0 and check["best_cpu_maxf_drop_pt"] <= 0.5)
@@ -150,8 +153,8 @@ def test_floor_logic_on_hand_made_rows():
     config = Config("m", 0.25, 2, "64x96", floors=True)
 
     def row(backend, precision, p50, maxf, variant=""):
-        return {"model": "m", "input_size": "64x96", "device": "cpu", "skipped": None, "backend": backend,
-                "precision": precision, "p50_ms": p50, "maxf": maxf, "variant": variant}
+        return BenchRow(model="m", width=0.25, backend=backend, precision=precision, variant=variant, device="cpu",
+                        input_size="64x96", p50_ms=p50, maxf=maxf)
 
     rows = [row("torch", "fp32", 100.0, 90.0), row("onnxruntime", "fp32", 60.0, 90.0),
             row("onnxruntime", "int8", 20.0, 89.0, "fast but inaccurate"),
@@ -159,9 +162,9 @@ def test_floor_logic_on_hand_made_rows():
     (check,) = floor_checks(rows, [config])
     assert check["ort_int8_variant"] == "accurate" and check["int8_speedup"] == pytest.approx(4.17, abs=0.01)
     assert check["passed"] and "noisy_rows" not in check
-    rows[0]["p90_ms"] = 400.0  # torch disturbed by other load: flagged, not hidden
+    rows[0].p90_ms = 400.0  # torch disturbed by other load: flagged, not hidden
     assert floor_checks(rows, [config])[0]["noisy_rows"] == ["torch fp32"]
-    rows[1]["p50_ms"] = 70.0  # 1.43x: below the FP32 floor
+    rows[1].p50_ms = 70.0  # 1.43x: below the FP32 floor
     assert not floor_checks(rows, [config])[0]["passed"]
     # Interleaved blocks, where measured, decide instead of the rows' p50s (measured seconds apart).
     blocks = {"onnxruntime fp32": {"min": 1.5, "median": 1.7, "max": 2.0, "blocks": 5},

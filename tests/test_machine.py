@@ -33,7 +33,7 @@ def put_on_path(monkeypatch, folder: Path, script: str) -> None:
 
 
 def test_stand_in_nvidia_smi_answers_every_caller(monkeypatch, tmp_path: Path):
-    from bench.table import nvidia_gpus
+    from bench.host import nvidia_gpus
     from bench.worker import gpu_memory_mb
     from runtime.backends import OnnxRuntimeBackend
     from runtime.machine import nvidia_smi
@@ -51,7 +51,7 @@ def test_stand_in_nvidia_smi_answers_every_caller(monkeypatch, tmp_path: Path):
                                           "communicate with the NVIDIA driver.'\nexit 9\n"])
 def test_no_driver_means_no_gpu(monkeypatch, tmp_path: Path, script: str | None):
     """Without nvidia-smi, or with one that cannot reach a driver (it prints its error on stdout), no GPU."""
-    from bench.table import nvidia_gpus
+    from bench.host import nvidia_gpus
     from bench.worker import gpu_memory_mb
     from runtime.backends import OnnxRuntimeBackend
     from runtime.machine import nvidia_smi

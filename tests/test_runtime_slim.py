@@ -176,7 +176,7 @@ def module_strings_after_dash_m(path: Path) -> list[str]:
 
 
 def test_no_stage_names_another_module_in_a_string(tmp_path: Path):
-    """Children are started from imported module objects (bench.table.child_command), so a rename fails loudly."""
+    """Children are started from imported module objects (bench.children.child_command), so a rename fails loudly."""
     offenders = [hit for stage in STAGES for path in sorted((REPO / stage).glob("*.py"))
                  for hit in module_strings_after_dash_m(path)]
     assert offenders == []
@@ -187,8 +187,9 @@ def test_no_stage_names_another_module_in_a_string(tmp_path: Path):
 
 def test_bench_children_are_named_by_module_objects_and_the_table_imports_no_torch():
     """The table imports its workers for their names only: torch stays inside the torch worker's own process."""
-    code = ("import sys, bench.table as t, bench.torch_worker, bench.interleave, bench.worker, train.evaluate\n"
-            "assert t.child_command(bench.torch_worker, ['--probe'])[1:] == ['-m', 'bench.torch_worker', '--probe']\n"
+    code = ("import sys, bench.table, bench.children as c, bench.torch_worker, bench.interleave, bench.worker, "
+            "train.evaluate\n"
+            "assert c.child_command(bench.torch_worker, ['--probe'])[1:] == ['-m', 'bench.torch_worker', '--probe']\n"
             "print('torch loaded:', 'torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
