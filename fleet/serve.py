@@ -24,6 +24,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -67,9 +68,13 @@ class RoadSegmenter:
         A bad frame fails its own request only (FrameError), never the batch it would have joined."""
         if not isinstance(request, dict) or "frame" not in request:
             raise FrameError("request: expected a dict with 'frame' bytes (and 'shape' for raw pixels)")
+        arrived = time.perf_counter()
         image = await asyncio.to_thread(decode_frame, request["frame"], request.get("shape"))
         answer = await self.segment_batch(image)
-        return {"camera": request.get("camera"), "seq": request.get("seq"), **answer}
+        # What the replica itself took (decode, batch wait, inference, encode): the rest of a caller's latency is
+        # Ray's transport and queueing.
+        replica_ms = round((time.perf_counter() - arrived) * 1000.0, 3)
+        return {"camera": request.get("camera"), "seq": request.get("seq"), **answer, "replica_ms": replica_ms}
 
     @serve.batch(max_batch_size=DEFAULT_MAX_BATCH, batch_wait_timeout_s=DEFAULT_BATCH_WAIT_MS / 1000.0)
     async def segment_batch(self, images: list) -> list[dict]:

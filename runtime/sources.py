@@ -93,19 +93,30 @@ def default_max_age(fps: float) -> float:
     return 1.0 / fps if fps > 0 else DEFAULT_MAX_AGE_S
 
 
-def lower_thread_priority() -> None:
-    """Make the calling thread run only when the pipeline's own threads leave a core idle (Linux SCHED_IDLE).
+# How a file's read-ahead thread yields to the pipeline: "nice" (niceness READ_AHEAD_NICE) or "idle" (Linux
+# SCHED_IDLE). bench/decode_priority.py measures the two against each other.
+READ_AHEAD_POLICY = "nice"
+READ_AHEAD_NICE = 10
+
+
+def lower_thread_priority(policy: str | None = None) -> None:
+    """Lower the calling thread below the pipeline's own threads (Linux; elsewhere a no-op).
 
     Read-ahead decoding costs a few CPU-ms per frame; at normal priority it lands right when the pipeline
     thread preprocesses (the moment a buffer is handed back) and doubles that stage's time on a small CPU.
-    At idle priority it fills the gaps ONNX Runtime leaves during inference instead. Live capture threads
-    keep normal priority: a starved camera thread would deliver stale frames.
+    At niceness 10 it gets a tenth of a core's share while the pipeline competes for it, and fills the gaps
+    inference leaves. SCHED_IDLE ("idle") yields even more on an idle machine, but starves the decoder
+    whenever anything else keeps the cores busy: a file then streams at a fraction of a frame per second.
+    Live capture threads keep normal priority: a starved camera thread would deliver stale frames.
     """
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
+    policy = policy or READ_AHEAD_POLICY
+    try:
+        if policy == "idle" and hasattr(os, "SCHED_IDLE"):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        except OSError:
-            pass
+        elif policy == "nice" and hasattr(os, "setpriority"):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READ_AHEAD_NICE)  # this thread only
+    except OSError:
+        pass
 
 
 # --------------------------------------------------------------------------------------------- readers
