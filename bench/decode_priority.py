@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 
 import runtime.sources as sources
+from bench.multicam import single_loop_fps
 from runtime.backend_choice import open_requested
 from runtime.backends import Backend
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
 from runtime.machine import cpu_model
 from runtime.model_select import default_model
-from runtime.outputs import Outputs, Renderer
 from runtime.paths import DEFAULT_VIDEO
-from runtime.pipeline import frame_preprocessor, run_pipeline
-from runtime.stats import StreamStats
+from runtime.pipeline import frame_preprocessor
 
 POLICIES = ("nice", "idle")
 SPIN = "while True: pass"
@@ -35,15 +34,7 @@ SPIN = "while True: pass"
 
 def stream_fps(backend: Backend, video: str, frames: int, policy: str) -> float:
     sources.READ_AHEAD_POLICY = policy
-    source = sources.open_video(video, sources.SourceOptions(max_frames=frames))
-    stats = StreamStats(live=False)
-    outputs = Outputs(Renderer("overlay", 0.5))
-    try:
-        run_pipeline(source, backend, outputs, stats, hud=False)
-    finally:
-        outputs.close()
-        source.close()
-    return stats.fps
+    return single_loop_fps(sources.open_video(video, sources.SourceOptions(max_frames=frames)), backend)
 
 
 def inference_fps(backend: Backend, calls: int = 40) -> float:

@@ -40,7 +40,7 @@ from runtime.mux import CameraFeed
 from runtime.outputs import Outputs, Renderer
 from runtime.paths import DEFAULT_VIDEO
 from runtime.pipeline import StopRequest, frame_preprocessor, run_pipeline
-from runtime.sources import PrefetchSource, SourceError, SourceOptions, open_uri, read_video_frames
+from runtime.sources import FrameSource, PrefetchSource, SourceError, SourceOptions, open_uri, read_video_frames
 from runtime.stats import StreamStats
 
 THROUGHPUT_FLOOR = 0.90
@@ -92,7 +92,11 @@ def inference_bound(backend: Backend, frame: np.ndarray, batch_sizes: dict[str, 
 
 
 def run_single(backend: Backend, frames: list[np.ndarray], count: int) -> float:
-    source = PrefetchSource(MemoryReader(frames), count)
+    return single_loop_fps(PrefetchSource(MemoryReader(frames), count), backend)
+
+
+def single_loop_fps(source: FrameSource, backend: Backend) -> float:
+    """Frames/s of the single-camera loop (runtime/stream.py's default, no outputs) over `source`, then closed."""
     stats = StreamStats(live=False)
     outputs = Outputs(Renderer("overlay", 0.5))
     try:

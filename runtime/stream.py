@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as `python runtime/stream.py`: import the p
         sys.path.insert(0, _ROOT)
 
 from runtime import multicam  # noqa: E402
+from runtime.backend_base import Backend  # noqa: E402
 from runtime.backend_choice import DEVICES, RUNTIMES, open_requested  # noqa: E402
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail  # noqa: E402
@@ -203,7 +204,21 @@ def main(argv: list[str] | None = None) -> int:
     quiet_opencv()
     stop = StopRequest()
     stop.install()
-    stop.waiting = True  # loading a model can take seconds: let Ctrl-C interrupt it
+    opened = open_model(args, stop)
+    if isinstance(opened, int):
+        return opened
+    model_path, backend = opened
+    if len(texts) > 1:
+        print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, input "
+              f"{backend.spec.input_height}x{backend.spec.input_width}, {len(texts)} sources in one batch", flush=True)
+        return stream_many(args, texts, backend, model_path, stop)
+    return stream_one(args, backend, model_path, stop)
+
+
+def open_model(args: argparse.Namespace, stop: StopRequest) -> tuple[Path, Backend] | int:
+    """The model and the backend that runs it, or the exit code when it cannot be opened or a stop came first
+    (loading a model can take seconds: Ctrl-C interrupts it)."""
+    stop.waiting = True
     model_path = Path(args.model) if args.model else None
     try:
         model_path = model_path or default_model()
@@ -221,10 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     stop.waiting = False
     if choice is not None:
         print(choice.line(), flush=True)
-    if len(texts) > 1:
-        print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, input "
-              f"{backend.spec.input_height}x{backend.spec.input_width}, {len(texts)} sources in one batch", flush=True)
-        return stream_many(args, texts, backend, model_path, stop)
+    return model_path, backend
+
+
+def stream_one(args: argparse.Namespace, backend: Backend, model_path: Path, stop: StopRequest) -> int:
+    """One source through runtime/pipeline.py; its summary, and the exit code."""
     pipelined = pipelining_pays(backend) if args.pipeline == "auto" else args.pipeline == "on"
     print(f"model {model_path}: {backend.name} {backend.precision} on {backend.device}, "
           f"input {backend.spec.input_height}x{backend.spec.input_width}, "
@@ -263,20 +279,30 @@ def main(argv: list[str] | None = None) -> int:
                             input_size=list(backend.spec.size_hw), wall_s=round(time.perf_counter() - started, 3),
                             reconnects=source.reconnects, stopped_by=stop.signal_name,
                             **live_policy(source))
-    print(format_summary(summary))
-    if stop.signal_name:
-        print(f"stopped by {stop.signal_name}")
-    if failure is None and args.output and outputs.video is not None and outputs.video.frames_written:
-        print(f"wrote {args.output} ({outputs.video.frames_written} frames)")
-    if args.stats_json:  # the run's statistics land even when another output failed
-        try:
-            write_stats_json(args.stats_json, summary)
-        except OSError as error:
-            failure = failure or error
+    video = outputs.video if failure is None else None
+    written = [(args.output, video.frames_written)] if video is not None and video.frames_written else []
+    failure = failure or report(format_summary(summary), summary, args, stop, written)
     if failure is not None:
         return fail(failure)
     problem = None if stop.signal_name else source_problem(source, stats.frames_processed)
     return fail(problem, EXIT_SOURCE_FAILED) if problem else 0
+
+
+def report(text: str, summary: dict, args: argparse.Namespace, stop: StopRequest,
+           written: list[tuple[str | Path, int]]) -> OSError | None:
+    """Print the summary, the stop and the videos written; write --stats-json (the run's statistics land even when
+    another output failed). The error of that write, if any."""
+    print(text)
+    if stop.signal_name:
+        print(f"stopped by {stop.signal_name}")
+    for path, frames in written:
+        print(f"wrote {path} ({frames} frames)")
+    if args.stats_json:
+        try:
+            write_stats_json(args.stats_json, summary)
+        except OSError as error:
+            return error
+    return None
 
 
 def open_window(title: str, args: argparse.Namespace) -> WindowOutput | None:
@@ -329,15 +355,11 @@ def stream_many(args: argparse.Namespace, texts: list[str], backend, model_path:
     summary = multicam.summary(cameras, run, backend, device=backend.device, model=str(model_path),
                                input_size=list(backend.spec.size_hw), stopped_by=stop.signal_name,
                                sources_not_opened=failures)
-    print(multicam.format_summary(summary))
-    if stop.signal_name:
-        print(f"stopped by {stop.signal_name}")
-    for camera in cameras:
-        video = camera.outputs.video
-        if video is not None and video.frames_written:
-            print(f"wrote {video.path} ({video.frames_written} frames)")
-    if args.stats_json:
-        write_stats_json(args.stats_json, summary)
+    written = [(c.outputs.video.path, c.outputs.video.frames_written) for c in cameras
+               if c.outputs.video is not None and c.outputs.video.frames_written]
+    failure = report(multicam.format_summary(summary), summary, args, stop, written)
+    if failure is not None:
+        return fail(failure)
     problems = failures + [f"{c.feed.name}: {c.feed.retired}" for c in cameras if c.feed.retired]
     if not stop.signal_name:
         problems += [f"{c.feed.name}: {p}" for c in cameras if (p := source_problem(c.feed.source,
