@@ -54,10 +54,13 @@ from runtime.artifacts import (
     ENGINE_CACHE_KEY,
     ENGINE_PRECISIONS,
     FP16_ONNX,
+    FP32,
     FP32_ONNX,
-    INT8_FP16_ONNX,
+    INT8,
+    INT8_FP16,
     INT8_ONNX,
     TENSORRT_RANGES_FILE,
+    BuildDir,
     engine_name,
 )
 from runtime.contract import CALIBRATION_KEY, SIDECAR_FORMAT, SOURCE_ONNX_SHA256_KEY
@@ -179,13 +182,13 @@ def onnx_is_current(build: Path, checkpoint: Path) -> bool:
 
 
 def int8_is_current(build: Path) -> bool:
-    int8 = build / INT8_ONNX
-    if not int8.is_file() or not (build / CALIBRATION_MANIFEST_FILE).is_file():
+    files = BuildDir(build)
+    if not files.present(INT8.name) or not (build / CALIBRATION_MANIFEST_FILE).is_file():
         return False
-    if not (build / INT8_FP16_ONNX).is_file():
+    if not files.present(INT8_FP16.name):
         return False  # a build/ from before the strongly typed INT8 file existed
-    metadata = {p.key: p.value for p in onnx.load(str(int8), load_external_data=False).metadata_props}
-    return metadata.get(SOURCE_ONNX_SHA256_KEY) == sha256_file(build / FP32_ONNX)
+    recorded = onnx_metadata(files.path(INT8.name)).get(SOURCE_ONNX_SHA256_KEY)
+    return not files.stale(INT8.name, recorded, source=FP32.name)
 
 
 def torch_available() -> bool:
