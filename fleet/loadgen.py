@@ -49,6 +49,7 @@ class CameraLog:
     lost: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     replica_ms: list[float] = field(default_factory=list)  # of those, the time inside the replica
+    inference_ms: list[float] = field(default_factory=list)  # of that, the frame's share of its inference call
     answered_seqs: list[int] = field(default_factory=list)  # in the order the answers arrived
     batch_sizes: list[int] = field(default_factory=list)
     masks: dict[int, bytes] = field(default_factory=dict)  # kept only when asked (tests compare them)
@@ -116,6 +117,7 @@ async def run_camera(camera: int, send, frames: list, fps: float, count: int, st
         log.batch_sizes.append(int(answer["batch_size"]))
         if "replica_ms" in answer:  # the handle's answers (HTTP carries the mask only)
             log.replica_ms.append(float(answer["replica_ms"]))
+            log.inference_ms.append(float(answer["inference_ms"]))
         if keep_masks:
             log.masks[seq] = answer["mask_png"]
 
@@ -163,6 +165,7 @@ def report(logs: list[CameraLog], wall_s: float, fps: float, histogram: dict, in
         "in_order": all(log.answered_seqs == sorted(log.answered_seqs) for log in logs),
         "latency": percentiles(latencies),
         "in_replica": percentiles([ms for log in logs for ms in log.replica_ms]),
+        "inference": percentiles([ms for log in logs for ms in log.inference_ms]),
         "batch_histogram": {str(size): count for size, count in sorted(histogram.items())},
         "deployment": info,
     }
@@ -179,7 +182,8 @@ def format_report(result: dict) -> str:
         f"  latency ms: p50 {latency['p50_ms']:.1f}  p95 {latency['p95_ms']:.1f}  p99 {latency['p99_ms']:.1f}  "
         f"max {latency['max_ms']:.1f}",
         f"  of which in the replica (decode, batch wait, inference, encode): p50 {result['in_replica']['p50_ms']:.1f}  "
-        f"p95 {result['in_replica']['p95_ms']:.1f}",
+        f"p95 {result['in_replica']['p95_ms']:.1f}; inference (a frame's share of its call): p50 "
+        f"{result['inference']['p50_ms']:.1f}  p95 {result['inference']['p95_ms']:.1f}",
         f"  batch sizes formed (size: batches): {', '.join(f'{k}: {v}' for k, v in result['batch_histogram'].items())}",
         f"  frames: {result['sent']} sent, {result['answered']} answered, {result['dropped']} dropped at the camera, "
         f"{result['lost']} lost, {result['errors']} errors; every camera in order: {result['in_order']}",

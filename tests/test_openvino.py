@@ -172,7 +172,11 @@ def test_a_cached_answer_for_this_model_is_used_as_recorded(tiny_onnx: Path, pro
         assert choice.cached and backend.name == winner
 
 
-def test_bf16_is_a_candidate_only_after_its_gate_passed(tiny_onnx: Path, tmp_path: Path):
+def test_bf16_is_a_candidate_only_after_its_gate_passed(tiny_onnx: Path, tmp_path: Path, monkeypatch):
+    from runtime import openvino_backend
+
+    # A CPU with native bf16 (the rule for one without it is the next test's).
+    monkeypatch.setattr(openvino_backend, "cpu_capabilities", lambda core=None: ["FP32", "BF16", "INT8"])
     model = tmp_path / FP32_ONNX
     model.write_bytes(tiny_onnx.read_bytes())
     digest = backend_choice.sha256_file(model)
