@@ -281,7 +281,8 @@ def stream_one(args: argparse.Namespace, backend: Backend, model_path: Path, sto
                             **live_policy(source))
     video = outputs.video if failure is None else None
     written = [(args.output, video.frames_written)] if video is not None and video.frames_written else []
-    failure = failure or report(format_summary(summary), summary, args, stop, written)
+    stats_failure = report(format_summary(summary), summary, args, stop, written)  # also after a failed output
+    failure = failure or stats_failure
     if failure is not None:
         return fail(failure)
     problem = None if stop.signal_name else source_problem(source, stats.frames_processed)
