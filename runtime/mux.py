@@ -128,34 +128,40 @@ class FrameMuxer:
     # loop thread
     def next_batch(self, stopped=lambda: False) -> list[Taken] | None:
         with self._cond:
-            deadline = None
             self._asking = True
             self._cond.notify_all()
-            while True:
-                if stopped():
-                    self._asking = False
-                    return []
-                running = [c for c in self.cameras if not c.done]
-                if not running:
-                    self._asking = False
-                    return None
-                ready = [c for c in running if c._slot is not None]
-                if ready and len(ready) == len(running):
-                    break
-                now = time.perf_counter()
-                if ready and self.push_timeout is not None:
-                    deadline = (self._batch_opened or now) + self.push_timeout
-                    if now >= deadline:
-                        break
-                self._cond.wait(min(POLL_S, deadline - now) if deadline is not None else POLL_S)
-            taken = time.perf_counter()
-            batch = [Taken(c, c._slot, c._arrived, taken) for c in ready]
-            for camera in ready:
-                camera._slot = None
-            self._batch_opened = None
-            self._asking = False
-            self._cond.notify_all()
-        return batch
+            try:
+                ready = self._wait_for_batch(stopped)
+                if not ready:
+                    return ready  # [] when stopped, None once every camera has ended
+                taken = time.perf_counter()
+                batch = [Taken(c, c._slot, c._arrived, taken) for c in ready]
+                for camera in ready:
+                    camera._slot = None
+                self._batch_opened = None
+                return batch
+            finally:
+                self._asking = False
+                self._cond.notify_all()
+
+    def _wait_for_batch(self, stopped) -> list[CameraFeed] | None:
+        """Under the lock: the cameras whose frames form the next batch, [] when stopped, None when all ended."""
+        deadline = None
+        while True:
+            if stopped():
+                return []
+            running = [c for c in self.cameras if not c.done]
+            if not running:
+                return None
+            ready = [c for c in running if c._slot is not None]
+            if ready and len(ready) == len(running):
+                return ready
+            now = time.perf_counter()
+            if ready and self.push_timeout is not None:
+                deadline = (self._batch_opened or now) + self.push_timeout
+                if now >= deadline:
+                    return ready
+            self._cond.wait(min(POLL_S, deadline - now) if deadline is not None else POLL_S)
 
     def close(self) -> None:
         """Stop the feed threads and hand back the frames still waiting (the sources are closed by their owner)."""

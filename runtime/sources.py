@@ -99,7 +99,7 @@ READ_AHEAD_POLICY = "nice"
 READ_AHEAD_NICE = 10
 
 
-def lower_thread_priority(policy: str | None = None) -> None:
+def lower_thread_priority() -> None:
     """Lower the calling thread below the pipeline's own threads (Linux; elsewhere a no-op).
 
     Read-ahead decoding costs a few CPU-ms per frame; at normal priority it lands right when the pipeline
@@ -109,11 +109,10 @@ def lower_thread_priority(policy: str | None = None) -> None:
     whenever anything else keeps the cores busy: a file then streams at a fraction of a frame per second.
     Live capture threads keep normal priority: a starved camera thread would deliver stale frames.
     """
-    policy = policy or READ_AHEAD_POLICY
     try:
-        if policy == "idle" and hasattr(os, "SCHED_IDLE"):
+        if READ_AHEAD_POLICY == "idle" and hasattr(os, "SCHED_IDLE"):
             os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
-        elif policy == "nice" and hasattr(os, "setpriority"):
+        elif READ_AHEAD_POLICY == "nice" and hasattr(os, "setpriority"):
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READ_AHEAD_NICE)  # this thread only
     except OSError:
         pass
