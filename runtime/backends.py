@@ -22,6 +22,7 @@ from runtime.contract import (
     batch_capacity,
     check_model,
 )
+from runtime.input_policy import ArtifactError, parse_json
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 # ONNX Runtime's type strings for the element types a roadseg graph may carry.
@@ -184,11 +185,11 @@ def int8_saturation_warning(backend: Backend, path: str | Path) -> str | None:
     """A warning line when an INT8 file quantized for TensorRT (s8 activations, full-range weights) runs on an x86
     CPU without int8 dot-product instructions, where it can lose accuracy; None otherwise. The CPU-tuned file
     (7-bit weights) is made for exactly those CPUs."""
-    from runtime.machine import cpu_flags
+    from runtime.machine import cpu_flags  # looked up at call time: tests stand in for the CPU
 
     if backend.precision != "int8" or backend.device != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
         return None
-    if '"cpu-tuned"' in backend.metadata.get(CALIBRATION_KEY, ""):
+    if calibration_flavour(backend.metadata) == "cpu-tuned":
         return None
     flags = cpu_flags()
     if not flags or flags & INT8_DOT_PRODUCT_FLAGS:
@@ -196,3 +197,12 @@ def int8_saturation_warning(backend: Backend, path: str | Path) -> str | None:
     return (f"warning: {path} is INT8 quantized for TensorRT; this CPU has no VNNI, and {backend.name}'s int8 "
             f"kernels can saturate on such a file and lose accuracy: use the CPU-tuned INT8 file of the same model "
             f"(`make calibrate` writes it beside this one) here")
+
+
+def calibration_flavour(metadata: dict[str, str]) -> str | None:
+    """The INT8 flavour the calibration stage recorded in a model's metadata (None: not recorded or unreadable)."""
+    try:
+        recorded = parse_json(metadata.get(CALIBRATION_KEY, "{}"), CALIBRATION_KEY)
+    except ArtifactError:
+        return None
+    return recorded.get("flavour") if isinstance(recorded, dict) else None
