@@ -204,6 +204,22 @@ def test_old_and_shipped_checkpoints_still_load(tmp_path: Path):
     assert restored[0] == "MT19937" and np.array_equal(restored[1], np.random.get_state()[1])
 
 
+@pytest.mark.parametrize("optimizer, expected", [
+    ({"state": -1000000000, "param_groups": []}, "optimizer.state"),
+    ({"state": {}, "param_groups": [{"params": "0"}]}, "optimizer.param_groups.params"),
+    ({"state": {0: [1.0]}, "param_groups": []}, "optimizer.state"),
+    ({"state": {}}, "optimizer.param_groups"),
+])
+def test_damaged_optimizer_state_is_refused_in_one_line(tiny_checkpoint: Path, tmp_path: Path, optimizer, expected):
+    """torch's own optimizer loader raises AttributeError deep inside on these: the contract is checked first."""
+    from train.checkpoint import CheckpointError, validate_training_state
+
+    state = torch.load(tiny_checkpoint.with_name("last.pt"), weights_only=True)
+    validate_training_state(state, tmp_path / "last.pt")  # the undamaged training state passes
+    with pytest.raises(CheckpointError, match=f"last.pt: field '{expected}'"):
+        validate_training_state(state | {"optimizer": optimizer}, tmp_path / "last.pt")
+
+
 @pytest.mark.parametrize("field, value, expected", [
     ("arch", {"name": "fcn8s_vgg16", "width": 0.125, "num_classes": 2, "extra": 1}, "unknown field 'arch.extra'"),
     ("arch", {"name": "fcn8s_vgg16", "width": 1e9, "num_classes": 2}, "arch.width"),

@@ -169,6 +169,25 @@ def validate_training_state(payload: dict, path: Path) -> None:
     rng = payload["rng"]
     if not {"python", "numpy", "torch"} <= set(rng) or not isinstance(rng["torch"], torch.Tensor):
         raise CheckpointError(f"{path}: field 'rng' lacks the python/numpy/torch generator states")
+    validate_optimizer_state(payload["optimizer"], path)
+
+
+def validate_optimizer_state(optimizer: dict, path: Path) -> None:
+    """torch's Optimizer.load_state_dict trusts its input's shape (a damaged one raises AttributeError deep inside):
+    {'state': {param id: {name: tensor or number}}, 'param_groups': [{'params': [param id, ...], ...}]}."""
+    groups, state = optimizer.get("param_groups"), optimizer.get("state")
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(f"{path}: field 'optimizer.param_groups' must be a list of dicts")
+    for group in groups:
+        params = group.get("params")
+        if not isinstance(params, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in params):
+            raise CheckpointError(f"{path}: field 'optimizer.param_groups.params' must be a list of parameter ids")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: field 'optimizer.state' must be a dict")
+    for param_id, slots in state.items():
+        if not isinstance(param_id, int) or not isinstance(slots, dict) or not all(
+                isinstance(v, torch.Tensor | int | float) for v in slots.values()):
+            raise CheckpointError(f"{path}: field 'optimizer.state' must map parameter ids to dicts of tensors")
 
 
 def widened_state(payload: dict) -> dict:

@@ -464,7 +464,7 @@ def resume_from_checkpoint(args: argparse.Namespace, learner: Learner, last_path
         restore_rng_states(payload["rng"])
         if learner.ema is not None:
             learner.ema.load_state_dict(payload["ema"])
-    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError) as error:
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, OverflowError, AttributeError) as error:
         # The optimiser's and generators' own loaders are the authority on their formats: let them judge.
         reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"{resume}: training state does not restore into this run ({reason})") from error
