@@ -115,7 +115,7 @@ def check_methods(methods: tuple[str, ...]) -> None:
 
 def compare_methods(options: CalibrationOptions, build: Path, data: Path, fp32: Path, metadata: dict[str, str],
                     calib: CalibrationSet, prepared: Path) -> tuple[str, list[dict]]:
-    from export.accuracy import Artifact, gate_rows, write_table
+    from export.accuracy import Artifact, gate_rows, tensorrt_int8_artifact, write_table
 
     tensors = calib.tensors()
     candidates = build / "calibration" / "candidates"
@@ -125,7 +125,7 @@ def compare_methods(options: CalibrationOptions, build: Path, data: Path, fp32: 
         stamp = {**metadata, SOURCE_ONNX_SHA256_KEY: sha256_file(fp32)}
         quantize_int8(prepared, path, tensors, method, "tensorrt", options.percentile, stamp, calib.identity,
                       options.histogram_bins)
-        artifacts.append(Artifact(f"INT8 {method}", path, "int8", path, "ONNX Runtime CPU (s8s8 Q/DQ)"))
+        artifacts.append(tensorrt_int8_artifact(f"INT8 {method}", path))
     rows = gate_rows(artifacts, data, build, options.progress)
     for row, artifact in zip(rows, artifacts, strict=True):
         row["method"] = artifact.label.split()[-1] if artifact.precision == "int8" else "-"

@@ -36,7 +36,12 @@ from runtime.openvino_backend import INT8_BF16
 from runtime.paths import DEFAULT_KITTI_DIR
 
 FLOORS_PT = {"fp32": None, "fp16": 0.1, "bf16": 0.1, "int8": 0.5, INT8_BF16: 0.5}
-FP16_EMULATION = "scoring/model.fp16.cpu-emulation.onnx"
+# A TensorRT-flavour INT8 file is scored as TensorRT computes it (int8 values, exact integer sums), with ONNX
+# Runtime's graph fusions off: its DequantizeLinear -> float Conv. Fused, ONNX Runtime would run its own int8
+# kernels, which on an x86 CPU without VNNI sum u8 x s8 pairs into saturating 16-bit lanes and lose accuracy on
+# a file with full-range s8 weights: the score would measure this CPU rather than the file.
+TENSORRT_INT8_RUNS_AS = "ONNX Runtime CPU, Q/DQ unfused (TensorRT's arithmetic)"
+FP16_EMULATION_RUNS_AS = "ONNX Runtime CPU, FP16 emulation"
 
 
 class AccuracyError(RuntimeError):
@@ -51,10 +56,11 @@ class Artifact:
     scored_path: Path  # the file actually run (the FP16 emulation for fp16)
     runs_as: str
     backend: str = "onnxruntime"  # or "openvino", run at `precision` (its CPU inference precision hint)
+    fused: bool = True  # False: ONNX Runtime runs the graph as written (TENSORRT_INT8_RUNS_AS)
 
 
 def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progress: bool = True,
-                backend_name: str = "onnxruntime", precision: str = "auto") -> dict:
+                backend_name: str = "onnxruntime", precision: str = "auto", fused: bool = True) -> dict:
     """Val metrics of one ONNX on ONNX Runtime CPU (or OpenVINO CPU at `precision`), reusing a cached score
     of the same bytes."""
     from kitti.data import find_samples, split_samples
@@ -62,7 +68,7 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
     from runtime.backends import OnnxRuntimeBackend, open_backend
 
     digest = sha256_file(scored_path)
-    tag = "" if backend_name == "onnxruntime" else f".{backend_name}-{precision}"
+    tag = ("" if fused else ".unfused") if backend_name == "onnxruntime" else f".{backend_name}-{precision}"
     cache = cache_dir / f"{scored_path.name}{tag}.json"
     if cache.is_file():
         try:
@@ -73,7 +79,7 @@ def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progr
                 and isinstance(cached.get("metrics"), dict):
             return cached["metrics"]
     if backend_name == "onnxruntime":
-        backend = OnnxRuntimeBackend(scored_path, provider="cpu")
+        backend = OnnxRuntimeBackend(scored_path, provider="cpu", fused=fused)
     else:
         backend = open_backend(scored_path, backend_name, precision=precision)
     samples = split_samples(find_samples(kitti_dir), "val")
@@ -95,7 +101,7 @@ def gate_rows(artifacts: list[Artifact], kitti_dir: str | Path, build: Path,
     rows, baseline = [], None
     for artifact in artifacts:
         metrics = score_model(artifact.scored_path, kitti_dir, build / "scores", progress, artifact.backend,
-                              artifact.precision)
+                              artifact.precision, artifact.fused)
         maxf = metrics["maxf"] * 100
         if artifact.precision == "fp32" and baseline is None:
             baseline = maxf
@@ -142,23 +148,30 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
 
     candidates = [
         ("FP32 ONNX", build / FP32_ONNX, "fp32", "ONNX Runtime CPU"),
-        ("FP16 ONNX", build / FP16_ONNX, "fp16", "ONNX Runtime CPU, FP16 emulation"),
-        ("INT8 Q/DQ ONNX (TensorRT)", build / INT8_ONNX, "int8", "ONNX Runtime CPU (s8s8 Q/DQ)"),
+        ("FP16 ONNX", build / FP16_ONNX, "fp16", FP16_EMULATION_RUNS_AS),
+        ("INT8 Q/DQ ONNX (TensorRT)", build / INT8_ONNX, "int8", TENSORRT_INT8_RUNS_AS),
         ("INT8 Q/DQ ONNX (CPU)", build / INT8_CPU_ONNX, "int8", "ONNX Runtime CPU (u8s8 Q/DQ)"),
-        ("INT8 Q/DQ + FP16 rest (TensorRT 11/RTX)", build / INT8_FP16_ONNX, "int8",
-         "ONNX Runtime CPU, FP16 emulation"),
+        ("INT8 Q/DQ + FP16 rest (TensorRT 11/RTX)", build / INT8_FP16_ONNX, "int8", FP16_EMULATION_RUNS_AS),
     ]
     artifacts = []
     for label, path, precision, runs_as in candidates:
         if not path.is_file() or (precisions is not None and precision not in precisions):
             continue
+        if runs_as == TENSORRT_INT8_RUNS_AS:
+            artifacts.append(tensorrt_int8_artifact(label, path))
+            continue
         scored = path
-        if runs_as.endswith("FP16 emulation"):
+        if runs_as == FP16_EMULATION_RUNS_AS:
             scored = write_emulation(path, build / "scoring" / f"{path.stem}.cpu-emulation.onnx")
         artifacts.append(Artifact(label, path, precision, scored, runs_as))
     if not artifacts or artifacts[0].precision != "fp32":
         raise AccuracyError(f"{build / FP32_ONNX}: not found; run `make export` first")
     return artifacts + openvino_artifacts(artifacts, precisions)
+
+
+def tensorrt_int8_artifact(label: str, path: Path) -> Artifact:
+    """A TensorRT-flavour INT8 file's row: the same score on every CPU, the one TensorRT would give."""
+    return Artifact(label, path, "int8", path, TENSORRT_INT8_RUNS_AS, fused=False)
 
 
 def openvino_artifacts(artifacts: list[Artifact], precisions: tuple[str, ...] | None) -> list[Artifact]:

@@ -15,9 +15,10 @@ import pytest
 from conftest import KITTI_DIR, SHIPPED_CHECKPOINT, needs_kitti
 from onnx import numpy_helper
 
-from runtime.artifacts import FP32_ONNX, INT8_CPU_ONNX
+from runtime.artifacts import FP32_ONNX, INT8_CPU_ONNX, INT8_ONNX
 
 SHIPPED_INT8_CPU = SHIPPED_CHECKPOINT.with_name(SHIPPED_CHECKPOINT.stem + ".int8_cpu.onnx")
+SHIPPED_INT8_TENSORRT = SHIPPED_CHECKPOINT.with_name(SHIPPED_CHECKPOINT.stem + ".int8.onnx")
 pytestmark = [needs_kitti, pytest.mark.skipif(not SHIPPED_INT8_CPU.is_file(), reason="shipped INT8 file missing")]
 
 
@@ -31,6 +32,7 @@ def gate_build(tmp_path_factory) -> Path:
     model, spec, payload = load_checkpoint(SHIPPED_CHECKPOINT)
     export_onnx(model, spec, payload["arch"], payload.get("summary", {}), build / FP32_ONNX)
     (build / INT8_CPU_ONNX).write_bytes(SHIPPED_INT8_CPU.read_bytes())
+    (build / INT8_ONNX).write_bytes(SHIPPED_INT8_TENSORRT.read_bytes())
     return build
 
 
@@ -84,3 +86,23 @@ def test_int8_masks_match_fp32_masks_on_kitti(gate_build: Path):
         batch = preprocess(cv2.imread(str(sample.image_path)))
         agreements.append(float(np.mean(fp32.infer(batch).argmax(1) == int8.infer(batch).argmax(1))))
     assert min(agreements) >= 0.98, agreements
+
+
+def test_tensorrt_int8_file_is_scored_with_its_own_qdq_arithmetic(gate_build: Path):
+    """The TensorRT INT8 row runs the graph as written (DequantizeLinear -> float Conv), never this CPU's int8
+    kernels, so its score is the same on a CPU with or without VNNI: it passes, and it is not the fused score."""
+    from export.accuracy import TENSORRT_INT8_RUNS_AS, Artifact, gate_rows, standard_artifacts, tensorrt_int8_artifact
+    from runtime.backends import INT8_DOT_PRODUCT_FLAGS, OnnxRuntimeBackend
+    from runtime.machine import cpu_flags
+
+    row = next(a for a in standard_artifacts(gate_build, ("fp32", "int8")) if a.path.name == INT8_ONNX)
+    assert row == tensorrt_int8_artifact(row.label, gate_build / INT8_ONNX) and not row.fused
+    fp32 = Artifact("FP32", gate_build / FP32_ONNX, "fp32", gate_build / FP32_ONNX, "ORT CPU")
+    fused = Artifact("fused", row.path, "int8", row.path, "ORT CPU int8 kernels")
+    _, unfused_row, fused_row = gate_rows([fp32, row, fused], KITTI_DIR, gate_build, progress=False)
+    assert unfused_row["runs_as"] == TENSORRT_INT8_RUNS_AS and unfused_row["passed"], unfused_row
+    scores = {p.name for p in (gate_build / "scores").iterdir()}
+    assert {f"{INT8_ONNX}.json", f"{INT8_ONNX}.unfused.json"} <= scores  # two arithmetics, never one cached score
+    assert fused_row["passed"] or not cpu_flags() & INT8_DOT_PRODUCT_FLAGS  # fused only fails on a non-VNNI x86
+    session = OnnxRuntimeBackend(gate_build / INT8_ONNX, provider="cpu", fused=False).ort_session
+    assert session.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
