@@ -104,5 +104,5 @@ def test_tensorrt_int8_file_is_scored_with_its_own_qdq_arithmetic(gate_build: Pa
     scores = {p.name for p in (gate_build / "scores").iterdir()}
     assert {f"{INT8_ONNX}.json", f"{INT8_ONNX}.unfused.json"} <= scores  # two arithmetics, never one cached score
     assert fused_row["passed"] or not cpu_flags() & INT8_DOT_PRODUCT_FLAGS  # fused only fails on a non-VNNI x86
-    session = OnnxRuntimeBackend(gate_build / INT8_ONNX, provider="cpu", fused=False).ort_session
-    assert session.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
+    unfused = OnnxRuntimeBackend(gate_build / INT8_ONNX, provider="cpu", fused=False).ort_session
+    assert unfused.get_session_options().graph_optimization_level.name == "ORT_DISABLE_ALL"
