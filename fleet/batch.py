@@ -4,14 +4,14 @@
     python -m fleet.batch a.mp4 b.mp4 --out runs/fleet --overlay
     python -m fleet.batch /data/drives --out /data/masks --address 10.0.0.5:6379 --num-gpus 0.5
 
-Ray Data plan: the segments (ray.data.from_items) -> decode_segments (OpenCV, in tasks; frames stay uint8) ->
-map_batches through an actor pool, each actor holding one of the runtime's backends (preprocess -> infer ->
-postprocess) -> the masks stream back here in order and are written to OUT/<video stem>/masks/NNNNNN.png (the
-files `runtime/stream.py --save-masks` writes), with OUT/<video stem>/stats.json once a video is complete and
-OUT/summary.json for the run. A video whose complete stats.json carries the same fingerprint (video bytes, model
-bytes, settings) is skipped, so an interrupted run picks up where it stopped. Actors that die are restarted
-and their blocks retried (Ray Data's actor pools restart actors and retry their calls without limit by
-default); a mask already written is not written again.
+Ray Data plan: the segments (ray.data.from_items) -> map_batches through an actor pool, each actor holding one of
+the runtime's backends and taking one segment a call: decoded with OpenCV on a reader thread, preprocess -> infer ->
+postprocess, each mask PNG-encoded on a writer thread -> the encoded masks stream back here in order and are written
+to OUT/<video stem>/masks/NNNNNN.png (the files `runtime/stream.py --save-masks` writes), with OUT/<video
+stem>/stats.json once a video is complete and OUT/summary.json for the run. A video whose complete stats.json
+carries the same fingerprint (video bytes, model bytes, settings) is skipped, so an interrupted run picks up where
+it stopped. Actors that die are restarted and their blocks retried (Ray Data's actor pools restart actors and retry
+their calls without limit by default); a mask already written is not written again.
 Exit codes: 0 every video done, 2 bad input (nothing to do, bad model, no cluster), 3 some videos failed
 (each named with its reason in the summary).
 """
@@ -24,18 +24,21 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fleet.cluster import DEFAULT_OBJECT_STORE_MB, ClusterError, connect, disconnect
 from fleet.outputs import VideoOutputs, finished_fingerprint
-from fleet.segmenter import FrameSegmenter, resolve_backend
+from fleet.segmenter import DYNAMIC, FrameSegmenter, resolve_backend
 from fleet.videos import (
     DEFAULT_SEGMENT_FRAMES,
+    SegmentReader,
     Unreadable,
     VideoPlan,
-    decode_segments,
     find_videos,
     plan_video,
     segments,
@@ -44,29 +47,112 @@ from runtime.backend_choice import DEVICES, RUNTIMES
 from runtime.contract import ModelFileError
 from runtime.ioutil import atomic_write_text, fail, sha256_file
 from runtime.model_select import default_model
-from runtime.outputs import OutputError
-from runtime.sources import SourceError
+from runtime.outputs import OutputError, encode_mask_png
+from runtime.sources import PrefetchSource, SourceError
 from runtime.stream import quiet_opencv
 
 SUMMARY_NAME = "summary.json"
 EXIT_SOME_FAILED = 3
+DYNAMIC_FRAMES_PER_CALL = 8  # frames per inference call for a model whose batch axis is symbolic
+OUTPUT_BLOCK_FRAMES = 32  # frames per block an actor sends on: the overlay's frames travel too, keep blocks small
 
 
 class MaskActor:
-    """A Ray Data actor: a batch of decoded frames in, their road masks out (the frames too, for an overlay)."""
+    """A Ray Data actor: one segment row in, the mask files of its frames out, encoded here (PNG bytes) so that the
+    driver only writes bytes, however many actors feed it; for an overlay, the masks and frames too.
+
+    The segment runs as the runtime's own loop does: decoded a few frames ahead on a reader thread
+    (runtime/sources.py's PrefetchSource), preprocess -> infer -> postprocess on this thread, each mask encoded
+    on a writer thread while the next frame is inferred, so decoding, inference and encoding use the cores
+    side by side."""
 
     def __init__(self, model: str, backend: str, threads: int, precision: str, keep_frames: bool) -> None:
         self.segmenter = FrameSegmenter(model, backend, threads or None, precision)
         self.keep_frames = keep_frames
+        limit = self.segmenter.batch_limit
+        self.frames_per_call = DYNAMIC_FRAMES_PER_CALL if limit is DYNAMIC else limit
+        self.encoder = ThreadPoolExecutor(1, thread_name_prefix="mask-png")
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        frames = list(batch.pop("frame"))
-        result = self.segmenter(frames)
-        batch["mask"] = stack(result.masks)
-        batch["inference_ms"] = np.asarray(result.inference_ms, np.float64)
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """The segment's results in blocks of OUTPUT_BLOCK_FRAMES frames, as they are made (a generator: Ray Data
+        streams each block on while the rest of the segment runs)."""
+        if len(batch["path"]) != 1:
+            raise ValueError(f"MaskActor takes one segment per call, got {len(batch['path'])}")
+        row = {key: values[0] for key, values in batch.items()}
+        reader = SegmentReader(str(row["path"]), int(row["start"]), int(row["end"]))
+        block = SegmentBlock(int(row["video_id"]), int(row["segment"]), reader.start, self.keep_frames)
+        full: SegmentBlock | None = None  # a full block, sent once a later frame shows the file goes on
+        pending: list[np.ndarray] = []
+        with PrefetchSource(reader) as source:
+            while (frame := source.read()) is not None:
+                if full is not None:
+                    yield full.columns(file_ended=False)
+                    full = None
+                # The reader recycles a frame's buffer on the next read: keep a copy only when it must outlive that.
+                holding = self.frames_per_call > 1 or self.keep_frames
+                pending.append(frame.image.copy() if holding else frame.image)
+                if len(pending) == self.frames_per_call:
+                    self._segment(pending, block)
+                    pending = []
+                if len(block.encoded) >= OUTPUT_BLOCK_FRAMES:
+                    full, block = block, block.next()
+            if pending:
+                self._segment(pending, block)
+        if full is not None and not block.encoded:
+            block = full  # the segment's last frame closed a block: that block carries where the file ended
+        elif full is not None:
+            yield full.columns(file_ended=False)
+        yield block.columns(reader.file_ended)
+
+    def _segment(self, images: list[np.ndarray], block: SegmentBlock) -> None:
+        result = self.segmenter(images)
+        block.encoded.extend(self.encoder.submit(encode_mask_png, mask) for mask in result.masks)
+        block.inference_ms.extend(result.inference_ms)
         if self.keep_frames:
-            batch["frame"] = stack(frames)
-        return batch
+            block.kept.extend(zip(result.masks, images, strict=True))
+
+
+@dataclass
+class SegmentBlock:
+    """One output block of a segment: frames first_index.. of one video, their mask files (being encoded), their
+    inference times and, for an overlay, their masks and frames."""
+
+    video_id: int
+    segment: int
+    first_index: int
+    keep_frames: bool
+    made_from: float = field(default_factory=time.time)  # wall clock: comparable across the actors of a node
+    encoded: list[Future] = field(default_factory=list)
+    inference_ms: list[float] = field(default_factory=list)
+    kept: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def next(self) -> SegmentBlock:
+        return SegmentBlock(self.video_id, self.segment, self.first_index + len(self.encoded), self.keep_frames)
+
+    def columns(self, file_ended: bool) -> dict[str, np.ndarray]:
+        """The block as Ray Data columns; `file_ended` only on a segment's last block, where the file may end."""
+        count = len(self.encoded)
+        columns = {
+            "video_id": np.full(count, self.video_id, np.int32),
+            "segment": np.full(count, self.segment, np.int32),
+            "index": np.arange(self.first_index, self.first_index + count, dtype=np.int64),
+            "file_ended": np.full(count, file_ended, bool),
+            "mask_png": object_column([future.result() for future in self.encoded]),
+            "inference_ms": np.asarray(self.inference_ms, np.float64),
+            "made_from": np.full(count, self.made_from, np.float64),
+            "made_until": np.full(count, time.time(), np.float64),
+        }
+        if self.keep_frames:
+            columns["mask"] = stack([mask for mask, _ in self.kept])
+            columns["frame"] = stack([image for _, image in self.kept])
+        return columns
+
+
+def object_column(values: list) -> np.ndarray:
+    """A 1-D object array (np.asarray would try to make bytes of different lengths one fixed-width column)."""
+    column = np.empty(len(values), object)
+    column[:] = values
+    return column
 
 
 def stack(images: list[np.ndarray]) -> np.ndarray:
@@ -75,9 +161,7 @@ def stack(images: list[np.ndarray]) -> np.ndarray:
         return np.zeros((0, 1, 1), np.uint8)
     if all(image.shape == images[0].shape for image in images):
         return np.stack(images)
-    holder = np.empty(len(images), object)
-    holder[:] = images
-    return holder
+    return object_column(images)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -98,7 +182,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="actors in the pool (default: one per two CPUs, at least 1; with GPUs: 1 / --num-gpus "
                         "per GPU)")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
-                        help="inference threads per actor (default: the cluster's CPUs / actors)")
+                        help="inference threads per actor (default: the cluster's CPUs / actors, less one for "
+                        "decoding and encoding, at least 1)")
     parser.add_argument("--num-gpus", type=float, default=0.0, metavar="F",
                         help="GPUs per actor: 1, or a fraction to share a GPU (0.5: two actors per GPU)")
     parser.add_argument("--num-cpus", type=int, default=0, metavar="N",
@@ -151,9 +236,9 @@ def plan_videos(args: argparse.Namespace, model: Path, out: Path
 def pool_size(args: argparse.Namespace, cpus: float, gpus: float) -> tuple[int, float, int]:
     """(actors, logical CPUs per actor, inference threads per actor).
 
-    Actors reserve half the CPUs between them, so the decode tasks always find a free CPU: actors that reserve
-    every CPU leave the reading side no room to start, and the run never moves (seen on 2 CPUs). Threads split
-    the real cores among the actors, whatever they reserve.
+    The actors decode their segments themselves, so they may reserve every CPU between them. An actor's inference
+    threads are its share of the cores less one, which its reader and mask-encoding threads keep busy (on 2
+    cores, one actor with 1 inference thread ran 106 frames/s alone against 98 with 2).
     """
     if args.actors:
         actors = args.actors
@@ -161,8 +246,8 @@ def pool_size(args: argparse.Namespace, cpus: float, gpus: float) -> tuple[int, 
         actors = max(1, int(gpus / args.num_gpus))
     else:
         actors = max(1, int(cpus) // 2)
-    cpus_per_actor = max(0.25, cpus / 2 / actors) if args.num_gpus == 0 else 1.0
-    threads = args.threads or max(1, int(cpus) // actors)
+    cpus_per_actor = max(0.25, cpus / actors) if args.num_gpus == 0 else 1.0
+    threads = args.threads or max(1, int(cpus) // actors - 1)
     return actors, cpus_per_actor, threads
 
 
@@ -181,9 +266,10 @@ def build_dataset(plans: list[VideoPlan], args: argparse.Namespace, model: Path,
     rows = [row for video_id, plan in enumerate(plans) for row in segments(plan, video_id, args.segment_frames)]
     actors, cpus_per_actor, threads = pool_size(args, cpus, gpus)
     dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    dataset = dataset.map_batches(decode_segments, batch_size=1, num_cpus=1)
+    # The actors decode their segments themselves: frames never cross the object store (or the network, on a
+    # cluster), only the encoded masks do.
     dataset = dataset.map_batches(
-        MaskActor, batch_size=None, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
+        MaskActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
         num_gpus=args.num_gpus or None,
         fn_constructor_kwargs={"model": str(model), "backend": args.backend, "threads": threads,
                                "precision": args.precision, "keep_frames": args.overlay})
@@ -234,7 +320,13 @@ def run_batch(args: argparse.Namespace) -> dict:
               f"{pool['actors']} actor(s) x {pool['threads_per_actor']} thread(s), {label}", flush=True)
         processing_started = time.perf_counter()
         frames_done = write_results(dataset, plans, out, args, summary)
-        summary["processing_s"] = round(time.perf_counter() - processing_started, 3)
+        processing_s = time.perf_counter() - processing_started
+        summary["processing_s"] = round(processing_s, 3)
+        window = summary.pop("_actor_window", None)
+        if window is not None and window[1] > window[0]:
+            # From the first frame an actor started to the last one it finished (the actors' own clocks): the pool
+            # at work, without the cluster's start and the actors' model loading, like a single process's loop.
+            summary["steady_fps"] = round(frames_done / (window[1] - window[0]), 3)
     summary["frames"] = frames_done
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["fps"] = round(frames_done / summary["wall_s"], 3) if summary["wall_s"] > 0 else 0.0
@@ -268,11 +360,15 @@ def write_results(dataset, plans: list[VideoPlan], out: Path, args: argparse.Nam
                         finish(*current)
                     plan = plans[video_id]
                     current = (video_id, VideoOutputs(out / plan.stem, plan.fps, args.overlay), time.perf_counter())
-                frame = batch["frame"][row] if args.overlay else None
-                current[1].write(int(batch["index"][row]), batch["mask"][row], float(batch["inference_ms"][row]),
-                                 bool(batch["file_ended"][row]), frame)
+                overlay = (batch["mask"][row], batch["frame"][row]) if args.overlay else None
+                current[1].write(int(batch["index"][row]), batch["mask_png"][row], float(batch["inference_ms"][row]),
+                                 bool(batch["file_ended"][row]), overlay)
                 frames += 1
             progress.update(len(batch["index"]))
+            if len(batch["index"]):
+                started, finished = float(batch["made_from"].min()), float(batch["made_until"].max())
+                window = summary.get("_actor_window", (started, finished))
+                summary["_actor_window"] = (min(window[0], started), max(window[1], finished))
     finally:
         progress.close()
         if current is not None:

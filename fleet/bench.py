@@ -6,9 +6,10 @@
 batch: N copies of a real drive (default: the KITTI drive, 6 copies); the single-machine runtime streams them
 one after another (one process per video, as a user would, writing masks), then fleet.batch processes the same
 folder on a local cluster (one process, cluster start included). Frames/s are given end to end (process and
-cluster start, model loading included) and in steady state (the runtime's loop; fleet's processing after the
-cluster is up), with the ratio fleet / runtime side by side, and the masks of both compared file by file.
-Target: fleet >= 85 % of the runtime's frames/s, identical masks. --rounds alternates the two.
+cluster start, model loading included) and in steady state (the runtime's loop; fleet's processing from its
+first block of masks on, once the actors have started and loaded the model), with the ratio fleet / runtime side
+by side, and the masks of both compared file by file. Target: fleet >= 85 % of the runtime's frames/s in steady
+state (the mean of the rounds), identical masks. --rounds alternates the two.
 
 serve: single-frame latency (preprocess + inference + postprocess, no Ray) of the same model in this process;
 the deployment's capacity (8 cameras sending as fast as it answers); then 8 cameras offered --load x capacity.
@@ -92,7 +93,7 @@ def run_fleet(folder: Path, out: Path, model: Path, backend: str, extra: list[st
     summary = json.loads((out / fleet.batch.SUMMARY_NAME).read_text())
     return {"frames": summary["frames"], "wall_s": round(wall_s, 3),
             "fps_end_to_end": round(summary["frames"] / wall_s, 3),
-            "fps_steady": round(summary["frames"] / summary["processing_s"], 3), "pool": summary["pool"],
+            "fps_steady": summary.get("steady_fps", 0.0), "pool": summary["pool"],
             "backend": summary["backend"]}
 
 
@@ -131,13 +132,13 @@ def bench_batch(args: argparse.Namespace) -> dict:
             rows.append(row)
             print(f"round {round_number}: runtime {theirs['fps_end_to_end']:.1f} frames/s end to end "
                   f"({theirs['fps_steady']:.1f} in its loop) | fleet {ours['fps_end_to_end']:.1f} "
-                  f"end to end ({ours['fps_steady']:.1f} once the cluster is up; {ours['pool']}) | "
+                  f"end to end ({ours['fps_steady']:.1f} once its actors run; {ours['pool']}) | "
                   f"fleet/runtime {row['ratio_end_to_end']:.2f} end to end, {row['ratio_steady']:.2f} steady | "
                   f"masks: {differ} of {compared} differ", flush=True)
-    best = max(row["ratio_steady"] for row in rows)
-    verdict = "PASS" if best >= BATCH_TARGET and all(row["masks_differing"] == 0 for row in rows) else "FAIL"
+    mean = sum(row["ratio_steady"] for row in rows) / len(rows)
+    verdict = "PASS" if mean >= BATCH_TARGET and all(row["masks_differing"] == 0 for row in rows) else "FAIL"
     print(f"target fleet >= {BATCH_TARGET:.0%} of the runtime's frames/s with identical masks: {verdict} "
-          f"(steady-state ratios {[row['ratio_steady'] for row in rows]}, end to end "
+          f"(steady-state ratios {[row['ratio_steady'] for row in rows]}, mean {mean:.3f}; end to end "
           f"{[row['ratio_end_to_end'] for row in rows]})")
     return {"videos": args.copies, "video": str(args.video), "model": str(model), "rounds": rows, "verdict": verdict}
 

@@ -66,14 +66,6 @@ def encode_frame(image: np.ndarray, encoding: str) -> tuple[bytes, tuple[int, ..
     return encoded.tobytes(), None
 
 
-def encode_mask(mask: np.ndarray) -> bytes:
-    """A 0/1 mask -> PNG bytes with 255 = road (runtime/outputs.py's MaskWriter's format)."""
-    ok, encoded = cv2.imencode(".png", mask * np.uint8(255), [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise FrameError("mask: PNG encoding failed")
-    return encoded.tobytes()
-
-
 def decode_mask(data: bytes) -> np.ndarray:
     """PNG mask bytes -> a 0/1 uint8 mask."""
     mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)

@@ -55,13 +55,16 @@ class VideoOutputs:
         self.file_ended_at: int | None = None
         self.inference = LatencyRing()
 
-    def write(self, index: int, mask: np.ndarray, inference_ms: float, file_ended: bool,
-              frame: np.ndarray | None = None) -> None:
+    def write(self, index: int, mask_png: bytes, inference_ms: float, file_ended: bool,
+              overlay: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Frame `index`'s mask file (encoded by runtime/outputs.py's encode_mask_png) and, with an overlay video,
+        its (mask, frame)."""
         if index in self.indices:  # a retried block delivered twice: the file is already there
             self.duplicates += 1
             return
-        self.masks.write(frame_name(index), mask)
-        if self.overlay is not None and frame is not None:
+        self.masks.write_encoded(frame_name(index), bytes(mask_png))
+        if self.overlay is not None and overlay is not None:
+            mask, frame = overlay
             self.overlay.write(self.renderer.render(frame, mask, scratch=False))
         self.indices.add(index)
         self.inference.add(inference_ms)

@@ -6,7 +6,8 @@
     curl --data-binary @frame.bgr -H 'X-Shape: 376,1242,3' http://127.0.0.1:8000/segment -o mask.png
 
 Requests queue in `@serve.batch` until max_batch frames are waiting or batch_wait_ms has passed since the first,
-like DeepStream's nvstreammux (batch = number of sources, a timeout flushes a partial batch). max_batch is the
+like DeepStream's nvstreammux (batch = number of sources, a timeout flushes a partial batch); a model fixed at
+batch 1 waits for nothing, and its batches are the frames that queued while the previous batch ran. max_batch is the
 model's batch limit: a fixed batch N takes N at a time, a symbolic batch dimension takes --max-batch; a model
 fixed at batch 1 still batches requests (--max-batch of them) and runs the frames one after another inside the
 batch. Every answer carries its camera, sequence number and the size of the batch it was in; the deployment
@@ -31,12 +32,13 @@ from pathlib import Path
 from ray import serve
 
 from fleet.cluster import LOOPBACK, ClusterError, connect, disconnect
-from fleet.frames import FrameError, decode_frame, encode_mask
+from fleet.frames import FrameError, decode_frame
 from fleet.segmenter import DYNAMIC, FrameSegmenter, resolve_backend
 from runtime.backend_choice import DEVICES, RUNTIMES
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
 from runtime.model_select import default_model
+from runtime.outputs import encode_mask_png
 
 APP_NAME = "roadseg"
 ROUTE = "/segment"
@@ -52,15 +54,25 @@ def serving_batch_size(model_limit: int | None, max_batch: int) -> int:
     return max_batch
 
 
+def serving_batch_wait_ms(model_limit: int | None, requested_ms: float | None) -> float:
+    """How long a partial batch waits for more frames: --batch-wait-ms when given; else DEFAULT_BATCH_WAIT_MS for a
+    model that runs a batch in one call, and no wait for a model fixed at batch 1, whose frames run one after another
+    anyway: waiting would only add latency. Batches still form from the frames that queue while one runs."""
+    if requested_ms is not None:
+        return requested_ms
+    return DEFAULT_BATCH_WAIT_MS if model_limit is DYNAMIC or model_limit > 1 else 0.0
+
+
 class RoadSegmenter:
     """The deployment's body (wrapped by serve.deployment in `build_app`): decode -> batch -> masks."""
 
     def __init__(self, model: str, backend: str, precision: str, threads: int, max_batch: int,
-                 batch_wait_ms: float) -> None:
+                 batch_wait_ms: float | None) -> None:
         self.segmenter = FrameSegmenter(model, backend, threads or None, precision)
         self.max_batch = serving_batch_size(self.segmenter.batch_limit, max_batch)
+        self.batch_wait_ms = serving_batch_wait_ms(self.segmenter.batch_limit, batch_wait_ms)
         self.segment_batch.set_max_batch_size(self.max_batch)
-        self.segment_batch.set_batch_wait_timeout_s(batch_wait_ms / 1000.0)
+        self.segment_batch.set_batch_wait_timeout_s(self.batch_wait_ms / 1000.0)
         self.batches: Counter[int] = Counter()
 
     async def segment(self, request: dict) -> dict:
@@ -81,7 +93,7 @@ class RoadSegmenter:
         self.batches[len(images)] += 1
         # Off the event loop: requests keep arriving (and queue for the next batch) while this one runs.
         result = await asyncio.to_thread(self.segmenter, images)
-        masks = await asyncio.to_thread(lambda: [encode_mask(mask) for mask in result.masks])
+        masks = await asyncio.to_thread(lambda: [encode_mask_png(mask) for mask in result.masks])
         return [{"mask_png": mask, "batch_size": len(images), "inference_ms": round(ms, 3)}
                 for mask, ms in zip(masks, result.inference_ms, strict=True)]
 
@@ -107,11 +119,11 @@ class RoadSegmenter:
 
     def info(self) -> dict:
         return {"model": str(self.segmenter.model), "backend": self.segmenter.label, "max_batch": self.max_batch,
-                "model_batch_limit": self.segmenter.batch_limit or "dynamic"}
+                "model_batch_limit": self.segmenter.batch_limit or "dynamic", "batch_wait_ms": self.batch_wait_ms}
 
 
 def build_app(model: Path, backend: str = "auto", device: str = "auto", precision: str = "auto", threads: int = 0,
-              max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS, replicas: int = 1,
+              max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float | None = None, replicas: int = 1,
               num_cpus: float = 1.0, num_gpus: float = 0.0):
     """The bound application. max_ongoing_requests is twice the batch so that while one batch runs the next one
     can fill (Serve's default of 5 would cap every batch at 5)."""
@@ -145,8 +157,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="inference threads per replica (0: all)")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                         help="frames per batch for a model without a fixed batch above 1")
-    parser.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
-                        help="how long a partial batch waits for more frames")
+    parser.add_argument("--batch-wait-ms", type=float, default=None, metavar="MS",
+                        help=f"how long a partial batch waits for more frames (default: {DEFAULT_BATCH_WAIT_MS:g} for "
+                        "a model that runs a batch in one call, 0 for one fixed at batch 1)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N")
     parser.add_argument("--num-gpus", type=float, default=0.0, metavar="F", help="GPUs per replica (0.5: two per GPU)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port on 127.0.0.1")
@@ -156,7 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.max_batch < 1 or args.replicas < 1 or not args.batch_wait_ms >= 0 or not 0 < args.port < 65536:
+    wait_ok = args.batch_wait_ms is None or args.batch_wait_ms >= 0
+    if args.max_batch < 1 or args.replicas < 1 or not wait_ok or not 0 < args.port < 65536:
         return fail("--max-batch and --replicas must be 1 or more, --batch-wait-ms 0 or more, --port 1..65535")
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

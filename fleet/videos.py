@@ -1,4 +1,4 @@
-"""Recorded drives: finding the videos, planning them as frame segments, decoding one segment with OpenCV.
+"""Recorded drives: finding the videos, planning them as frame segments, reading one segment with OpenCV.
 
 A segment is (video, first frame, end frame); a Ray task decodes it on its own, seeking with
 CAP_PROP_POS_FRAMES and checking that the decoder really stands there (some containers seek to the keyframe
@@ -16,10 +16,13 @@ import numpy as np
 
 from runtime.ioutil import sha256_file
 from runtime.preprocess import as_bgr8
-from runtime.sources import SourceError, open_video_reader
+from runtime.sources import Reader, SourceError, open_video_reader
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".ts")
-DEFAULT_SEGMENT_FRAMES = 32
+# A segment starts with a seek, which decodes from the keyframe before it: long segments keep that to a few percent
+# for the usual keyframe every second or two (a 30 fps drive: 17 s a segment), and a drive still splits into
+# hundreds of segments to spread over a cluster. Results leave an actor in blocks of OUTPUT_BLOCK_FRAMES.
+DEFAULT_SEGMENT_FRAMES = 512
 TO_END = -1  # a segment's end when it runs to the end of the file (frame counts in containers can be wrong)
 
 
@@ -102,40 +105,35 @@ def open_at(path: str, start: int) -> cv2.VideoCapture:
     return capture
 
 
-def decode_segments(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data's map_batches form of decode_segment, for batches of one segment row."""
-    if len(batch["path"]) != 1:
-        raise ValueError(f"decode_segments takes one segment per batch, got {len(batch['path'])}")
-    return decode_segment({key: values[0] for key, values in batch.items()})
+class SegmentReader(Reader):
+    """One segment of a video as a runtime Reader: frames [start, end) (to the end of the file with TO_END), opened
+    at `start` on the first read. A file that cannot be opened any more ends the segment with no frames (the
+    source's `error` says why): the run reports the video as incomplete and goes on."""
 
+    def __init__(self, path: str, start: int, end: int) -> None:
+        super().__init__(f"{path} [{start}, {'end' if end == TO_END else end})", input_paths=[Path(path)])
+        self.path, self.start, self.end = path, start, end
+        self.capture: cv2.VideoCapture | None = None
+        self.frames_read = 0
 
-def decode_segment(row: dict) -> dict[str, np.ndarray]:
-    """A segment row -> its frames as a batch: uint8 BGR frames (stacked; all frames of one video share a size),
-    their indices, and whether the file ended inside the segment. A file that cannot be opened any more gives no
-    frames: the run reports the video as incomplete and goes on."""
-    # One decode thread: the segments of the run decode in parallel, each in its own task.
-    cv2.setNumThreads(1)
-    start, end = int(row["start"]), int(row["end"])
-    frames: list[np.ndarray] = []
-    try:
-        capture = open_at(str(row["path"]), start)
-    except SourceError:
-        capture = None
-    try:
-        while capture is not None and (end == TO_END or start + len(frames) < end):
-            ok, image = capture.read()
-            if not ok or image is None:
-                break
-            frames.append(as_bgr8(image))
-    finally:
-        if capture is not None:
-            capture.release()
-    count = len(frames)
-    ended = end == TO_END or count < end - start
-    return {
-        "frame": np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8),
-        "video_id": np.full(count, row["video_id"], np.int32),
-        "segment": np.full(count, row["segment"], np.int32),
-        "index": np.arange(start, start + count, dtype=np.int64),
-        "file_ended": np.full(count, ended, bool),
-    }
+    def read(self, buffer: np.ndarray | None) -> tuple[np.ndarray, str] | None:
+        if self.end != TO_END and self.start + self.frames_read >= self.end:
+            return None
+        if self.capture is None:
+            cv2.setNumThreads(1)  # one decode thread a segment: the segments of a run decode side by side
+            self.capture = open_at(self.path, self.start)
+        ok, image = self.capture.read(buffer) if buffer is not None else self.capture.read()
+        if not ok or image is None:
+            return None
+        self.frames_read += 1
+        return as_bgr8(image), str(self.start + self.frames_read - 1)
+
+    @property
+    def file_ended(self) -> bool:
+        """Whether the file ended inside this segment (or the segment runs to the end)."""
+        return self.end == TO_END or self.frames_read < self.end - self.start
+
+    def release(self) -> None:
+        if self.capture is not None:
+            self.capture.release()
+            self.capture = None

@@ -218,6 +218,17 @@ def writable_fps(fps: float, source: str) -> float:
     return DEFAULT_FPS
 
 
+def encode_mask_png(mask: np.ndarray, scratch: np.ndarray | None = None) -> bytes:
+    """A 0/1 mask -> the mask file's bytes: an 8-bit PNG, 255 = road, 0 = not road. `scratch` (uint8, the mask's
+    shape) saves an allocation per frame."""
+    scaled = scratch if scratch is not None and scratch.shape == mask.shape else np.empty(mask.shape, np.uint8)
+    np.multiply(mask, 255, out=scaled, casting="unsafe")
+    ok, encoded = cv2.imencode(".png", scaled, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise OutputError(f"a {mask.shape} mask: PNG encoding failed")
+    return encoded.tobytes()
+
+
 class MaskWriter:
     """One 8-bit PNG per frame at the source resolution: 255 = road, 0 = not road."""
 
@@ -234,11 +245,11 @@ class MaskWriter:
     def write(self, name: str, mask: np.ndarray) -> None:
         if self._scaled is None or self._scaled.shape != mask.shape:
             self._scaled = np.empty(mask.shape, np.uint8)
-        np.multiply(mask, 255, out=self._scaled, casting="unsafe")
-        ok, encoded = cv2.imencode(".png", self._scaled, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-        if not ok:
-            raise OutputError(f"--save-masks {self.folder}: PNG encoding failed")
-        atomic_write_bytes(self.folder / f"{name}.png", encoded.tobytes(), "--save-masks")
+        self.write_encoded(name, encode_mask_png(mask, self._scaled))
+
+    def write_encoded(self, name: str, png: bytes) -> None:
+        """A mask already encoded by encode_mask_png (elsewhere: a fleet actor)."""
+        atomic_write_bytes(self.folder / f"{name}.png", png, "--save-masks")
         self.written += 1
 
 

@@ -119,6 +119,24 @@ def test_batch_masks_equal_the_runtime_and_a_rerun_skips_finished_videos(cluster
     assert_masks_equal(out / "drive_b" / MASKS_DIR, runtime_masks["drive_b"])
 
 
+@needs_video
+@pytest.mark.parametrize("segment_frames", [32, fleet_batch.DEFAULT_SEGMENT_FRAMES])
+def test_long_segments_leave_the_actor_in_blocks_with_every_mask_and_the_overlay(cluster, clips, runtime_masks,
+                                                                                 tmp_path, segment_frames):
+    """Segments longer than an output block: drive_c (48 frames) leaves as 32 + 16, or (segments of 32) as a
+    segment whose last frame closes its block, then a segment that runs to the end of the file."""
+    from runtime.sources import count_video_frames
+
+    out = tmp_path / "out"
+    args = batch_args([clips], out, "--overlay")
+    args.segment_frames = segment_frames
+    summary = fleet_batch.run_batch(args)
+    assert set(summary["videos"]) == set(CLIPS) and summary["failed"] == {} and summary["steady_fps"] > 0
+    for name, (first, end) in CLIPS.items():
+        assert assert_masks_equal(out / name / MASKS_DIR, runtime_masks[name]) == end - first
+        assert count_video_frames(out / name / "overlay.mp4") == end - first
+
+
 def mask_actor_pids() -> set[int]:
     """Ray names its worker processes after the actor they run (ray::MapWorker(MapBatches(MaskActor)))."""
     pids = set()
@@ -255,7 +273,19 @@ def test_serve_forms_batches_when_frames_wait_and_says_its_batch_sizes(serving, 
 
     first = onnxruntime.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"]).get_inputs()[0].shape[0]
     # The limit is read from the model's input: a fixed batch (1 today) or a symbolic dimension.
-    assert handle.info.remote().result()["model_batch_limit"] == (first if isinstance(first, int) else "dynamic")
+    info = handle.info.remote().result()
+    assert info["model_batch_limit"] == (first if isinstance(first, int) else "dynamic")
+    # A model fixed at batch 1 gains nothing from waiting for a fuller batch: its batches are what queued meanwhile.
+    assert info["batch_wait_ms"] == (0.0 if first == 1 else 5.0)
+
+
+def test_a_partial_batch_waits_only_for_a_model_that_runs_batches_in_one_call():
+    from fleet.segmenter import DYNAMIC
+    from fleet.serve import DEFAULT_BATCH_WAIT_MS, serving_batch_wait_ms
+
+    assert serving_batch_wait_ms(1, None) == 0.0
+    assert serving_batch_wait_ms(4, None) == serving_batch_wait_ms(DYNAMIC, None) == DEFAULT_BATCH_WAIT_MS > 0
+    assert serving_batch_wait_ms(1, 7.5) == serving_batch_wait_ms(DYNAMIC, 0.0) + 7.5 == 7.5
 
 
 @needs_video
