@@ -1,6 +1,6 @@
 """Recorded drives: finding the videos, planning them as frame segments, reading one segment with OpenCV.
 
-A segment is (video, first frame, end frame); a Ray task decodes it on its own, seeking with
+A segment is (video, first frame, end frame); an actor's call decodes it on its own, seeking with
 CAP_PROP_POS_FRAMES and checking that the decoder really stands there (some containers seek to the keyframe
 before), so the segments of one video decode in parallel and every frame is decoded exactly once.
 """
