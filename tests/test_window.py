@@ -90,7 +90,8 @@ def test_stream_shows_frames_in_a_real_window(tiny_onnx: Path, tmp_path: Path, x
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=30)
     cv2.imwrite(str(tmp_path / "screenshot.png"), screen)
-    assert best >= 0.98, f"streamed frame not on screen (best match {best:.3f}); see {tmp_path / 'screenshot.png'}"
+    assert best >= 0.98, (f"streamed frame not on screen (best match {best:.3f}); see {tmp_path / 'screenshot.png'}; "
+                          f"the stream said: {stdout[-300:]!r} / {stderr[-500:]!r}")
     assert process.returncode == 0, stderr
     assert "stopped by SIGINT" in stdout and "Traceback" not in stderr
 
