@@ -5,13 +5,13 @@
     python -m fleet.batch /data/drives --out /data/masks --address 10.0.0.5:6379 --num-gpus 0.5
 
 Ray Data plan: the segments (ray.data.from_items) -> map_batches through an actor pool, each actor holding one of
-the runtime's backends and taking one segment a call: decoded with OpenCV on a reader thread, preprocess -> infer ->
-postprocess, each mask PNG-encoded on a writer thread -> the encoded masks stream back here in order and are written
-to OUT/<video stem>/masks/NNNNNN.png (the files `runtime/stream.py --save-masks` writes), with OUT/<video
-stem>/stats.json once a video is complete and OUT/summary.json for the run. A video whose complete stats.json
-carries the same fingerprint (video bytes, model bytes, settings) is skipped, so an interrupted run picks up where
-it stopped. Actors that die are restarted and their blocks retried (Ray Data's actor pools restart actors and retry
-their calls without limit by default); a mask already written is not written again.
+the runtime's backends and taking one segment a call: decoded with OpenCV on a reader thread, preprocess -> infer
+-> postprocess, each mask PNG-encoded on a writer thread -> the encoded masks stream back here in order and are
+written to OUT/<video stem>/masks/NNNNNN.png (the files `runtime/stream.py --save-masks` writes), with
+OUT/<video stem>/stats.json once a video is complete and OUT/summary.json for the run. A video whose complete
+stats.json carries the same fingerprint (video bytes, model bytes, settings) is skipped, so an interrupted run
+picks up where it stopped. Actors that die are restarted and their blocks retried (Ray Data's actor pools restart
+actors and retry their calls without limit by default); a mask already written is not written again.
 Exit codes: 0 every video done, 2 bad input (nothing to do, bad model, no cluster), 3 some videos failed
 (each named with its reason in the summary).
 """
