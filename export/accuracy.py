@@ -56,7 +56,11 @@ class Artifact:
     scored_path: Path  # the file actually run (the FP16 emulation for fp16)
     runs_as: str
     backend: str = "onnxruntime"  # or "openvino", run at `precision` (its CPU inference precision hint)
-    fused: bool = True  # False: ONNX Runtime runs the graph as written (TENSORRT_INT8_RUNS_AS)
+
+    @property
+    def fused(self) -> bool:
+        """False: ONNX Runtime runs the graph as written (a TensorRT INT8 file, TENSORRT_INT8_RUNS_AS)."""
+        return self.runs_as != TENSORRT_INT8_RUNS_AS
 
 
 def score_model(scored_path: Path, kitti_dir: str | Path, cache_dir: Path, progress: bool = True,
@@ -157,9 +161,6 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
     for label, path, precision, runs_as in candidates:
         if not path.is_file() or (precisions is not None and precision not in precisions):
             continue
-        if runs_as == TENSORRT_INT8_RUNS_AS:
-            artifacts.append(tensorrt_int8_artifact(label, path))
-            continue
         scored = path
         if runs_as == FP16_EMULATION_RUNS_AS:
             scored = write_emulation(path, build / "scoring" / f"{path.stem}.cpu-emulation.onnx")
@@ -171,7 +172,7 @@ def standard_artifacts(build: Path, precisions: tuple[str, ...] | None = None) -
 
 def tensorrt_int8_artifact(label: str, path: Path) -> Artifact:
     """A TensorRT-flavour INT8 file's row: the same score on every CPU, the one TensorRT would give."""
-    return Artifact(label, path, "int8", path, TENSORRT_INT8_RUNS_AS, fused=False)
+    return Artifact(label, path, "int8", path, TENSORRT_INT8_RUNS_AS)
 
 
 def openvino_artifacts(artifacts: list[Artifact], precisions: tuple[str, ...] | None) -> list[Artifact]:

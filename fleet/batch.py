@@ -71,6 +71,8 @@ class MaskActor:
         self.keep_frames = keep_frames
         limit = self.segmenter.batch_limit
         self.frames_per_call = DYNAMIC_FRAMES_PER_CALL if limit is DYNAMIC else limit
+        # The reader recycles a frame's buffer on the next read: keep a copy only when a frame must outlive that.
+        self.copy_frames = self.frames_per_call > 1 or keep_frames
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="mask-png")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
@@ -88,9 +90,7 @@ class MaskActor:
                 if full is not None:
                     yield full.columns(file_ended=False)
                     full = None
-                # The reader recycles a frame's buffer on the next read: keep a copy only when it must outlive that.
-                holding = self.frames_per_call > 1 or self.keep_frames
-                pending.append(frame.image.copy() if holding else frame.image)
+                pending.append(frame.image.copy() if self.copy_frames else frame.image)
                 if len(pending) == self.frames_per_call:
                     self._segment(pending, block)
                     pending = []
@@ -320,13 +320,7 @@ def run_batch(args: argparse.Namespace) -> dict:
               f"{pool['actors']} actor(s) x {pool['threads_per_actor']} thread(s), {label}", flush=True)
         processing_started = time.perf_counter()
         frames_done = write_results(dataset, plans, out, args, summary)
-        processing_s = time.perf_counter() - processing_started
-        summary["processing_s"] = round(processing_s, 3)
-        window = summary.pop("_actor_window", None)
-        if window is not None and window[1] > window[0]:
-            # From the first frame an actor started to the last one it finished (the actors' own clocks): the pool
-            # at work, without the cluster's start and the actors' model loading, like a single process's loop.
-            summary["steady_fps"] = round(frames_done / (window[1] - window[0]), 3)
+        summary["processing_s"] = round(time.perf_counter() - processing_started, 3)
     summary["frames"] = frames_done
     summary["wall_s"] = round(time.perf_counter() - started, 3)
     summary["fps"] = round(frames_done / summary["wall_s"], 3) if summary["wall_s"] > 0 else 0.0
@@ -339,6 +333,7 @@ def write_results(dataset, plans: list[VideoPlan], out: Path, args: argparse.Nam
     progress = Progress(sum(plan.frame_count for plan in plans), not args.no_progress)
     current: tuple[int, VideoOutputs, float] | None = None
     frames = 0
+    first_started, last_finished = float("inf"), float("-inf")  # the actors' window, on their own clocks
 
     def finish(video_id: int, outputs: VideoOutputs, video_started: float) -> None:
         outputs.close()
@@ -366,9 +361,8 @@ def write_results(dataset, plans: list[VideoPlan], out: Path, args: argparse.Nam
                 frames += 1
             progress.update(len(batch["index"]))
             if len(batch["index"]):
-                started, finished = float(batch["made_from"].min()), float(batch["made_until"].max())
-                window = summary.get("_actor_window", (started, finished))
-                summary["_actor_window"] = (min(window[0], started), max(window[1], finished))
+                first_started = min(first_started, float(batch["made_from"].min()))
+                last_finished = max(last_finished, float(batch["made_until"].max()))
     finally:
         progress.close()
         if current is not None:
@@ -377,6 +371,10 @@ def write_results(dataset, plans: list[VideoPlan], out: Path, args: argparse.Nam
     for stem in sorted(seen):  # a video none of whose frames came back
         plan = next(p for p in plans if p.stem == stem)
         summary["failed"][plan.path] = f"{plan.path}: no frames could be decoded"
+    if last_finished > first_started:
+        # From the first frame an actor started to the last one it finished: the pool at work, without the
+        # cluster's start and the actors' model loading, like a single process's loop.
+        summary["steady_fps"] = round(frames / (last_finished - first_started), 3)
     return frames
 
 

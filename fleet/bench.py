@@ -6,10 +6,10 @@
 batch: N copies of a real drive (default: the KITTI drive, 6 copies); the single-machine runtime streams them
 one after another (one process per video, as a user would, writing masks), then fleet.batch processes the same
 folder on a local cluster (one process, cluster start included). Frames/s are given end to end (process and
-cluster start, model loading included) and in steady state (the runtime's loop; fleet's processing from its
-first block of masks on, once the actors have started and loaded the model), with the ratio fleet / runtime side
-by side, and the masks of both compared file by file. Target: fleet >= 85 % of the runtime's frames/s in steady
-state (the mean of the rounds), identical masks. --rounds alternates the two.
+cluster start, model loading included) and in steady state (the runtime's loop; fleet's `steady_fps`, from the
+first frame an actor started to the last it finished, once the actors have loaded the model), with the ratio
+fleet / runtime side by side, and the masks of both compared file by file. Target: fleet >= 85 % of the runtime's
+frames/s in steady state (the mean of the rounds), identical masks. --rounds alternates the two.
 
 serve: single-frame latency (preprocess + inference + postprocess, no Ray) of the same model in this process;
 the deployment's capacity (8 cameras sending as fast as it answers); then 8 cameras offered --load x capacity.
