@@ -1,6 +1,6 @@
 """Latency, accuracy and size of every (backend, precision) this machine can run: one table to choose by.
 
-    python -m bench [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--build build]
+    python -m bench [--checkpoint models/fcn8s_efficientnet_lite0.pt] [--build build]
                             [--data ../shared/data/kitti_road] [--video VIDEO] [--sizes 160x576,256x832]
                             [--no-full] [--quick] [--threads 2] [--out runs/bench] [--check-floors]
 

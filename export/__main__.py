@@ -1,6 +1,6 @@
 """Checkpoint -> build/model.fp32.onnx (+ build/model.fp16.onnx), each behind a gate.
 
-    python -m export [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--build build] [--opset 17]
+    python -m export [--checkpoint models/fcn8s_efficientnet_lite0.pt] [--build build] [--opset 17]
                      [--static-batch] [--data ../shared/data/kitti_road] [--parity-frames 20] [--no-slim]
 
 1. Export FP32 ONNX (opset 17 by default: what TensorRT 8.5/8.6 on JetPack 5 reads), contract in metadata.

@@ -1,6 +1,6 @@
 """The shipped model's deployable ONNX files in models/, so a device needs no PyTorch.
 
-    python -m export.shipped write [--build build] [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt]
+    python -m export.shipped write [--build build] [--checkpoint models/fcn8s_efficientnet_lite0.pt]
     python -m export.shipped check [--build build] [--checkpoint ...]
 
 `write` copies what `make export calibrate` made from the checkpoint into models/ beside it

@@ -2,4 +2,4 @@
 
 DEFAULT_KITTI_DIR = "../shared/data/kitti_road"
 DEFAULT_VIDEO = "../shared/data/kitti_raw/2011_09_26_drive_0001_image_02.mp4"
-SHIPPED_CHECKPOINT = "models/fcn8s_vgg16_w0.25_cpu.pt"
+SHIPPED_CHECKPOINT = "models/fcn8s_efficientnet_lite0.pt"

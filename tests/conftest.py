@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ROADSEG_SHARED_DATA", REPO.parent / "shared" / "data"))
 KITTI_DIR = SHARED_DATA / "kitti_road"
 KITTI_VIDEO = SHARED_DATA / "kitti_raw" / "2011_09_26_drive_0001_image_02.mp4"
-SHIPPED_CHECKPOINT = REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt"
+VGG_CHECKPOINT = REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt"  # the smaller shipped model: quick real-model tests
 
 needs_kitti = pytest.mark.skipif(not (KITTI_DIR / "training" / "image_2").is_dir(),
                                  reason=f"KITTI dev data not found at {KITTI_DIR}")

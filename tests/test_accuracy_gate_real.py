@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import KITTI_DIR, SHIPPED_CHECKPOINT, needs_kitti
+from conftest import KITTI_DIR, VGG_CHECKPOINT, needs_kitti
 from onnx import numpy_helper
 
 from runtime.artifacts import FP32_ONNX, INT8_CPU_ONNX, INT8_ONNX
 
-SHIPPED_INT8_CPU = SHIPPED_CHECKPOINT.with_name(SHIPPED_CHECKPOINT.stem + ".int8_cpu.onnx")
-SHIPPED_INT8_TENSORRT = SHIPPED_CHECKPOINT.with_name(SHIPPED_CHECKPOINT.stem + ".int8.onnx")
+SHIPPED_INT8_CPU = VGG_CHECKPOINT.with_name(VGG_CHECKPOINT.stem + ".int8_cpu.onnx")
+SHIPPED_INT8_TENSORRT = VGG_CHECKPOINT.with_name(VGG_CHECKPOINT.stem + ".int8.onnx")
 pytestmark = [needs_kitti, pytest.mark.skipif(not SHIPPED_INT8_CPU.is_file(), reason="shipped INT8 file missing")]
 
 
@@ -29,7 +29,7 @@ def gate_build(tmp_path_factory) -> Path:
     from export.stage import load_checkpoint
 
     build = tmp_path_factory.mktemp("gate_build")
-    model, spec, payload = load_checkpoint(SHIPPED_CHECKPOINT)
+    model, spec, payload = load_checkpoint(VGG_CHECKPOINT)
     export_onnx(model, spec, payload["arch"], payload.get("summary", {}), build / FP32_ONNX)
     (build / INT8_CPU_ONNX).write_bytes(SHIPPED_INT8_CPU.read_bytes())
     (build / INT8_ONNX).write_bytes(SHIPPED_INT8_TENSORRT.read_bytes())

@@ -114,7 +114,7 @@ def test_ddp_command(command, tmp_path):
 
 
 @needs_kitti
-@runs(".venv/bin/python -m train.evaluate --model models/fcn8s_vgg16_w0.25_cpu.pt --data "
+@runs(".venv/bin/python -m train.evaluate --model models/fcn8s_efficientnet_lite0.pt --data "
          "../shared/data/kitti_road --split report --json runs/eval/report.json --pr-curve runs/eval/pr_curve.png "
          "--worst 12 runs/eval/worst")
 def test_evaluate_command_scores_the_shipped_model(command, tmp_path):
@@ -180,8 +180,9 @@ def test_make_setup_runtime_gives_a_torch_free_runtime(command):
 
 
 def test_documented_paths_exist():
-    assert (REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt").is_file()
-    from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO
+    from runtime.paths import DEFAULT_KITTI_DIR, DEFAULT_VIDEO, SHIPPED_CHECKPOINT
+
+    assert (REPO / SHIPPED_CHECKPOINT).is_file() and (REPO / "models" / "fcn8s_vgg16_w0.25_cpu.pt").is_file()
 
     # The defaults every CLI falls back to are where the data README says the data lives: ../shared/data.
     shared = (REPO.parent / "shared" / "data").resolve()

@@ -17,6 +17,7 @@ from export.parity import check_parity, val_frames
 from runtime.artifacts import ACCURACY_JSON_FILE, ACCURACY_MD_FILE, FP16_ONNX, FP32_ONNX
 from runtime.backends import open_backend
 from runtime.contract import MODEL_KEY, PRECISION_KEY, PREPROCESS_KEY, PreprocessSpec
+from runtime.paths import SHIPPED_CHECKPOINT
 
 
 def only_error_line(stderr: str) -> str:
@@ -123,7 +124,7 @@ def test_missing_default_checkpoint_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert export_main(["--build", str(tmp_path / "build"), "--no-progress"]) == 1
     line = only_error_line(capsys.readouterr().err)
-    assert "models/fcn8s_vgg16_w0.25_cpu.pt" in line and "--checkpoint" in line
+    assert SHIPPED_CHECKPOINT in line and "--checkpoint" in line
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", "foreign"])

@@ -174,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/train/cpu", help="a training run folder (best.pt, metrics.jsonl)")
-    parser.add_argument("--out", default=SHIPPED_CHECKPOINT)
+    # No default: shipping replaces a model users stream by default, so the file to write is always named.
+    parser.add_argument("--out", required=True, help=f"the shipped file, e.g. {SHIPPED_CHECKPOINT}")
     parser.add_argument("--data", default=DEFAULT_KITTI_DIR)
     parser.add_argument("--accuracy", default=str(Path("build") / ACCURACY_MD_FILE),
                         help="the export's per-artifact accuracy table, added to the card when present")

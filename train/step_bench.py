@@ -1,6 +1,6 @@
 """Training step time on CPU: FP32 vs bf16 autocast vs channels_last vs both, side by side in one run.
 
-    python -m train.step_bench [--checkpoint models/fcn8s_vgg16_w0.25_cpu.pt] [--batch 4] [--size 192x640]
+    python -m train.step_bench [--checkpoint models/fcn8s_efficientnet_lite0.pt] [--batch 4] [--size 192x640]
                                [--steps 6] [--rounds 3] [--numerics-steps 40 --data KITTI] [--json OUT]
 
 One step = forward + cross-entropy + backward + optimiser step, the shipped model's config. The modes are
