@@ -53,7 +53,7 @@ from runtime.stream import quiet_opencv
 
 SUMMARY_NAME = "summary.json"
 EXIT_SOME_FAILED = 3
-DYNAMIC_FRAMES_PER_CALL = 8  # frames per inference call for a model whose batch axis is symbolic
+GPU_FRAMES_PER_CALL = 8  # frames per inference call for a symbolic-batch model on a GPU
 OUTPUT_BLOCK_FRAMES = 32  # frames per block an actor sends on: the overlay's frames travel too, keep blocks small
 
 
@@ -69,8 +69,7 @@ class MaskActor:
     def __init__(self, model: str, backend: str, threads: int, precision: str, keep_frames: bool) -> None:
         self.segmenter = FrameSegmenter(model, backend, threads or None, precision)
         self.keep_frames = keep_frames
-        limit = self.segmenter.batch_limit
-        self.frames_per_call = DYNAMIC_FRAMES_PER_CALL if limit is DYNAMIC else limit
+        self.frames_per_call = frames_per_call(self.segmenter.batch_limit, self.segmenter.backend.device)
         # The reader recycles a frame's buffer on the next read: keep a copy only when a frame must outlive that.
         self.copy_frames = self.frames_per_call > 1 or keep_frames
         self.encoder = ThreadPoolExecutor(1, thread_name_prefix="mask-png")
@@ -110,6 +109,16 @@ class MaskActor:
         block.inference_ms.extend(result.inference_ms)
         if self.keep_frames:
             block.kept.extend(zip(result.masks, images, strict=True))
+
+
+def frames_per_call(model_limit: int | None, device: str) -> int:
+    """Frames an actor hands the backend at once: a fixed batch N takes N; a symbolic batch takes
+    GPU_FRAMES_PER_CALL on a GPU, where a batch costs about what one frame does, and one frame on a CPU, where a
+    batch costs the sum of its frames and only holds the reader and the encoder idle while it runs (the runtime's
+    own loop runs one frame a step too; measured with the Lite0 model on 2 cores, docs/fleet.md)."""
+    if model_limit is not DYNAMIC:
+        return model_limit
+    return 1 if device == "cpu" else GPU_FRAMES_PER_CALL
 
 
 @dataclass

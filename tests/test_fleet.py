@@ -291,6 +291,17 @@ def test_a_partial_batch_waits_only_for_a_model_that_runs_batches_in_one_call():
     assert serving_batch_wait_ms(1, 7.5) == serving_batch_wait_ms(DYNAMIC, 0.0) + 7.5 == 7.5
 
 
+def test_an_actor_batches_frames_of_a_symbolic_batch_model_on_a_gpu_only():
+    """On a CPU a batch costs the sum of its frames and stalls the reader and encoder: one frame a call, as the
+    runtime's loop; on a GPU a symbolic batch takes several; a fixed batch always takes its size."""
+    from fleet.segmenter import DYNAMIC
+
+    assert fleet_batch.frames_per_call(DYNAMIC, "cpu") == 1
+    assert fleet_batch.frames_per_call(DYNAMIC, "NVIDIA H100 80GB HBM3") == fleet_batch.GPU_FRAMES_PER_CALL > 1
+    assert fleet_batch.frames_per_call(4, "cpu") == fleet_batch.frames_per_call(4, "NVIDIA H100 80GB HBM3") == 4
+    assert fleet_batch.frames_per_call(1, "cpu") == 1
+
+
 @needs_video
 def test_serve_http_ingress_takes_png_and_raw_frames_and_refuses_garbage_in_one_line(serving, kitti_frames):
     import urllib.error
