@@ -6,11 +6,11 @@
     curl --data-binary @frame.bgr -H 'X-Shape: 376,1242,3' http://127.0.0.1:8000/segment -o mask.png
 
 Requests queue in `@serve.batch` until max_batch frames are waiting or batch_wait_ms has passed since the first,
-like DeepStream's nvstreammux (batch = number of sources, a timeout flushes a partial batch); a model fixed at
-batch 1 waits for nothing, and its batches are the frames that queued while the previous batch ran. max_batch is the
-model's batch limit: a fixed batch N takes N at a time, a symbolic batch dimension takes --max-batch; a model
-fixed at batch 1 still batches requests (--max-batch of them) and runs the frames one after another inside the
-batch. Every answer carries its camera, sequence number and the size of the batch it was in; the deployment
+like DeepStream's nvstreammux (batch = number of sources, a timeout flushes a partial batch); where a fuller batch
+costs no less a frame (a model fixed at batch 1; a symbolic batch on a CPU) nothing waits: a batch is the frames
+that queued while the previous one ran. max_batch is the model's batch limit: a fixed batch N takes N at a time,
+a symbolic batch dimension takes --max-batch; a model fixed at batch 1 still batches requests (--max-batch of
+them) and runs the frames one after another inside the batch. Every answer carries its camera, sequence number and the size of the batch it was in; the deployment
 keeps a histogram of the batch sizes it formed (`batch_histogram`).
 HTTP: POST /segment with a JPEG or PNG body, or raw uint8 BGR pixels with an X-Shape: H,W,3 header; X-Camera and
 X-Seq are echoed back; the answer is the mask as a PNG (255 = road), with X-Batch-Size. Python callers use the
@@ -54,13 +54,17 @@ def serving_batch_size(model_limit: int | None, max_batch: int) -> int:
     return max_batch
 
 
-def serving_batch_wait_ms(model_limit: int | None, requested_ms: float | None) -> float:
-    """How long a partial batch waits for more frames: --batch-wait-ms when given; else DEFAULT_BATCH_WAIT_MS for a
-    model that runs a batch in one call, and no wait for a model fixed at batch 1, whose frames run one after another
-    anyway: waiting would only add latency. Batches still form from the frames that queue while one runs."""
+def serving_batch_wait_ms(model_limit: int | None, requested_ms: float | None, device: str) -> float:
+    """How long a partial batch waits for more frames: --batch-wait-ms when given; else DEFAULT_BATCH_WAIT_MS where
+    a fuller batch is cheaper per frame (a symbolic batch on a GPU, or a fixed batch N > 1, padded anyway), and no
+    wait where it is not: a model fixed at batch 1 runs its frames one after another, and on a CPU a symbolic batch
+    costs the sum of its frames, so waiting would only add latency. Batches still form from the frames that queue
+    while one runs."""
     if requested_ms is not None:
         return requested_ms
-    return DEFAULT_BATCH_WAIT_MS if model_limit is DYNAMIC or model_limit > 1 else 0.0
+    if model_limit is DYNAMIC:
+        return 0.0 if device == "cpu" else DEFAULT_BATCH_WAIT_MS
+    return DEFAULT_BATCH_WAIT_MS if model_limit > 1 else 0.0
 
 
 class RoadSegmenter:
@@ -70,7 +74,8 @@ class RoadSegmenter:
                  batch_wait_ms: float | None) -> None:
         self.segmenter = FrameSegmenter(model, backend, threads or None, precision)
         self.max_batch = serving_batch_size(self.segmenter.batch_limit, max_batch)
-        self.batch_wait_ms = serving_batch_wait_ms(self.segmenter.batch_limit, batch_wait_ms)
+        self.batch_wait_ms = serving_batch_wait_ms(self.segmenter.batch_limit, batch_wait_ms,
+                                                   self.segmenter.backend.device)
         self.segment_batch.set_max_batch_size(self.max_batch)
         self.segment_batch.set_batch_wait_timeout_s(self.batch_wait_ms / 1000.0)
         self.batches: Counter[int] = Counter()
@@ -160,8 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
                         help="frames per batch for a model without a fixed batch above 1")
     parser.add_argument("--batch-wait-ms", type=float, default=None, metavar="MS",
-                        help=f"how long a partial batch waits for more frames (default: {DEFAULT_BATCH_WAIT_MS:g} for "
-                        "a model that runs a batch in one call, 0 for one fixed at batch 1)")
+                        help=f"how long a partial batch waits for more frames (default: {DEFAULT_BATCH_WAIT_MS:g} "
+                        "where a fuller batch costs less a frame: a GPU, or a fixed batch above 1; else 0)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N")
     parser.add_argument("--num-gpus", type=float, default=0.0, metavar="F", help="GPUs per replica (0.5: two per GPU)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port on 127.0.0.1")

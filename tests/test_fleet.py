@@ -281,14 +281,18 @@ def test_serve_forms_batches_when_frames_wait_and_says_its_batch_sizes(serving, 
     assert info["batch_wait_ms"] == SERVING_BATCH_WAIT_MS
 
 
-def test_a_partial_batch_waits_only_for_a_model_that_runs_batches_in_one_call():
-    """A model fixed at batch 1 gains nothing from a fuller batch (its frames run one after another): no wait."""
+def test_a_partial_batch_waits_only_where_a_fuller_batch_costs_less_a_frame():
+    """A model fixed at batch 1, or a symbolic batch on a CPU (a batch costs the sum of its frames), gains nothing
+    from a fuller batch: no wait. A symbolic batch on a GPU, or a fixed batch N > 1 (padded anyway), waits."""
     from fleet.segmenter import DYNAMIC
     from fleet.serve import DEFAULT_BATCH_WAIT_MS, serving_batch_wait_ms
 
-    assert serving_batch_wait_ms(1, None) == 0.0
-    assert serving_batch_wait_ms(4, None) == serving_batch_wait_ms(DYNAMIC, None) == DEFAULT_BATCH_WAIT_MS > 0
-    assert serving_batch_wait_ms(1, 7.5) == serving_batch_wait_ms(DYNAMIC, 0.0) + 7.5 == 7.5
+    gpu = "NVIDIA H100 80GB HBM3"
+    assert serving_batch_wait_ms(1, None, "cpu") == serving_batch_wait_ms(1, None, gpu) == 0.0
+    assert serving_batch_wait_ms(DYNAMIC, None, "cpu") == 0.0
+    assert serving_batch_wait_ms(DYNAMIC, None, gpu) == serving_batch_wait_ms(4, None, "cpu") == DEFAULT_BATCH_WAIT_MS
+    assert DEFAULT_BATCH_WAIT_MS > 0
+    assert serving_batch_wait_ms(1, 7.5, "cpu") == serving_batch_wait_ms(DYNAMIC, 0.0, gpu) + 7.5 == 7.5
 
 
 def test_an_actor_batches_frames_of_a_symbolic_batch_model_on_a_gpu_only():
