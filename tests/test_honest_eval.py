@@ -245,3 +245,18 @@ def test_keep_last_trains_on_the_select_block_and_its_report_figure_stays_honest
     torch.save(payload, unfinished / "best.pt")
     refused = run_cli(*ship, str(unfinished))
     assert refused.returncode != 0 and "no report figure" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_seeds_trained_on_different_cpus_are_the_same_recipe():
+    """Why bf16 was allowed names the machine (amx_bf16 on a Xeon, avx512_bf16 on a Zen 4), not the recipe; the
+    precision itself still does."""
+    from train.ship import comparable
+
+    def recipe(precision: str) -> dict:
+        return {"epochs": 40, "input_size": [288, 960], "precision": precision}
+
+    xeon = recipe("bf16 autocast (FP32 master weights) + channels_last: CPU has amx_bf16")
+    zen4 = recipe("bf16 autocast (FP32 master weights) + channels_last: CPU has avx512_bf16")
+    assert comparable("recipe", xeon) == comparable("recipe", zen4)
+    assert comparable("recipe", xeon) != comparable("recipe", recipe("fp32: CPU has no bf16"))
+    assert comparable("recipe", {**xeon, "epochs": 20}) != comparable("recipe", zen4)

@@ -66,6 +66,14 @@ def chosen_by(summary: dict) -> str:
     return f"best epoch chosen on '{summary.get('selected_on', 'val')}'"
 
 
+def comparable(key: str, value):
+    """A summary value as recipes are compared: a recipe's precision without why it was chosen (the CPU feature
+    that allowed bf16, 'CPU has amx_bf16' or 'CPU has avx512_bf16', names the machine, not the recipe)."""
+    if key == "recipe" and isinstance(value, dict) and isinstance(value.get("precision"), str):
+        return {**value, "precision": value["precision"].split(":", 1)[0]}
+    return value
+
+
 def seed_spread(metrics: dict, summary: dict, run_dir: Path, other_runs: list[Path]) -> str:
     """The report figure of this file beside those of the same recipe trained with other seeds: the spread a
     retrain gives, which the bootstrap over images does not show."""
@@ -76,7 +84,7 @@ def seed_spread(metrics: dict, summary: dict, run_dir: Path, other_runs: list[Pa
         if not isinstance(report, dict) or not all(isinstance(report.get(k), float) for k in ("maxf", "ap", "iou")):
             raise CheckpointError(f"{other / 'best.pt'}: no report figure in its summary (did training finish?)")
         for key in ("recipe", "train_images", "selected_on"):
-            if other_summary.get(key) != summary.get(key):
+            if comparable(key, other_summary.get(key)) != comparable(key, summary.get(key)):
                 raise CheckpointError(f"{other / 'best.pt'}: not the same recipe as {run_dir} ('{key}' differs)")
         rows.append((f"{other.name}: `{other_summary.get('command', '?')}`", report))
     lines = ["| run | report MaxF | um | umm | uu | AP | IoU |", "|---|---:|---:|---:|---:|---:|---:|"]
