@@ -10,8 +10,9 @@ like DeepStream's nvstreammux (batch = number of sources, a timeout flushes a pa
 costs no less a frame (a model fixed at batch 1; a symbolic batch on a CPU) nothing waits: a batch is the frames
 that queued while the previous one ran. max_batch is the model's batch limit: a fixed batch N takes N at a time,
 a symbolic batch dimension takes --max-batch; a model fixed at batch 1 still batches requests (--max-batch of
-them) and runs the frames one after another inside the batch. Every answer carries its camera, sequence number and the size of the batch it was in; the deployment
-keeps a histogram of the batch sizes it formed (`batch_histogram`).
+them) and runs the frames one after another inside the batch. Every answer carries its camera, sequence number
+and the size of the batch it was in; the deployment keeps a histogram of the batch sizes it formed
+(`batch_histogram`).
 HTTP: POST /segment with a JPEG or PNG body, or raw uint8 BGR pixels with an X-Shape: H,W,3 header; X-Camera and
 X-Seq are echoed back; the answer is the mask as a PNG (255 = road), with X-Batch-Size. Python callers use the
 deployment handle (`serve.get_app_handle(APP_NAME).segment.remote({...})`), which skips the HTTP proxy.
