@@ -74,8 +74,14 @@ class BenchRow:
     def title(self) -> str:
         """The label with the model's width in front: rows of several configurations side by side."""
         variant = f" {self.variant}" if self.variant else ""
-        model = "full" if self.width == 1.0 else f"w{self.width:g}"
-        return f"{model} {self.backend} {self.precision}{variant}"
+        return f"{self.model_tag} {self.backend} {self.precision}{variant}"
+
+    @property
+    def model_tag(self) -> str:
+        """The model in a word: its EfficientNet encoder ('lite0'), else the VGG16 width ('full', 'w0.25')."""
+        if "efficientnet_" in self.model:
+            return self.model.split("efficientnet_", 1)[1]
+        return "full" if self.width == 1.0 else f"w{self.width:g}"
 
     def to_json(self) -> dict[str, Any]:
         out = {}

@@ -201,3 +201,13 @@ def test_bad_arguments_fail_with_one_line(tmp_path, synthetic_kitti):
     result = run_cli("-m", "bench", "--video", str(tmp_path / "none.mp4"), "--data", str(synthetic_kitti),
                      timeout=60)
     assert result.returncode == 2 and "none.mp4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_row_titles_name_the_model_by_its_encoder():
+    def title(model: str, width: float) -> str:
+        return BenchRow(model=model, width=width, backend="onnxruntime", precision="int8", variant="",
+                        device="cpu", input_size="288x960").title
+
+    assert title("fcn8s_efficientnet_lite0", 1.0) == "lite0 onnxruntime int8"
+    assert title("fcn8s_vgg16_w0.25_cpu", 0.25) == "w0.25 onnxruntime int8"
+    assert title("fcn8s_vgg16 (untrained)", 1.0) == "full onnxruntime int8"
