@@ -75,7 +75,7 @@ eval: setup
 	$(PY) -m train.evaluate --model $(CHECKPOINT) --data $(DATA) --split $(EVAL_SPLIT) \
 		--json runs/eval/metrics.json --pr-curve runs/eval/pr_curve.png --worst $(WORST) runs/eval/worst
 
-## bench: latency + accuracy of every backend/precision here -> runs/bench/latest.{json,md,png} (QUICK=1: < 5 min)
+## bench: latency + accuracy of every backend/precision here -> runs/bench/latest.{json,md,png} (QUICK=1: < 5 min once its ONNX files are cached; the first run makes them)
 SIZES ?= 160x576,256x832,384x1248
 bench: setup
 	$(PY) -m bench --checkpoint $(CHECKPOINT) --build $(BUILD) --data $(DATA) --video $(VIDEO) \
