@@ -33,7 +33,7 @@ import numpy as np
 
 from fleet.cluster import DEFAULT_OBJECT_STORE_MB, ClusterError, connect, disconnect
 from fleet.outputs import VideoOutputs, finished_fingerprint
-from fleet.segmenter import DYNAMIC, FrameSegmenter, resolve_backend
+from fleet.segmenter import DYNAMIC, FrameSegmenter, fuller_batch_pays, resolve_backend
 from fleet.videos import (
     DEFAULT_SEGMENT_FRAMES,
     SegmentReader,
@@ -113,12 +113,11 @@ class MaskActor:
 
 def frames_per_call(model_limit: int | None, device: str) -> int:
     """Frames an actor hands the backend at once: a fixed batch N takes N; a symbolic batch takes
-    GPU_FRAMES_PER_CALL on a GPU, where a batch costs about what one frame does, and one frame on a CPU, where a
-    batch costs the sum of its frames and only holds the reader and the encoder idle while it runs (the runtime's
-    own loop runs one frame a step too; measured with the Lite0 model on 2 cores, docs/fleet.md)."""
+    GPU_FRAMES_PER_CALL where a fuller batch pays (a GPU), else one frame, as the runtime's own loop: on a CPU a
+    batch would only hold the reader and the encoder idle while it runs."""
     if model_limit is not DYNAMIC:
         return model_limit
-    return 1 if device == "cpu" else GPU_FRAMES_PER_CALL
+    return GPU_FRAMES_PER_CALL if fuller_batch_pays(model_limit, device) else 1
 
 
 @dataclass

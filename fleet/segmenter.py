@@ -27,6 +27,15 @@ def model_batch_limit(backend: Backend) -> int | None:
     return DYNAMIC if backend.max_batch >= MAX_BATCH else backend.max_batch
 
 
+def fuller_batch_pays(model_limit: int | None, device: str) -> bool:
+    """Whether a fuller batch costs less a frame: a fixed batch N > 1 (padded to N anyway) or a symbolic batch on a
+    GPU. A model fixed at batch 1 runs a batch's frames one after another, and on a CPU a symbolic batch costs the
+    sum of its frames (measured with the Lite0 model on 2 cores, docs/fleet.md)."""
+    if model_limit is DYNAMIC:
+        return device != "cpu"
+    return model_limit > 1
+
+
 def resolve_backend(model: Path, runtime: str, device: str, precision: str) -> tuple[str, str, str]:
     """(open_backend's name, precision, label) that every actor or replica opens: runtime/stream.py's own reading
     of --backend/--device/--precision (its measured choice for auto), made here once so that a bad model or pair

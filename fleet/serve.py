@@ -34,7 +34,7 @@ from ray import serve
 
 from fleet.cluster import LOOPBACK, ClusterError, connect, disconnect
 from fleet.frames import FrameError, decode_frame
-from fleet.segmenter import DYNAMIC, FrameSegmenter, resolve_backend
+from fleet.segmenter import DYNAMIC, FrameSegmenter, fuller_batch_pays, resolve_backend
 from runtime.backend_choice import DEVICES, RUNTIMES
 from runtime.contract import ModelFileError
 from runtime.ioutil import fail
@@ -56,16 +56,12 @@ def serving_batch_size(model_limit: int | None, max_batch: int) -> int:
 
 
 def serving_batch_wait_ms(model_limit: int | None, requested_ms: float | None, device: str) -> float:
-    """How long a partial batch waits for more frames: --batch-wait-ms when given; else DEFAULT_BATCH_WAIT_MS where
-    a fuller batch is cheaper per frame (a symbolic batch on a GPU, or a fixed batch N > 1, padded anyway), and no
-    wait where it is not: a model fixed at batch 1 runs its frames one after another, and on a CPU a symbolic batch
-    costs the sum of its frames, so waiting would only add latency. Batches still form from the frames that queue
-    while one runs."""
+    """How long a partial batch waits for more frames: --batch-wait-ms when given; else DEFAULT_BATCH_WAIT_MS where a
+    fuller batch costs less a frame (`fuller_batch_pays`), and no wait where it does not: waiting would only add
+    latency. Batches still form from the frames that queue while one runs."""
     if requested_ms is not None:
         return requested_ms
-    if model_limit is DYNAMIC:
-        return 0.0 if device == "cpu" else DEFAULT_BATCH_WAIT_MS
-    return DEFAULT_BATCH_WAIT_MS if model_limit > 1 else 0.0
+    return DEFAULT_BATCH_WAIT_MS if fuller_batch_pays(model_limit, device) else 0.0
 
 
 class RoadSegmenter:
